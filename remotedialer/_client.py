@@ -1,0 +1,167 @@
+"""
+The client: keeps one tunnel open to a server and dials what the server asks.
+
+A twisted.application service built on ClientService, so reconnection with
+backoff after any loss (refused handshakes included) is Twisted's, not ours.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+from urllib.parse import urlsplit
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from remotedialer._dialer import ConnectAuthorizer, LocalDialer
+from remotedialer._session import Session
+from remotedialer._stream import TunnelStream
+from remotedialer._websocket import TunnelClientProtocol, client_factory
+
+#: The client tells the server its live streams this often (Go: 60 s).
+SYNC_INTERVAL = 60
+
+
+def endpoint_for_url(
+    reactor, url: str, tls_options: IOpenSSLClientConnectionCreator | None = None
+) -> IStreamClientEndpoint:
+    """
+    The endpoint for a C{ws://} or C{wss://} URL; wss verifies the server's
+    certificate (platform trust store unless C{tls_options} says otherwise).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+    secure = parts.scheme == "wss"
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError as e:
+        raise ValueError(f"{url!r}: {e}") from None
+    endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
+    if secure:
+        if tls_options is None:
+            tls_options = optionsForClientTLS(parts.hostname)
+        endpoint = wrapClientTLS(tls_options, endpoint)
+    return endpoint
+
+
+class TunnelClient(Service):
+    """
+    Connects to C{url} and serves the server's dials under
+    C{connect_authorizer(proto, address)}.
+
+    @param headers: sent with the upgrade (e.g. C{X-Tunnel-ID}).
+    @param on_connect: called with the L{Session} each time the tunnel
+        opens; may return a Deferred; a failure drops the tunnel (and it is
+        retried).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_authorizer: ConnectAuthorizer,
+        headers: dict[str, str] | None = None,
+        reactor=None,
+        tls_options: IOpenSSLClientConnectionCreator | None = None,
+        on_connect: Callable[[Session], object] | None = None,
+        retry_policy: Callable[[int], float] | None = None,
+        trace: bool = False,
+        client_key: str = "",
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.url = url
+        self._endpoint = endpoint_for_url(reactor, url, tls_options)
+        self._factory = client_factory(self, url, dict(headers or {}), reactor)
+        self._dialer = LocalDialer(reactor, connect_authorizer)
+        self._on_connect = on_connect
+        self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
+        self._trace = trace
+        self._client_key = client_key
+        self._service: ClientService | None = None
+        self._sync: LoopingCall | None = None
+        self.session: Session | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._service = ClientService(
+            self._endpoint,
+            self._factory,
+            retryPolicy=self._retry_policy,
+            clock=self.reactor,
+            prepareConnection=self._prepare,
+        )
+        self._service.startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        service, self._service = self._service, None
+        return service.stopService()
+
+    def when_connected(self, failAfterFailures: int | None = None) -> defer.Deferred:
+        """
+        Fires with the L{Session} once the tunnel is open -- on a later
+        reactor turn, so its callbacks may stop this service (ClientService's
+        state machine refuses re-entrant calls).
+        """
+        d = self._service.whenConnected(failAfterFailures=failAfterFailures)
+
+        def later(protocol):
+            return deferLater(self.reactor, 0, lambda: protocol.session)
+
+        return d.addCallback(later)
+
+    def open_stream(self, proto: str, address: str) -> TunnelStream:
+        """Dial the server's side (only works where the server allows client dials)."""
+        if self.session is None:
+            raise ConnectionError("tunnel is not connected")
+        return self.session.open_stream(proto, address)
+
+    def _prepare(self, protocol: TunnelClientProtocol) -> defer.Deferred:
+        d = protocol.opened
+        if self._on_connect is not None:
+            d.addCallback(lambda p: defer.maybeDeferred(self._on_connect, p.session))
+
+            def hook_failed(failure):
+                self.log.failure("on-connect hook failed; dropping the tunnel", failure)
+                protocol.drop()
+                return failure
+
+            d.addErrback(hook_failed)
+        return d
+
+    # Called by the WebSocket protocol.
+
+    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
+        session = Session(
+            protocol.send_binary,
+            client_key=self._client_key,
+            dials_as_client=True,
+            dialer=self._dialer,
+            trace=self._trace,
+            drop=protocol.drop,
+        )
+        self.log.info("tunnel to {url} open", url=self.url)
+        self.session = session
+        self._sync = LoopingCall(session.send_sync_connections)
+        self._sync.clock = self.reactor
+        self._sync.start(SYNC_INTERVAL, now=False)
+        return session
+
+    def _session_closed(self, session: Session) -> None:
+        self.log.info("tunnel to {url} closed", url=self.url)
+        if self.session is session:
+            self.session = None
+            if self._sync is not None and self._sync.running:
+                self._sync.stop()
+            self._sync = None

@@ -1,0 +1,89 @@
+"""
+Turning a Connect's C{proto}/C{address} into a Twisted endpoint, under a
+connect-authorizer.  This is the far side of every dial: the client reaching
+its local targets, or a server the client may dial.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Iterable
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+
+#: Go's dial timeout for the targets of Connect.
+DIAL_TIMEOUT = 60
+
+ConnectAuthorizer = Callable[[str, str], "bool | defer.Deferred[bool]"]
+
+
+def allow_all(proto: str, address: str) -> bool:
+    """The Go example client's authorizer: every target is allowed."""
+    return True
+
+
+def deny_all(proto: str, address: str) -> bool:
+    """Nothing may be dialed (the server's default for client-initiated dials)."""
+    return False
+
+
+def allow_patterns(patterns: Iterable[str]) -> ConnectAuthorizer:
+    """
+    An authorizer allowing targets whose C{proto/address} matches one of the
+    shell-style C{patterns}, e.g. C{tcp/127.0.0.1:*} or C{tcp/*.svc:443}.
+    """
+    patterns = list(patterns)
+
+    def authorize(proto: str, address: str) -> bool:
+        target = f"{proto}/{address}"
+        return any(fnmatch.fnmatchcase(target, p) for p in patterns)
+
+    return authorize
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split C{host:port} or C{[v6]:port} as Go's net.SplitHostPort does."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"address {address!r}: missing port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"address {address!r}: too many colons")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {address!r}: bad port {port!r}")
+    return host, int(port)
+
+
+class LocalDialer:
+    """
+    Dials C{tcp}, C{tcp4}, C{tcp6} and C{unix} targets from this host, when
+    C{authorizer(proto, address)} allows it (it may return a Deferred).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        authorizer: ConnectAuthorizer,
+        timeout: float = DIAL_TIMEOUT,
+    ) -> None:
+        self._reactor = reactor
+        self._authorizer = authorizer
+        self._timeout = timeout
+
+    def endpoint_for(self, proto: str, address: str) -> defer.Deferred:
+        d = defer.maybeDeferred(self._authorizer, proto, address)
+        return d.addCallback(
+            lambda allowed: self.endpoint(proto, address) if allowed else None
+        )
+
+    def endpoint(self, proto: str, address: str) -> IStreamClientEndpoint:
+        """The endpoint for a target, authorized or not."""
+        if proto in ("tcp", "tcp4", "tcp6"):
+            host, port = split_host_port(address)
+            return HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        if proto == "unix":
+            return UNIXClientEndpoint(self._reactor, address, timeout=self._timeout)
+        raise ValueError(f"unsupported protocol {proto!r}")

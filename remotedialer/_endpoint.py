@@ -1,0 +1,107 @@
+"""
+Dialing through a client, the Twisted way: an IStreamClientEndpoint for one
+target behind one client, and an IAgentEndpointFactory so twisted.web's
+Agent (and so treq) sends HTTP requests through the tunnel.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import defer
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.error import ConnectError, NoProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
+
+from remotedialer._stream import TunnelStream
+
+
+class ClientNotConnected(ConnectError):
+    """No session (local or through a peer) reaches that client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(string=message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StreamOpener(TypingProtocol):
+    """Anything that opens a stream to a target behind a client (the server)."""
+
+    def open_stream(self, client_key: str, proto: str, address: str) -> TunnelStream: ...
+
+
+@implementer(IStreamClientEndpoint)
+class TunnelEndpoint:
+    """
+    Connects to C{proto}/C{address} as seen from the client C{client_key}, e.g.
+    C{TunnelEndpoint(server, "foo", "tcp", "127.0.0.1:8125")}.
+    """
+
+    def __init__(self, opener: StreamOpener, client_key: str, proto: str, address: str) -> None:
+        self._opener = opener
+        self._client_key = client_key
+        self._proto = proto
+        self._address = address
+
+    def __repr__(self) -> str:
+        return f"<TunnelEndpoint {self._client_key}:{self._proto}/{self._address}>"
+
+    def connect(self, protocolFactory) -> defer.Deferred:
+        try:
+            stream = self._opener.open_stream(self._client_key, self._proto, self._address)
+        except Exception:
+            return defer.fail()
+        protocol = protocolFactory.buildProtocol(stream.getPeer())
+        if protocol is None:
+            stream.loseConnection()
+            return defer.fail(NoProtocol())
+        stream.attach(protocol)
+        return defer.succeed(protocol)
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@implementer(IAgentEndpointFactory)
+class TunnelAgentEndpointFactory:
+    """
+    Endpoints for Agent: every URI is reached through C{client_key}'s
+    tunnel (TCP, with TLS on top for https, verified by C{tls_policy}).
+    """
+
+    def __init__(
+        self,
+        opener: StreamOpener,
+        client_key: str,
+        tls_policy: IPolicyForHTTPS | None = None,
+    ) -> None:
+        self._opener = opener
+        self._client_key = client_key
+        self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        endpoint = TunnelEndpoint(self._opener, self._client_key, "tcp", _netloc(host, uri.port))
+        if uri.scheme == b"https":
+            creator = self._tls_policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+
+def tunnel_agent(
+    reactor,
+    opener: StreamOpener,
+    client_key: str,
+    pool: HTTPConnectionPool | None = None,
+    tls_policy: IPolicyForHTTPS | None = None,
+) -> Agent:
+    """An Agent whose requests all go through C{client_key}'s tunnel."""
+    factory = TunnelAgentEndpointFactory(opener, client_key, tls_policy)
+    return Agent.usingEndpointFactory(reactor, factory, pool=pool)

@@ -1,0 +1,84 @@
+"""
+Which sessions a server holds, and the routing rule for dials.
+
+Routing (PROTOCOL.md 2 and 5): a client key is reached through its oldest
+live local session; failing that, through a peer session that announced it
+-- the peer with the lowest peer id, and of its sessions the oldest -- so
+every server picks the same route for the same state.  Peer sessions'
+clients are never offered as local ones, so a dial cannot loop between peers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+from remotedialer._session import Session
+
+
+class SessionObserver(TypingProtocol):
+    def session_added(self, session: Session) -> None: ...
+
+    def session_removed(self, session: Session) -> None: ...
+
+
+class SessionRegistry:
+    """Local client sessions and peer sessions, each in order of arrival."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, list[Session]] = {}
+        self._peers: dict[str, list[Session]] = {}
+        self._observers: list[SessionObserver] = []
+
+    def observe(self, observer: SessionObserver) -> None:
+        """Tell C{observer} of every local client session added or removed."""
+        self._observers.append(observer)
+
+    def unobserve(self, observer: SessionObserver) -> None:
+        self._observers.remove(observer)
+
+    def add(self, session: Session) -> None:
+        table = self._peers if session.is_peer else self._clients
+        table.setdefault(session.client_key, []).append(session)
+        if not session.is_peer:
+            for observer in list(self._observers):
+                observer.session_added(session)
+
+    def remove(self, session: Session) -> None:
+        table = self._peers if session.is_peer else self._clients
+        sessions = table.get(session.client_key, [])
+        if session not in sessions:
+            return
+        sessions.remove(session)
+        if not sessions:
+            del table[session.client_key]
+        if not session.is_peer:
+            for observer in list(self._observers):
+                observer.session_removed(session)
+
+    def local_session(self, client_key: str) -> Session | None:
+        sessions = self._clients.get(client_key)
+        return sessions[0] if sessions else None
+
+    def peer_session_for(self, client_key: str) -> Session | None:
+        for peer_id in sorted(self._peers):
+            for session in self._peers[peer_id]:
+                if client_key in session.remote_clients:
+                    return session
+        return None
+
+    def local_sessions(self) -> list[Session]:
+        return [s for sessions in self._clients.values() for s in sessions]
+
+    def peer_sessions(self) -> list[Session]:
+        return [s for sessions in self._peers.values() for s in sessions]
+
+    def clients(self) -> list[str]:
+        """Client keys with a local session."""
+        return sorted(self._clients)
+
+    def reachable_clients(self) -> list[str]:
+        """Client keys reachable from here, locally or through a peer."""
+        keys = set(self._clients)
+        for session in self.peer_sessions():
+            keys.update(session.remote_clients)
+        return sorted(keys)

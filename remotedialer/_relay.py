@@ -1,0 +1,81 @@
+"""
+The relay idiom of twisted.protocols.portforward, with back-pressure and
+error propagation: a byte pipe between two transports (a tunnel stream and
+a TCP connection, or two tunnel streams when a peer server forwards).
+
+Each half registers the other's transport as its producer, so a slow reader
+at either end pauses the writer at the other, through every hop.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+
+def close_like(transport, reason: Failure) -> None:
+    """
+    Close C{transport} the way its partner closed: cleanly after a clean
+    close, at once (with the reason, where the transport can carry one)
+    after an error.
+    """
+    if reason.check(ConnectionDone):
+        transport.loseConnection()
+    elif hasattr(transport, "close_with_error"):
+        transport.close_with_error(reason.getErrorMessage() or reason.type.__name__)
+    else:
+        transport.abortConnection()
+
+
+class Relay(Protocol):
+    """
+    One half of a relay.  The first half is attached to a transport and
+    holds its data (paused) until L{connect_peer} has connected the second.
+    """
+
+    def __init__(self, peer: Relay | None = None) -> None:
+        self.peer = peer
+        self._connecting: Deferred | None = None
+        self._lost = False
+
+    def connectionMade(self) -> None:
+        if self.peer is None:
+            self.transport.pauseProducing()
+            return
+        self.peer._connecting = None  # connected: nothing left to cancel
+        if self.peer._lost:
+            self.transport.loseConnection()
+            return
+        self.peer.peer = self
+        self.transport.registerProducer(self.peer.transport, True)
+        self.peer.transport.registerProducer(self.transport, True)
+        self.peer.transport.resumeProducing()
+
+    def connect_peer(self, endpoint: IStreamClientEndpoint) -> Deferred:
+        """Connect the second half through C{endpoint}."""
+        factory = Factory.forProtocol(lambda: Relay(self))
+        d = self._connecting = endpoint.connect(factory)
+
+        def connected(result):
+            self._connecting = None
+            return result
+
+        return d.addBoth(connected)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        peer, self.peer = self.peer, None
+        if peer is not None and peer.peer is self:
+            peer.peer = None
+            # A TCP transport will not close while a producer (our dead
+            # transport) is still registered on it.
+            peer.transport.unregisterProducer()
+            close_like(peer.transport, reason)

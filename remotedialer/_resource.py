@@ -1,0 +1,142 @@
+"""
+The tunnel's twisted.web resource: authentication at upgrade time, then
+Autobahn's WebSocketResource takes the connection over.
+
+Authentication runs before the upgrade so that a refusal is a plain HTTP
+answer with the status and body the Go server gives (400 with the error
+text, 401 with C{failed authentication}), and so that the authorizer may
+return a Deferred.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Callable
+
+import attr
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+#: Headers a peer server presents on its link (PROTOCOL.md 2).
+PEER_ID_HEADER = "X-API-Tunnel-ID"
+PEER_TOKEN_HEADER = "X-API-Tunnel-Token"
+#: The example authorizer's header.
+CLIENT_ID_HEADER = "X-Tunnel-ID"
+
+Authorizer = Callable[[IRequest], "str | None | defer.Deferred[str | None]"]
+
+
+class AuthorizationError(Exception):
+    """Raise from an authorizer to refuse with HTTP 400 and this text."""
+
+
+def header_authorizer(request: IRequest) -> str | None:
+    """The Go example server's authorizer: the client key is X-Tunnel-ID."""
+    value = request.getHeader(CLIENT_ID_HEADER)
+    return value or None
+
+
+@attr.frozen
+class Identity:
+    """Who is at the other end of a tunnel, settled before the upgrade."""
+
+    client_key: str
+    is_peer: bool = False
+
+
+class _IdentifiedFactory:
+    """Hands the identity to the protocol WebSocketResource builds."""
+
+    def __init__(self, factory, identity: Identity) -> None:
+        self._factory = factory
+        self._identity = identity
+
+    def buildProtocol(self, addr):
+        protocol = self._factory.buildProtocol(addr)
+        protocol.identity = self._identity
+        return protocol
+
+
+class TunnelResource(Resource):
+    """The tunnel path (C{/connect} in the Go example server)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        websocket_factory,
+        authorizer: Authorizer,
+        peers: Callable[[], dict[str, str]],
+    ) -> None:
+        super().__init__()
+        self._factory = websocket_factory
+        self._authorizer = authorizer
+        self._peers = peers
+
+    def render(self, request: IRequest):
+        d = defer.maybeDeferred(self._identify, request)
+        d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _identify(self, request: IRequest):
+        peer = self._peer_identity(request)
+        if peer is not None:
+            return peer
+        d = defer.maybeDeferred(self._authorizer, request)
+        return d.addCallback(self._client_identity)
+
+    def _peer_identity(self, request: IRequest) -> Identity | None:
+        peer_id = request.getHeader(PEER_ID_HEADER)
+        token = request.getHeader(PEER_TOKEN_HEADER)
+        if not peer_id or not token:
+            return None
+        expected = self._peers().get(peer_id)
+        if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
+            return Identity(peer_id, is_peer=True)
+        self.log.warn("refused peer link claiming id {peer_id!r} from {addr}: unknown peer or wrong token",
+                      peer_id=peer_id, addr=request.getClientAddress())
+        return None
+
+    @staticmethod
+    def _client_identity(client_key) -> Identity:
+        if isinstance(client_key, bytes):
+            client_key = client_key.decode("utf-8", "replace")
+        if not client_key:
+            raise _Unauthorized()
+        if "/" in client_key:
+            raise AuthorizationError("client key must not contain '/'")
+        return Identity(client_key)
+
+    def _upgrade(self, identity: Identity, request: IRequest) -> None:
+        if request.channel is None or request.channel.transport is None:
+            return  # the client went away while we authorized it
+        body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refuse(self, failure: Failure, request: IRequest) -> None:
+        if failure.check(_Unauthorized):
+            code, text = 401, "failed authentication"
+        else:
+            code, text = 400, failure.getErrorMessage()
+            if not failure.check(AuthorizationError):
+                self.log.failure("authorizer failed", failure)
+        self.log.info("refused tunnel from {addr}: {code} {text}",
+                      addr=request.getClientAddress(), code=code, text=text)
+        if request.channel is None:
+            return
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.write(text.encode("utf-8"))
+        request.finish()
+
+
+class _Unauthorized(Exception):
+    """The authorizer said no."""

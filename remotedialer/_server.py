@@ -1,0 +1,173 @@
+"""
+The server: accepts tunnels from clients (and links from peer servers) and
+lets application code dial through them.
+
+It is a plain object, not a service: put L{Server.resource} anywhere in a
+twisted.web tree, and dial with L{Server.endpoint}, L{Server.agent} or
+L{Server.open_stream}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.resource import IResource
+
+from remotedialer._dialer import ConnectAuthorizer, LocalDialer, deny_all
+from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
+from remotedialer._registry import SessionRegistry
+from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
+from remotedialer._session import Session
+from remotedialer._stream import TunnelStream
+from remotedialer._websocket import TunnelServerProtocol, server_factory
+
+#: Proto prefix separator for dials forwarded to a peer (PROTOCOL.md 5).
+PEER_PROTO_SEPARATOR = "::"
+
+
+class _PeerForwardDialer:
+    """
+    Answers a peer's Connect C{<clientKey>::<proto>} by dialing through our
+    own local session of that client -- never onwards to another peer.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def endpoint_for(self, proto: str, address: str) -> IStreamClientEndpoint | None:
+        client_key, sep, inner_proto = proto.partition(PEER_PROTO_SEPARATOR)
+        if not sep:
+            return None
+        return TunnelEndpoint(_LocalOnly(self._server), client_key, inner_proto, address)
+
+
+class _LocalOnly:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def open_stream(self, client_key: str, proto: str, address: str) -> TunnelStream:
+        return self._server.open_stream(client_key, proto, address, local_only=True)
+
+
+class Server:
+    """
+    A remotedialer server.
+
+    @param authorizer: C{request -> client key} (or None to refuse with 401,
+        or raise to refuse with 400; may return a Deferred).  The default is
+        the Go example server's: the X-Tunnel-ID header.
+    @param client_connect_authorizer: C{(proto, address) -> bool} for dials
+        a client makes to targets near the server; by default none is allowed.
+    @param peer_id: this server's id when peering; C{peer_token} its token.
+    @param trace: log every message (CATTLE_TUNNEL_DATA_DEBUG).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        authorizer: Authorizer = header_authorizer,
+        *,
+        reactor=None,
+        client_connect_authorizer: ConnectAuthorizer = deny_all,
+        peer_id: str | None = None,
+        peer_token: str | None = None,
+        trace: bool = False,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.sessions = SessionRegistry()
+        self.peer_id = peer_id
+        self.peer_token = peer_token
+        self.trace = trace
+        self._peer_tokens: dict[str, str] = {}
+        self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
+        self._peer_dialer = _PeerForwardDialer(self)
+        self._websocket_factory = server_factory(self, reactor)
+        self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
+
+    @property
+    def resource(self) -> IResource:
+        """The tunnel's twisted.web resource (the Go example serves it at /connect)."""
+        return self._resource
+
+    # Dialing through clients.
+
+    def open_stream(
+        self, client_key: str, proto: str, address: str, local_only: bool = False
+    ) -> TunnelStream:
+        """
+        Open a stream to C{proto}/C{address} behind C{client_key}: through its
+        oldest local session, else through a peer that announced it.
+
+        @raise ClientNotConnected: no session reaches the client.
+        """
+        session = self.sessions.local_session(client_key)
+        if session is not None:
+            return session.open_stream(proto, address)
+        if not local_only:
+            session = self.sessions.peer_session_for(client_key)
+            if session is not None:
+                return session.open_stream(f"{client_key}{PEER_PROTO_SEPARATOR}{proto}", address)
+        raise ClientNotConnected(f"failed to find Session for client {client_key}")
+
+    def endpoint(self, client_key: str, proto: str, address: str) -> TunnelEndpoint:
+        """An IStreamClientEndpoint reaching C{proto}/C{address} from C{client_key}."""
+        return TunnelEndpoint(self, client_key, proto, address)
+
+    def agent(
+        self,
+        client_key: str,
+        pool: HTTPConnectionPool | None = None,
+        tls_policy: IPolicyForHTTPS | None = None,
+    ):
+        """A twisted.web Agent (wrap it in treq.client.HTTPClient for treq) through C{client_key}."""
+        return tunnel_agent(self.reactor, self, client_key, pool=pool, tls_policy=tls_policy)
+
+    def has_session(self, client_key: str) -> bool:
+        return self.sessions.local_session(client_key) is not None
+
+    def clients(self) -> list[str]:
+        """Client keys connected to this server."""
+        return self.sessions.clients()
+
+    # Peers (the incoming side; outgoing links are the peering module's).
+
+    def allow_peer(self, peer_id: str, token: str) -> None:
+        """Accept links from peer C{peer_id} presenting C{token}."""
+        self._peer_tokens[peer_id] = token
+
+    def disallow_peer(self, peer_id: str) -> None:
+        """Refuse new links from C{peer_id} and drop its current ones."""
+        self._peer_tokens.pop(peer_id, None)
+        for session in self.sessions.peer_sessions():
+            if session.client_key == peer_id:
+                session.lose(Failure(ConnectionLost(f"peer {peer_id} removed")))
+
+    # Called by the WebSocket protocol.
+
+    def _session_opened(self, protocol: TunnelServerProtocol, identity: Identity) -> Session:
+        session = Session(
+            protocol.send_binary,
+            client_key=identity.client_key,
+            is_peer=identity.is_peer,
+            dialer=self._peer_dialer if identity.is_peer else self._client_dialer,
+            trace=self.trace,
+            drop=protocol.drop,
+        )
+        self.log.info("{kind} session {key}/{session_key} connected from {addr}",
+                      kind="peer" if identity.is_peer else "client", key=identity.client_key,
+                      session_key=session.session_key, addr=protocol.transport.getPeer())
+        self.sessions.add(session)
+        return session
+
+    def _session_closed(self, session: Session) -> None:
+        self.log.info("{kind} session {key}/{session_key} closed",
+                      kind="peer" if session.is_peer else "client", key=session.client_key,
+                      session_key=session.session_key)
+        self.sessions.remove(session)

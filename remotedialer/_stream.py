@@ -1,0 +1,337 @@
+"""
+One multiplexed stream of a tunnel session, as a real Twisted transport.
+
+A L{TunnelStream} is what a protocol sees when it runs "through" the tunnel:
+it provides ITransport, IPushProducer and IConsumer, so any protocol (and
+any relay built on the producer/consumer APIs) runs over it unchanged.  The
+design follows twisted.web._http2.H2Stream, with the remotedialer's
+PAUSE/RESUME messages in place of HTTP/2 flow-control windows:
+
+Receive side (bytes coming from the far end):
+    Data is handed to the protocol at once while it is reading.  When the
+    protocol (or the consumer it feeds) calls pauseProducing() the stream
+    buffers; past PAUSE_THRESHOLD buffered bytes it sends Pause, and once the
+    protocol resumes and the buffer drains below RESUME_THRESHOLD it sends
+    Resume.  A far side that ignores Pause is cut off at HARD_CAP.
+
+Send side (bytes the protocol writes):
+    A Pause from the far side, or the session's WebSocket transport pushing
+    back, pauses the producer registered on this stream (e.g. the TCP
+    connection being relayed); Resume / the transport draining resumes it.
+    Writes made while the far side has paused us are held here, bounded by the
+    producer having been paused.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import attr
+from twisted.internet._producer_helpers import _PullToPush
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProtocol,
+    IPushProducer,
+    ITransport,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from remotedialer._session import Session
+
+#: The Go remotedialer's thresholds: Pause past 2 MiB buffered, Resume below 256 KiB.
+PAUSE_THRESHOLD = 2 * 1024 * 1024
+RESUME_THRESHOLD = 256 * 1024
+#: A far side that keeps sending past this many buffered bytes ignored Pause.
+HARD_CAP = 4 * PAUSE_THRESHOLD
+
+#: The text of an Error message that means a clean close.
+EOF = "EOF"
+
+
+class StreamError(ConnectionLost):
+    """
+    The far side closed the stream with an error (its text is the message),
+    or the stream failed locally for the reason given.
+    """
+
+
+@implementer(IAddress)
+@attr.frozen
+class TunnelAddress:
+    """
+    The address of one end of a tunnel stream: the dialed C{proto/address},
+    or the session that carries the stream.
+    """
+
+    proto: str
+    address: str
+    client_key: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.proto}/{self.address}"
+        return f"{self.client_key}:{where}" if self.client_key else where
+
+
+@implementer(ITransport, IPushProducer, IConsumer)
+class TunnelStream:
+    """
+    A byte stream multiplexed over a tunnel session (see module docstring).
+
+    @ivar conn_id: the stream id on the wire.
+    @ivar protocol: the protocol this stream carries, once attached.
+    """
+
+    disconnecting = False
+    protocol: IProtocol | None = None
+
+    def __init__(
+        self,
+        session: Session,
+        conn_id: int,
+        host: TunnelAddress,
+        peer: TunnelAddress,
+    ) -> None:
+        self._session = session
+        self.conn_id = conn_id
+        self._host = host
+        self._peer = peer
+        self.closed = False
+        # Receive side.
+        self._inbound: deque[bytes] = deque()
+        self._inbound_size = 0
+        self._reading_paused = False
+        self._sent_pause = False
+        self._delivering = False
+        self._remote_eof = False
+        # Send side.
+        self._outbound: deque[bytes] = deque()
+        self._remote_paused = False
+        self._transport_blocked = False
+        self._producer = None
+        self._producer_paused = False
+        self._pull_adapter: _PullToPush | None = None
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.conn_id} {self._peer}>"
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Connect C{protocol} to this stream (calls its makeConnection)."""
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.disconnecting or self._remote_eof or not data:
+            return
+        if self._remote_paused or self._outbound:
+            self._outbound.append(data)
+            return
+        self._session.send_data(self, data)
+
+    def writeSequence(self, iovec) -> None:
+        self.write(b"".join(iovec))
+
+    def loseConnection(self) -> None:
+        """Close cleanly once the bytes written so far have been sent."""
+        if self.closed or self.disconnecting:
+            return
+        self.disconnecting = True
+        if not self._outbound:
+            self._close(EOF, Failure(ConnectionDone("stream closed cleanly")))
+
+    def abortConnection(self) -> None:
+        """Close at once, dropping unsent bytes; the far side sees an error."""
+        self.close_with_error("connection aborted")
+
+    def close_with_error(self, reason: str) -> None:
+        """Close at once, telling the far side C{reason} as an Error."""
+        if not self.closed:
+            self._close(reason, Failure(StreamError(reason)))
+
+    def getPeer(self) -> TunnelAddress:
+        return self._peer
+
+    def getHost(self) -> TunnelAddress:
+        return self._host
+
+    # IPushProducer: the protocol reading from us asks us to hold inbound data.
+
+    def pauseProducing(self) -> None:
+        self._reading_paused = True
+
+    def resumeProducing(self) -> None:
+        if self.closed:
+            return
+        self._reading_paused = False
+        self._deliver_buffered()
+
+    def stopProducing(self) -> None:
+        """
+        Our consumer died: deliver nothing more.  Closing is left to whoever
+        owns that consumer (a relay closes the stream as its partner closed,
+        cleanly or with the error), since a TCP transport calls this before
+        its protocol learns why the connection ended.
+        """
+        self._reading_paused = True
+        self._inbound.clear()
+        self._inbound_size = 0
+
+    # IConsumer: a producer (e.g. a relayed TCP connection) writes to us.
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer!r}, "
+                f"because producer {self._producer!r} was never unregistered."
+            )
+        if self.closed:
+            producer.stopProducing()
+            return
+        if not streaming:
+            self._pull_adapter = _PullToPush(producer, self)
+            producer = self._pull_adapter
+        self._producer = producer
+        self._producer_paused = False
+        if self._pull_adapter is not None:
+            self._pull_adapter.startStreaming()
+        self._update_producer()
+
+    def unregisterProducer(self) -> None:
+        if self._pull_adapter is not None:
+            self._pull_adapter.stopStreaming()
+            self._pull_adapter = None
+        self._producer = None
+        self._producer_paused = False
+
+    # Called by the session.
+
+    def data_received(self, data: bytes) -> None:
+        """Data arrived from the far side."""
+        if self.closed or self._remote_eof:
+            return
+        if self._reading_paused or self._inbound or self._delivering:
+            self._inbound.append(data)
+            self._inbound_size += len(data)
+            if self._inbound_size > HARD_CAP:
+                self.close_with_error(
+                    f"receive buffer over {HARD_CAP} bytes: far side ignored Pause"
+                )
+            elif self._inbound_size > PAUSE_THRESHOLD and not self._sent_pause:
+                self._sent_pause = True
+                self._session.send_pause(self.conn_id)
+            return
+        self.protocol.dataReceived(data)
+
+    def remote_closed(self, text: str) -> None:
+        """
+        The far side sent Error: C{EOF} is a clean close (buffered data is
+        still delivered first), any other text an error.  The far side has
+        already forgotten the stream, so nothing is sent back.
+        """
+        if self.closed or self._remote_eof:
+            return
+        self._outbound.clear()
+        if text != EOF:
+            self._close(None, Failure(StreamError(text)))
+        elif self._inbound:
+            self._remote_eof = True
+            self._session.forget(self)
+        else:
+            self._close(None, Failure(ConnectionDone("stream closed by far side")))
+
+    def remote_paused(self, paused: bool) -> None:
+        """The far side sent Pause (True) or Resume (False)."""
+        if self.closed:
+            return
+        self._remote_paused = paused
+        if not paused:
+            self._flush_outbound()
+        self._update_producer()
+
+    def transport_blocked(self, blocked: bool) -> None:
+        """The session's WebSocket transport filled up (True) or drained (False)."""
+        self._transport_blocked = blocked
+        self._update_producer()
+
+    def session_lost(self, reason: Failure) -> None:
+        """The tunnel session ended: the stream ends with it."""
+        if not self.closed:
+            self._close(None, reason)
+
+    def prune(self) -> None:
+        """The far side no longer knows this stream (SyncConnections)."""
+        self.session_lost(Failure(StreamError("stream unknown to the far side")))
+
+    @property
+    def buffered_inbound(self) -> int:
+        """Bytes received and not yet taken by the protocol."""
+        return self._inbound_size
+
+    @property
+    def has_producer(self) -> bool:
+        return self._producer is not None
+
+    # Internals.
+
+    def _deliver_buffered(self) -> None:
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._inbound and not self._reading_paused and not self.closed:
+                chunk = self._inbound.popleft()
+                self._inbound_size -= len(chunk)
+                self.protocol.dataReceived(chunk)
+        finally:
+            self._delivering = False
+        if self.closed:
+            return
+        if self._remote_eof:
+            if not self._inbound:
+                self._close(None, Failure(ConnectionDone("stream closed by far side")))
+        elif self._sent_pause and self._inbound_size < RESUME_THRESHOLD:
+            self._sent_pause = False
+            self._session.send_resume(self.conn_id)
+
+    def _flush_outbound(self) -> None:
+        while self._outbound and not self._remote_paused and not self.closed:
+            self._session.send_data(self, self._outbound.popleft())
+        if self.disconnecting and not self._outbound and not self.closed:
+            self._close(EOF, Failure(ConnectionDone("stream closed cleanly")))
+
+    def _update_producer(self) -> None:
+        if self._producer is None:
+            return
+        blocked = self._remote_paused or self._transport_blocked
+        if blocked and not self._producer_paused:
+            self._producer_paused = True
+            self._producer.pauseProducing()
+        elif not blocked and self._producer_paused:
+            self._producer_paused = False
+            self._producer.resumeProducing()
+
+    def _close(self, send_error: str | None, reason: Failure) -> None:
+        """
+        End the stream: tell the far side (unless it told us), leave the
+        session, stop our producer and tell the protocol.
+        """
+        self.closed = True
+        self.disconnecting = True
+        self._outbound.clear()
+        self._inbound.clear()
+        self._inbound_size = 0
+        self._session.forget(self, send_error)
+        producer, self._producer = self._producer, None
+        if self._pull_adapter is not None:
+            self._pull_adapter.stopStreaming()
+            self._pull_adapter = None
+        if producer is not None:
+            producer.stopProducing()
+        if self.protocol is not None:
+            self.protocol.connectionLost(reason)

@@ -1,0 +1,1 @@
+"""The twistd programs (see twisted/plugins/remotedialer_plugins.py)."""

@@ -1,0 +1,82 @@
+"""
+``twistd remotedialer-client``: the Go example client's flags, plus what a
+production client needs (extra headers, a dial allow-list, a CA file).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python import usage
+
+from remotedialer._client import TunnelClient, endpoint_for_url
+from remotedialer._dialer import allow_all, allow_patterns
+from remotedialer._tap._common import data_debug
+
+DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow PATTERN ...] [--ca-file PEM] [--debug]"
+    optParameters = [
+        ["connect", "c", DEFAULT_CONNECT, "Tunnel URL of the server (ws:// or wss://)."],
+        ["id", "i", "foo", "Client key, sent as X-Tunnel-ID."],
+        ["ca-file", None, None, "PEM file of CA certificates to verify a wss:// server with."],
+    ]
+    optFlags = [["debug", "d", "Log every tunnel message."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["headers"] = {}
+        self["allow"] = []
+
+    def opt_header(self, value: str) -> None:
+        """Extra upgrade header 'Name: value' (repeatable)."""
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            raise usage.UsageError(f"--header {value!r} is not 'Name: value'")
+        self["headers"][name.strip()] = text.strip()
+
+    def opt_allow(self, pattern: str) -> None:
+        """Allow dials to targets matching proto/host:port pattern, e.g. 'tcp/127.0.0.1:*' (repeatable; default: all)."""
+        if "/" not in pattern:
+            raise usage.UsageError(f"--allow {pattern!r} is not proto/host:port (e.g. tcp/10.0.0.1:443)")
+        self["allow"].append(pattern)
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        if not self["id"] or "/" in self["id"]:
+            raise usage.UsageError("--id must be non-empty and without '/'")
+        self["tls_options"] = None
+        if self["ca-file"]:
+            try:
+                with open(self["ca-file"], "rb") as f:
+                    ca = Certificate.loadPEM(f.read())
+            except (OSError, ValueError, Exception) as e:
+                raise usage.UsageError(f"--ca-file {self['ca-file']!r}: {e}") from None
+            from urllib.parse import urlsplit
+
+            host = urlsplit(self["connect"]).hostname or ""
+            self["tls_options"] = optionsForClientTLS(host, trustRoot=ca)
+        try:
+            endpoint_for_url(reactor, self["connect"], self["tls_options"])
+        except ValueError as e:
+            raise usage.UsageError(f"--connect: {e}") from None
+
+
+def makeService(options: Options) -> TunnelClient:
+    if options["allow"]:
+        authorizer = allow_patterns(options["allow"])
+    else:
+        log.warn("no --allow given: the server may dial any target this host can reach")
+        authorizer = allow_all
+    return TunnelClient(
+        options["connect"],
+        headers={"X-Tunnel-ID": options["id"], **options["headers"]},
+        connect_authorizer=authorizer,
+        tls_options=options["tls_options"],
+        trace=data_debug(options["debug"]),
+        client_key=options["id"],
+    )

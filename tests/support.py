@@ -1,0 +1,161 @@
+"""
+Test fixtures on real loopback sockets: a tunnel server in a twisted.web
+site, a client service, and small target services (sink, source, echo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from remotedialer import Server, TunnelClient, allow_all
+
+
+def wait(seconds: float) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_sleep(seconds))
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Wait until C{predicate()} is true (fail after C{timeout} seconds)."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        await wait(interval)
+        waited += interval
+
+
+class TunnelHarness:
+    """A server on 127.0.0.1 and clients connected to it, torn down by the test."""
+
+    def __init__(self, testcase, **server_kwargs) -> None:
+        self.testcase = testcase
+        self.server = Server(reactor=reactor, **server_kwargs)
+        self.port = None
+        self.clients: list[TunnelClient] = []
+
+    async def start(self, port: int = 0) -> None:
+        root = Resource()
+        root.putChild(b"connect", self.server.resource)
+        self.port = await TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(Site(root))
+        self.testcase.addCleanup(self.stop_listening)
+
+    async def stop_listening(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port.getHost().port}/connect"
+
+    async def connect_client(self, client_key: str = "foo", **kwargs) -> TunnelClient:
+        kwargs.setdefault("connect_authorizer", allow_all)
+        headers = {"X-Tunnel-ID": client_key, **kwargs.pop("headers", {})}
+        client = TunnelClient(self.url, headers=headers, reactor=reactor, client_key=client_key, **kwargs)
+        client.startService()
+        self.testcase.addCleanup(client.stopService)
+        self.clients.append(client)
+        await client.when_connected()
+        await eventually(lambda: self.server.has_session(client_key))
+        return client
+
+
+class Collector(Protocol):
+    """Collects what it receives; C{done} fires with the bytes on close."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.done = defer.Deferred()
+        self.reason = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.received += len(data)
+
+    def connectionLost(self, reason=None) -> None:
+        self.reason = reason
+        self.done.callback(b"".join(self.chunks))
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class Payload:
+    """Deterministic pseudo-random bytes, made chunk by chunk, with their sha256."""
+
+    def __init__(self, size: int, seed: int = 0, chunk: int = 256 * 1024) -> None:
+        self.size = size
+        self._seed = seed
+        self._chunk = chunk
+        self.sha256 = hashlib.sha256(b"".join(self.chunks())).hexdigest()
+
+    def chunks(self):
+        block = hashlib.sha256(str(self._seed).encode()).digest() * (self._chunk // 32)
+        sent = 0
+        i = 0
+        while sent < self.size:
+            n = min(self._chunk, self.size - sent)
+            yield bytes([i % 251]) + block[1:n] if n > 1 else bytes([i % 251])
+            sent += n
+            i += 1
+
+
+class SendPayload(Protocol):
+    """Writes a payload as a push producer would (honouring pause), then closes."""
+
+    def __init__(self, payload: Payload, close: bool = True) -> None:
+        self._chunks = payload.chunks()
+        self._paused = False
+        self._close = close
+        self.pauses = 0
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        if not self._paused:
+            self.pauses += 1
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        reactor.callLater(0, self._produce)
+
+    def _produce(self) -> None:
+        while not self._paused:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self.transport.unregisterProducer()
+                if self._close:
+                    self.transport.loseConnection()
+                return
+            self.transport.write(chunk)
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def listen_tcp(factory: Factory, testcase):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    testcase.addCleanup(port.stopListening)
+    return port
