@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
@@ -89,37 +89,45 @@ class TunnelClient(Service):
         self._trace = trace
         self._client_key = client_key
         self._service: ClientService | None = None
+        self._waiters: list[defer.Deferred] = []
+        self._failed_opens = 0
+        self._ready = False
+        self._protocol: TunnelClientProtocol | None = None
         self._sync: LoopingCall | None = None
         self.session: Session | None = None
 
     def startService(self) -> None:
         super().startService()
+        # The WebSocket upgrade is checked here, not in ClientService's
+        # prepareConnection: a connection lost while "preparing" trips its
+        # state machine (NoTransition).  Refused upgrades still back off:
+        # the retry policy counts them.
         self._service = ClientService(
             self._endpoint,
             self._factory,
-            retryPolicy=self._retry_policy,
+            retryPolicy=lambda attempt: self._retry_policy(max(attempt, self._failed_opens)),
             clock=self.reactor,
-            prepareConnection=self._prepare,
         )
         self._service.startService()
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self._protocol is not None and self._protocol.transport is not None:
+            # A TLS transport will not close while a producer is registered.
+            self._protocol.transport.unregisterProducer()
         service, self._service = self._service, None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(ConnectionError("client stopped"))
         return service.stopService()
 
-    def when_connected(self, failAfterFailures: int | None = None) -> defer.Deferred:
-        """
-        Fires with the L{Session} once the tunnel is open -- on a later
-        reactor turn, so its callbacks may stop this service (ClientService's
-        state machine refuses re-entrant calls).
-        """
-        d = self._service.whenConnected(failAfterFailures=failAfterFailures)
-
-        def later(protocol):
-            return deferLater(self.reactor, 0, lambda: protocol.session)
-
-        return d.addCallback(later)
+    def when_connected(self) -> defer.Deferred:
+        """Fires with the L{Session} once the tunnel is open (and the on-connect hook done)."""
+        if self.session is not None and self._ready:
+            return defer.succeed(self.session)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     def open_stream(self, proto: str, address: str) -> TunnelStream:
         """Dial the server's side (only works where the server allows client dials)."""
@@ -127,18 +135,18 @@ class TunnelClient(Service):
             raise ConnectionError("tunnel is not connected")
         return self.session.open_stream(proto, address)
 
-    def _prepare(self, protocol: TunnelClientProtocol) -> defer.Deferred:
-        d = protocol.opened
-        if self._on_connect is not None:
-            d.addCallback(lambda p: defer.maybeDeferred(self._on_connect, p.session))
+    def _ready_now(self, session: Session) -> None:
+        if self.session is not session:
+            return
+        self._ready = True
+        self._failed_opens = 0
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(session)
 
-            def hook_failed(failure):
-                self.log.failure("on-connect hook failed; dropping the tunnel", failure)
-                protocol.drop()
-                return failure
-
-            d.addErrback(hook_failed)
-        return d
+    def _link_failed(self) -> None:
+        """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
+        self._failed_opens += 1
 
     # Called by the WebSocket protocol.
 
@@ -153,15 +161,29 @@ class TunnelClient(Service):
         )
         self.log.info("tunnel to {url} open", url=self.url)
         self.session = session
+        self._protocol = protocol
+        self._ready = False
         self._sync = LoopingCall(session.send_sync_connections)
         self._sync.clock = self.reactor
         self._sync.start(SYNC_INTERVAL, now=False)
+        d = defer.succeed(None)
+        if self._on_connect is not None:
+            d.addCallback(lambda _: self._on_connect(session))
+
+            def hook_failed(failure):
+                self.log.failure("on-connect hook failed; dropping the tunnel", failure)
+                self._link_failed()
+                protocol.drop()
+
+            d.addErrback(hook_failed)
+        d.addCallback(lambda _: self._ready_now(session))
         return session
 
     def _session_closed(self, session: Session) -> None:
         self.log.info("tunnel to {url} closed", url=self.url)
         if self.session is session:
             self.session = None
+            self._protocol = None
             if self._sync is not None and self._sync.running:
                 self._sync.stop()
             self._sync = None

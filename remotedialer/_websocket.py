@@ -16,7 +16,6 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -126,24 +125,17 @@ class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):
 
 
 class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
-    """
-    The client end of a tunnel (also a server's outgoing peer link).
-    C{opened} fires when the upgrade succeeds and fails if the link ends
-    before, so a refused handshake counts as a failed connection attempt.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opened: Deferred = Deferred()
+    """The client end of a tunnel (also a server's outgoing peer link)."""
 
     def onOpen(self) -> None:
         self.start_session(self.factory.owner._session_opened(self))
-        self.opened.callback(self)
 
     def onClose(self, wasClean: bool, code, reason) -> None:
+        opened = self.session is not None
         super().onClose(wasClean, code, reason)
-        if not self.opened.called:
-            self.opened.errback(TunnelLinkError(f"WebSocket upgrade failed: {reason}"))
+        if not opened:
+            self.log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url, reason=reason)
+            self.factory.owner._link_failed()
 
     def session_ended(self, session: Session) -> None:
         self.factory.owner._session_closed(session)
