@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStream
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer._session import Session
@@ -29,11 +30,16 @@ SYNC_INTERVAL = 60
 
 
 def endpoint_for_url(
-    reactor, url: str, tls_options: IOpenSSLClientConnectionCreator | None = None
+    reactor,
+    url: str,
+    tls_options: IOpenSSLClientConnectionCreator | None = None,
+    trust_root=None,
 ) -> IStreamClientEndpoint:
     """
-    The endpoint for a C{ws://} or C{wss://} URL; wss verifies the server's
-    certificate (platform trust store unless C{tls_options} says otherwise).
+    The endpoint for a C{ws://} or C{wss://} URL.  wss always verifies the
+    server's certificate for the URL's host: against C{trust_root} (e.g. a
+    Certificate loaded from a CA file) or the platform trust store, unless
+    C{tls_options} replaces the whole TLS configuration.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -46,17 +52,53 @@ def endpoint_for_url(
     endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
     if secure:
         if tls_options is None:
-            tls_options = optionsForClientTLS(parts.hostname)
+            tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
         endpoint = wrapClientTLS(tls_options, endpoint)
     return endpoint
 
 
+@implementer(IStreamClientEndpoint)
+class _ServerRotation:
+    """
+    Connects to one of several server URLs: the same one while it works,
+    the next after a failed attempt or a lost tunnel (failover to another
+    server of an HA group).  Autobahn's factory is told which URL it speaks to.
+    """
+
+    def __init__(self, reactor, urls: list[str], tls_options, trust_root, websocket_factory, headers) -> None:
+        self._targets = [(url, endpoint_for_url(reactor, url, tls_options, trust_root)) for url in urls]
+        self._index = 0
+        self._factory = websocket_factory
+        self._headers = headers
+
+    @property
+    def url(self) -> str:
+        return self._targets[self._index][0]
+
+    def rotate(self) -> None:
+        self._index = (self._index + 1) % len(self._targets)
+
+    def connect(self, protocolFactory) -> defer.Deferred:
+        url, endpoint = self._targets[self._index]
+        self._factory.setSessionParameters(url=url, headers=self._headers)
+        d = endpoint.connect(protocolFactory)
+
+        def failed(failure):
+            self.rotate()
+            return failure
+
+        return d.addErrback(failed)
+
+
 class TunnelClient(Service):
     """
-    Connects to C{url} and serves the server's dials under
-    C{connect_authorizer(proto, address)}.
+    Connects to C{url} (or the first of several server URLs that answers,
+    moving to the next when a tunnel is lost) and serves the server's dials
+    under C{connect_authorizer(proto, address)}.
 
     @param headers: sent with the upgrade (e.g. C{X-Tunnel-ID}).
+    @param trust_root: CA to verify wss:// servers with (default: platform
+        trust); C{tls_options} replaces the TLS configuration outright.
     @param on_connect: called with the L{Session} each time the tunnel
         opens; may return a Deferred; a failure drops the tunnel (and it is
         retried).
@@ -66,12 +108,13 @@ class TunnelClient(Service):
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         *,
         connect_authorizer: ConnectAuthorizer,
         headers: dict[str, str] | None = None,
         reactor=None,
         tls_options: IOpenSSLClientConnectionCreator | None = None,
+        trust_root=None,
         on_connect: Callable[[Session], object] | None = None,
         retry_policy: Callable[[int], float] | None = None,
         trace: bool = False,
@@ -80,9 +123,12 @@ class TunnelClient(Service):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.url = url
-        self._endpoint = endpoint_for_url(reactor, url, tls_options)
-        self._factory = client_factory(self, url, dict(headers or {}), reactor)
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("no server URL")
+        headers = dict(headers or {})
+        self._factory = client_factory(self, urls[0], headers, reactor)
+        self._endpoint = _ServerRotation(reactor, urls, tls_options, trust_root, self._factory, headers)
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
         self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
@@ -119,7 +165,7 @@ class TunnelClient(Service):
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(ConnectionError("client stopped"))
-        return service.stopService()
+        return service.stopService() if service is not None else defer.succeed(None)
 
     def when_connected(self) -> defer.Deferred:
         """Fires with the L{Session} once the tunnel is open (and the on-connect hook done)."""
@@ -144,9 +190,15 @@ class TunnelClient(Service):
         for waiter in waiters:
             waiter.callback(session)
 
+    @property
+    def url(self) -> str:
+        """The server URL in use (or to be tried next)."""
+        return self._endpoint.url
+
     def _link_failed(self) -> None:
         """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
         self._failed_opens += 1
+        self._endpoint.rotate()
 
     # Called by the WebSocket protocol.
 
@@ -184,6 +236,8 @@ class TunnelClient(Service):
         if self.session is session:
             self.session = None
             self._protocol = None
+            if self.running:
+                self._endpoint.rotate()
             if self._sync is not None and self._sync.running:
                 self._sync.stop()
             self._sync = None

@@ -2,13 +2,15 @@
 The server: accepts tunnels from clients (and links from peer servers) and
 lets application code dial through them.
 
-It is a plain object, not a service: put L{Server.resource} anywhere in a
-twisted.web tree, and dial with L{Server.endpoint}, L{Server.agent} or
-L{Server.open_stream}.
+Put L{Server.resource} anywhere in a twisted.web tree, and dial with
+L{Server.endpoint}, L{Server.agent} or L{Server.open_stream}.  The server is
+a MultiService whose children are its outgoing peer links: only peering
+needs it started (attach it to your application, or call startService).
 """
 
 from __future__ import annotations
 
+from twisted.application.service import MultiService
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
@@ -19,6 +21,7 @@ from twisted.web.resource import IResource
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer, deny_all
 from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
+from remotedialer._peering import PeerLink
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
 from remotedialer._session import Session
@@ -53,7 +56,7 @@ class _LocalOnly:
         return self._server.open_stream(client_key, proto, address, local_only=True)
 
 
-class Server:
+class Server(MultiService):
     """
     A remotedialer server.
 
@@ -63,6 +66,9 @@ class Server:
     @param client_connect_authorizer: C{(proto, address) -> bool} for dials
         a client makes to targets near the server; by default none is allowed.
     @param peer_id: this server's id when peering; C{peer_token} its token.
+        Without both there is no peering.
+    @param peer_trust_root: CA to verify peers' wss:// URLs with (default:
+        platform trust; unlike Go, peers' certificates are verified).
     @param trace: log every message (CATTLE_TUNNEL_DATA_DEBUG).
     """
 
@@ -76,8 +82,10 @@ class Server:
         client_connect_authorizer: ConnectAuthorizer = deny_all,
         peer_id: str | None = None,
         peer_token: str | None = None,
+        peer_trust_root=None,
         trace: bool = False,
     ) -> None:
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -86,6 +94,8 @@ class Server:
         self.peer_token = peer_token
         self.trace = trace
         self._peer_tokens: dict[str, str] = {}
+        self._peer_links: dict[str, PeerLink] = {}
+        self._peer_trust_root = peer_trust_root
         self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
         self._peer_dialer = _PeerForwardDialer(self)
         self._websocket_factory = server_factory(self, reactor)
@@ -136,18 +146,45 @@ class Server:
         """Client keys connected to this server."""
         return self.sessions.clients()
 
-    # Peers (the incoming side; outgoing links are the peering module's).
+    # Peers.
 
-    def allow_peer(self, peer_id: str, token: str) -> None:
-        """Accept links from peer C{peer_id} presenting C{token}."""
+    def add_peer(self, peer_id: str, token: str, url: str) -> None:
+        """
+        Peer with server C{peer_id}: keep a link open to its tunnel C{url}
+        (announcing our clients over it) and accept its link presenting
+        C{token}.  Changing a peer's token or url replaces its link.
+        """
+        if not (self.peer_id and self.peer_token):
+            raise ValueError("peering needs this server's peer_id and peer_token")
+        if not peer_id or "/" in peer_id or peer_id == self.peer_id:
+            raise ValueError(f"bad peer id {peer_id!r}")
+        link = self._peer_links.get(peer_id)
+        if link is not None:
+            if link.same_as(token, url):
+                return
+            self.remove_peer(peer_id)
+        link = PeerLink(self, peer_id, token, url, self._peer_trust_root)
         self._peer_tokens[peer_id] = token
+        self._peer_links[peer_id] = link
+        link.setServiceParent(self)
 
-    def disallow_peer(self, peer_id: str) -> None:
-        """Refuse new links from C{peer_id} and drop its current ones."""
+    def remove_peer(self, peer_id: str) -> None:
+        """Stop peering with C{peer_id}: its links (both ways) are torn down."""
         self._peer_tokens.pop(peer_id, None)
+        link = self._peer_links.pop(peer_id, None)
+        if link is not None:
+            link.disownServiceParent()
         for session in self.sessions.peer_sessions():
             if session.client_key == peer_id:
                 session.lose(Failure(ConnectionLost(f"peer {peer_id} removed")))
+
+    @property
+    def peers(self) -> dict[str, str]:
+        """Peer id -> tunnel URL of every configured peer."""
+        return {peer_id: link.url for peer_id, link in self._peer_links.items()}
+
+    def peer_link(self, peer_id: str) -> PeerLink | None:
+        return self._peer_links.get(peer_id)
 
     # Called by the WebSocket protocol.
 

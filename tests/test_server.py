@@ -89,9 +89,10 @@ class UpgradeAuthTests(TestCase):
         """A known peer id with its token opens a peer session; a wrong token is refused."""
 
         async def go():
-            harness = TunnelHarness(self)
+            harness = TunnelHarness(self, peer_id="server-a", peer_token="a-token")
             await harness.start()
-            harness.server.allow_peer("server-b", "s3cret")
+            # a peer whose link never comes up (nothing listens on port 1)
+            harness.server.add_peer("server-b", "s3cret", "ws://127.0.0.1:1/connect")
             code, body = await self._get(harness, {b"X-API-Tunnel-ID": [b"server-b"],
                                                    b"X-API-Tunnel-Token": [b"wrong"]})
             self.assertEqual((code, body), (401, b"failed authentication"))

@@ -5,7 +5,7 @@ production client needs (extra headers, a dial allow-list, a CA file).
 
 from __future__ import annotations
 
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -20,7 +20,8 @@ log = Logger()
 class Options(usage.Options):
     synopsis = "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow PATTERN ...] [--ca-file PEM] [--debug]"
     optParameters = [
-        ["connect", "c", DEFAULT_CONNECT, "Tunnel URL of the server (ws:// or wss://)."],
+        ["connect", "c", DEFAULT_CONNECT,
+         "Tunnel URL of the server (ws:// or wss://); several, comma-separated, for failover."],
         ["id", "i", "foo", "Client key, sent as X-Tunnel-ID."],
         ["ca-file", None, None, "PEM file of CA certificates to verify a wss:// server with."],
     ]
@@ -49,21 +50,22 @@ class Options(usage.Options):
 
         if not self["id"] or "/" in self["id"]:
             raise usage.UsageError("--id must be non-empty and without '/'")
-        self["tls_options"] = None
+        self["trust_root"] = None
         if self["ca-file"]:
             try:
                 with open(self["ca-file"], "rb") as f:
                     ca = Certificate.loadPEM(f.read())
             except (OSError, ValueError, Exception) as e:
                 raise usage.UsageError(f"--ca-file {self['ca-file']!r}: {e}") from None
-            from urllib.parse import urlsplit
-
-            host = urlsplit(self["connect"]).hostname or ""
-            self["tls_options"] = optionsForClientTLS(host, trustRoot=ca)
-        try:
-            endpoint_for_url(reactor, self["connect"], self["tls_options"])
-        except ValueError as e:
-            raise usage.UsageError(f"--connect: {e}") from None
+            self["trust_root"] = ca
+        self["urls"] = [u.strip() for u in self["connect"].split(",") if u.strip()]
+        if not self["urls"]:
+            raise usage.UsageError("--connect needs a URL")
+        for url in self["urls"]:
+            try:
+                endpoint_for_url(reactor, url)
+            except ValueError as e:
+                raise usage.UsageError(f"--connect: {e}") from None
 
 
 def makeService(options: Options) -> TunnelClient:
@@ -73,10 +75,10 @@ def makeService(options: Options) -> TunnelClient:
         log.warn("no --allow given: the server may dial any target this host can reach")
         authorizer = allow_all
     return TunnelClient(
-        options["connect"],
+        options["urls"],
         headers={"X-Tunnel-ID": options["id"], **options["headers"]},
         connect_authorizer=authorizer,
-        tls_options=options["tls_options"],
+        trust_root=options["trust_root"],
         trace=data_debug(options["debug"]),
         client_key=options["id"],
     )

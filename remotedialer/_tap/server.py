@@ -60,12 +60,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> MultiService:
     server = Server(trace=data_debug(options["debug"]),
                     peer_id=options["id"], peer_token=options["token"])
-    for peer_id, token, _url in options["peer_list"]:
-        server.allow_peer(peer_id, token)
+    for peer_id, token, url in options["peer_list"]:
+        server.add_peer(peer_id, token, url)
     root = Resource()
     root.putChild(b"connect", server.resource)
     root.putChild(b"client", FrontDoor(server))
     top = MultiService()
     strports.service(options["listen"], Site(root)).setServiceParent(top)
+    server.setServiceParent(top)
     top.server = server
     return top

@@ -1,0 +1,123 @@
+"""
+HA peering: the outgoing link from this server to one peer (PROTOCOL.md 5).
+
+Each server keeps a client WebSocket open to every peer, authenticated with
+its own peer id and token.  Over that link it announces its local client
+sessions (AddClient at link start and on every add, RemoveClient on every
+removal), and it answers the peer's Connect ``<clientKey>::<proto>`` by
+dialing through its own local session of that client -- never onwards to
+another peer, so a dial cannot loop.
+
+The other direction -- recording what a peer announced and dialing through
+it -- is the incoming peer session's, which the registry routes to.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from remotedialer._client import endpoint_for_url
+from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
+from remotedialer._session import Session
+from remotedialer._websocket import TunnelClientProtocol, client_factory
+
+#: Go retries a peer every 5 s; we back off up to that.
+PEER_RETRY_MAX = 5.0
+
+
+class PeerLink(Service):
+    """
+    The link to peer C{peer_id} at C{url}, kept up (with backoff) while the
+    service runs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        server,
+        peer_id: str,
+        token: str,
+        url: str,
+        trust_root=None,
+    ) -> None:
+        self.name = f"peer:{peer_id}"
+        self.server = server
+        self.peer_id = peer_id
+        self.token = token
+        self.url = url
+        headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
+        self._endpoint = endpoint_for_url(server.reactor, url, trust_root=trust_root)
+        self._factory = client_factory(self, url, headers, server.reactor)
+        self._retry = backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX)
+        self._failed_opens = 0
+        self._service: ClientService | None = None
+        self._protocol: TunnelClientProtocol | None = None
+        self.session: Session | None = None
+
+    def __repr__(self) -> str:
+        return f"<PeerLink {self.peer_id} {self.url}>"
+
+    def same_as(self, token: str, url: str) -> bool:
+        return (self.token, self.url) == (token, url)
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=self.url)
+        self._service = ClientService(
+            self._endpoint,
+            self._factory,
+            retryPolicy=lambda attempt: self._retry(max(attempt, self._failed_opens)),
+            clock=self.server.reactor,
+        )
+        self._service.startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.unregisterProducer()
+        service, self._service = self._service, None
+        return service.stopService() if service is not None else defer.succeed(None)
+
+    # The registry tells us of local sessions while the link is up.
+
+    def session_added(self, session: Session) -> None:
+        if self.session is not None:
+            self.session.announce_client(session.client_key, session.session_key, True)
+
+    def session_removed(self, session: Session) -> None:
+        if self.session is not None:
+            self.session.announce_client(session.client_key, session.session_key, False)
+
+    # Called by the WebSocket protocol.
+
+    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
+        session = Session(
+            protocol.send_binary,
+            client_key=self.peer_id,
+            dials_as_client=True,
+            dialer=self.server._peer_dialer,
+            trace=self.server.trace,
+            drop=protocol.drop,
+        )
+        self.log.info("peer {peer}: link open", peer=self.peer_id)
+        self._failed_opens = 0
+        self._protocol = protocol
+        self.session = session
+        for local in self.server.sessions.local_sessions():
+            session.announce_client(local.client_key, local.session_key, True)
+        self.server.sessions.observe(self)
+        return session
+
+    def _session_closed(self, session: Session) -> None:
+        if self.session is session:
+            self.log.info("peer {peer}: link closed", peer=self.peer_id)
+            self.server.sessions.unobserve(self)
+            self.session = None
+            self._protocol = None
+
+    def _link_failed(self) -> None:
+        self._failed_opens += 1
