@@ -17,7 +17,11 @@ Module map (one idea each):
     _registry   a server's sessions and the routing rule
     _server     the server object
     _endpoint   endpoints and Agent endpoint factory through a client
-    _client     the reconnecting client service
+    _link       an outgoing WebSocket kept up by ClientService
+    _client     the client service (a link serving the server's dials)
+    _peering    a server's outgoing link to a peer (HA)
+    _frontdoor  the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _tap/       the twistd programs
 """
 
 from remotedialer._client import TunnelClient, endpoint_for_url

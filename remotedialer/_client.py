@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
+from remotedialer._link import WebSocketLink
 from remotedialer._session import Session
 from remotedialer._stream import TunnelStream
 from remotedialer._websocket import TunnelClientProtocol, client_factory
@@ -90,7 +90,7 @@ class _ServerRotation:
         return d.addErrback(failed)
 
 
-class TunnelClient(Service):
+class TunnelClient(WebSocketLink):
     """
     Connects to C{url} (or the first of several server URLs that answers,
     moving to the next when a tunnel is lost) and serves the server's dials
@@ -103,8 +103,6 @@ class TunnelClient(Service):
         opens; may return a Deferred; a failure drops the tunnel (and it is
         retried).
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -122,50 +120,36 @@ class TunnelClient(Service):
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        self.reactor = reactor
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("no server URL")
         headers = dict(headers or {})
-        self._factory = client_factory(self, urls[0], headers, reactor)
-        self._endpoint = _ServerRotation(reactor, urls, tls_options, trust_root, self._factory, headers)
+        factory = client_factory(self, urls[0], headers, reactor)
+        self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers)
+        super().__init__(
+            reactor,
+            self._rotation,
+            factory,
+            retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0),
+        )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
         self._trace = trace
         self._client_key = client_key
-        self._service: ClientService | None = None
         self._waiters: list[defer.Deferred] = []
-        self._failed_opens = 0
         self._ready = False
-        self._protocol: TunnelClientProtocol | None = None
         self._sync: LoopingCall | None = None
-        self.session: Session | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        # The WebSocket upgrade is checked here, not in ClientService's
-        # prepareConnection: a connection lost while "preparing" trips its
-        # state machine (NoTransition).  Refused upgrades still back off:
-        # the retry policy counts them.
-        self._service = ClientService(
-            self._endpoint,
-            self._factory,
-            retryPolicy=lambda attempt: self._retry_policy(max(attempt, self._failed_opens)),
-            clock=self.reactor,
-        )
-        self._service.startService()
+    @property
+    def url(self) -> str:
+        """The server URL in use (or to be tried next)."""
+        return self._rotation.url
 
     def stopService(self) -> defer.Deferred:
-        super().stopService()
-        if self._protocol is not None and self._protocol.transport is not None:
-            # A TLS transport will not close while a producer is registered.
-            self._protocol.transport.unregisterProducer()
-        service, self._service = self._service, None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(ConnectionError("client stopped"))
-        return service.stopService() if service is not None else defer.succeed(None)
+        return super().stopService()
 
     def when_connected(self) -> defer.Deferred:
         """Fires with the L{Session} once the tunnel is open (and the on-connect hook done)."""
@@ -181,29 +165,10 @@ class TunnelClient(Service):
             raise ConnectionError("tunnel is not connected")
         return self.session.open_stream(proto, address)
 
-    def _ready_now(self, session: Session) -> None:
-        if self.session is not session:
-            return
-        self._ready = True
-        self._failed_opens = 0
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(session)
+    # The link.
 
-    @property
-    def url(self) -> str:
-        """The server URL in use (or to be tried next)."""
-        return self._endpoint.url
-
-    def _link_failed(self) -> None:
-        """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
-        self._failed_opens += 1
-        self._endpoint.rotate()
-
-    # Called by the WebSocket protocol.
-
-    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
-        session = Session(
+    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+        return Session(
             protocol.send_binary,
             client_key=self._client_key,
             dials_as_client=True,
@@ -211,9 +176,9 @@ class TunnelClient(Service):
             trace=self._trace,
             drop=protocol.drop,
         )
+
+    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
         self.log.info("tunnel to {url} open", url=self.url)
-        self.session = session
-        self._protocol = protocol
         self._ready = False
         self._sync = LoopingCall(session.send_sync_connections)
         self._sync.clock = self.reactor
@@ -224,20 +189,29 @@ class TunnelClient(Service):
 
             def hook_failed(failure):
                 self.log.failure("on-connect hook failed; dropping the tunnel", failure)
-                self._link_failed()
+                self.link_failed()
                 protocol.drop()
 
             d.addErrback(hook_failed)
         d.addCallback(lambda _: self._ready_now(session))
-        return session
 
-    def _session_closed(self, session: Session) -> None:
+    def _ready_now(self, session: Session) -> None:
+        if self.session is not session:
+            return
+        self._ready = True
+        self._failed_opens = 0
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(session)
+
+    def link_closed(self, session: Session) -> None:
         self.log.info("tunnel to {url} closed", url=self.url)
-        if self.session is session:
-            self.session = None
-            self._protocol = None
-            if self.running:
-                self._endpoint.rotate()
-            if self._sync is not None and self._sync.running:
-                self._sync.stop()
-            self._sync = None
+        if self._sync is not None and self._sync.running:
+            self._sync.stop()
+        self._sync = None
+        if self.running:
+            self._rotation.rotate()
+
+    def link_failed(self) -> None:
+        super().link_failed()
+        self._rotation.rotate()

@@ -48,11 +48,16 @@ class _BodyRelay(Protocol):
         self._request.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        self._request.unregisterProducer()
+        if self._request.channel is not None:  # None once the downstream reader left
+            self._request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
             self.done.errback(reason)
+
+
+def _timed_out(result, timeout: float):
+    raise defer.TimeoutError(f"no response within {timeout:g} s")
 
 
 class FrontDoor(Resource):
@@ -94,14 +99,24 @@ class FrontDoor(Resource):
 
             body = FileBodyProducer(request.content)
         d = agent.request(request.method, url, headers, body)
-        d.addTimeout(timeout, self._reactor)
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: d.cancel())
-        d.addCallback(self._respond, request, finished)
+        # Agent turns a cancelled request into ResponseNeverReceived, which
+        # addTimeout would not recognise as its own timeout: say so ourselves.
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
+        relays: list[_BodyRelay] = []
+
+        def downstream_gone(_):
+            # The reader left: stop fetching, or stop the body (closing the stream).
+            d.cancel()
+            for relay in relays:
+                if relay.transport is not None:
+                    relay.transport.stopProducing()
+
+        request.notifyFinish().addErrback(downstream_gone)
+        d.addCallback(self._respond, request, relays)
         d.addErrback(self._failed, request, url)
         return NOT_DONE_YET
 
-    def _respond(self, response, request, finished) -> defer.Deferred:
+    def _respond(self, response, request, relays: list) -> defer.Deferred:
         request.setResponseCode(response.code, response.phrase)
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in HOP_BY_HOP:
@@ -109,8 +124,8 @@ class FrontDoor(Resource):
         if isinstance(response.length, int):
             request.setHeader(b"Content-Length", str(response.length).encode())
         relay = _BodyRelay(request)
+        relays.append(relay)
         response.deliverBody(relay)
-        finished.addErrback(lambda _: relay.transport.stopProducing() if relay.transport else None)
         relay.done.addCallback(lambda _: request.finish() if not request.finished and not request._disconnected else None)
         return relay.done
 
@@ -122,7 +137,7 @@ class FrontDoor(Resource):
             if request.channel is not None:
                 request.channel.transport.abortConnection()
             return
-        if failure.check(defer.CancelledError, defer.TimeoutError):
+        if failure.check(defer.TimeoutError):
             code, text = 504, f"timeout waiting for {url.decode(errors='replace')}"
         elif failure.check(ClientNotConnected):
             code, text = 500, failure.getErrorMessage()

@@ -14,12 +14,10 @@ it -- is the incoming peer session's, which the registry routes to.
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.application.internet import backoffPolicy
 
 from remotedialer._client import endpoint_for_url
+from remotedialer._link import WebSocketLink
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
 from remotedialer._websocket import TunnelClientProtocol, client_factory
@@ -28,35 +26,25 @@ from remotedialer._websocket import TunnelClientProtocol, client_factory
 PEER_RETRY_MAX = 5.0
 
 
-class PeerLink(Service):
+class PeerLink(WebSocketLink):
     """
     The link to peer C{peer_id} at C{url}, kept up (with backoff) while the
     service runs.
     """
 
-    log = Logger()
-
-    def __init__(
-        self,
-        server,
-        peer_id: str,
-        token: str,
-        url: str,
-        trust_root=None,
-    ) -> None:
+    def __init__(self, server, peer_id: str, token: str, url: str, trust_root=None) -> None:
+        headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
+        super().__init__(
+            server.reactor,
+            endpoint_for_url(server.reactor, url, trust_root=trust_root),
+            client_factory(self, url, headers, server.reactor),
+            backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX),
+        )
         self.name = f"peer:{peer_id}"
         self.server = server
         self.peer_id = peer_id
         self.token = token
         self.url = url
-        headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
-        self._endpoint = endpoint_for_url(server.reactor, url, trust_root=trust_root)
-        self._factory = client_factory(self, url, headers, server.reactor)
-        self._retry = backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX)
-        self._failed_opens = 0
-        self._service: ClientService | None = None
-        self._protocol: TunnelClientProtocol | None = None
-        self.session: Session | None = None
 
     def __repr__(self) -> str:
         return f"<PeerLink {self.peer_id} {self.url}>"
@@ -65,22 +53,8 @@ class PeerLink(Service):
         return (self.token, self.url) == (token, url)
 
     def startService(self) -> None:
-        super().startService()
         self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=self.url)
-        self._service = ClientService(
-            self._endpoint,
-            self._factory,
-            retryPolicy=lambda attempt: self._retry(max(attempt, self._failed_opens)),
-            clock=self.server.reactor,
-        )
-        self._service.startService()
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.unregisterProducer()
-        service, self._service = self._service, None
-        return service.stopService() if service is not None else defer.succeed(None)
+        super().startService()
 
     # The registry tells us of local sessions while the link is up.
 
@@ -92,10 +66,10 @@ class PeerLink(Service):
         if self.session is not None:
             self.session.announce_client(session.client_key, session.session_key, False)
 
-    # Called by the WebSocket protocol.
+    # The link.
 
-    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
-        session = Session(
+    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+        return Session(
             protocol.send_binary,
             client_key=self.peer_id,
             dials_as_client=True,
@@ -103,21 +77,14 @@ class PeerLink(Service):
             trace=self.server.trace,
             drop=protocol.drop,
         )
+
+    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
         self.log.info("peer {peer}: link open", peer=self.peer_id)
         self._failed_opens = 0
-        self._protocol = protocol
-        self.session = session
         for local in self.server.sessions.local_sessions():
             session.announce_client(local.client_key, local.session_key, True)
         self.server.sessions.observe(self)
-        return session
 
-    def _session_closed(self, session: Session) -> None:
-        if self.session is session:
-            self.log.info("peer {peer}: link closed", peer=self.peer_id)
-            self.server.sessions.unobserve(self)
-            self.session = None
-            self._protocol = None
-
-    def _link_failed(self) -> None:
-        self._failed_opens += 1
+    def link_closed(self, session: Session) -> None:
+        self.log.info("peer {peer}: link closed", peer=self.peer_id)
+        self.server.sessions.unobserve(self)

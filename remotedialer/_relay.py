@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 
 def close_like(transport, reason: Failure) -> None:
@@ -28,6 +29,28 @@ def close_like(transport, reason: Failure) -> None:
         transport.close_with_error(reason.getErrorMessage() or reason.type.__name__)
     else:
         transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _PausesOnly:
+    """
+    One transport as the other's producer, for pause and resume only.  A
+    TCP transport calls its producer's stopProducing before its protocol
+    hears why the connection ended; closing is left to the relay, which
+    closes the partner cleanly or with the error, as the case is.
+    """
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class Relay(Protocol):
@@ -50,8 +73,8 @@ class Relay(Protocol):
             self.transport.loseConnection()
             return
         self.peer.peer = self
-        self.transport.registerProducer(self.peer.transport, True)
-        self.peer.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(_PausesOnly(self.peer.transport), True)
+        self.peer.transport.registerProducer(_PausesOnly(self.transport), True)
         self.peer.transport.resumeProducing()
 
     def connect_peer(self, endpoint: IStreamClientEndpoint) -> Deferred:
@@ -66,7 +89,8 @@ class Relay(Protocol):
         return d.addBoth(connected)
 
     def dataReceived(self, data: bytes) -> None:
-        self.peer.transport.write(data)
+        if self.peer is not None:  # None once the other side is gone
+            self.peer.transport.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True

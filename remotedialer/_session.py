@@ -166,6 +166,8 @@ class Session:
         decode ends the session (there is no telling what it was meant for);
         a malformed payload for a known stream id only fails that stream.
         """
+        if self.closed:
+            return
         self.bytes_received += len(data)
         try:
             message = _codec.decode(data)
@@ -221,6 +223,8 @@ class Session:
         d = defer.maybeDeferred(self._dialer.endpoint_for, proto, address)
 
         def connect(endpoint):
+            if stream.closed:  # the far side gave up while we decided
+                return None
             if endpoint is None:
                 raise PermissionError(f"connect to {proto}/{address} not allowed")
             return relay.connect_peer(endpoint)

@@ -62,6 +62,11 @@ class StreamError(ConnectionLost):
     or the stream failed locally for the reason given.
     """
 
+    def __str__(self) -> str:
+        # Just the reason: it is forwarded as Error text (peers relaying
+        # streams), and Go reads only 100 bytes of that.
+        return " ".join(str(arg) for arg in self.args)
+
 
 @implementer(IAddress)
 @attr.frozen
@@ -175,15 +180,11 @@ class TunnelStream:
         self._deliver_buffered()
 
     def stopProducing(self) -> None:
-        """
-        Our consumer died: deliver nothing more.  Closing is left to whoever
-        owns that consumer (a relay closes the stream as its partner closed,
-        cleanly or with the error), since a TCP transport calls this before
-        its protocol learns why the connection ended.
-        """
+        """Our consumer died: deliver nothing more, and close (as TCP does)."""
         self._reading_paused = True
         self._inbound.clear()
         self._inbound_size = 0
+        self.loseConnection()
 
     # IConsumer: a producer (e.g. a relayed TCP connection) writes to us.
 

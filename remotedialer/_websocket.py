@@ -56,7 +56,9 @@ class TunnelLinkError(ConnectionLost):
 class _TunnelProtocol(TimeoutMixin):
     """What the server and client protocols share."""
 
-    log = Logger()
+    # Not "log": that would shadow Autobahn's own (txaio) logger, whose
+    # debug calls on every frame are no-ops only while it is in charge.
+    _log = Logger()
     session: Session | None = None
 
     def start_session(self, session: Session) -> None:
@@ -87,13 +89,13 @@ class _TunnelProtocol(TimeoutMixin):
         if self.session is None:
             return
         if not isBinary:
-            self.log.warn("{session}: text message is a protocol error, closing", session=self.session)
+            self._log.warn("{session}: text message is a protocol error, closing", session=self.session)
             self.session.lose(Failure(TunnelLinkError("text message received")))
             return
         self.session.message_received(payload)
 
     def timeoutConnection(self) -> None:
-        self.log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
+        self._log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
                       timeout=IDLE_TIMEOUT)
         self.dropConnection(abort=True)
 
@@ -134,7 +136,7 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
-            self.log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url, reason=reason)
+            self._log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url, reason=reason)
             self.factory.owner._link_failed()
 
     def session_ended(self, session: Session) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
+from twisted.internet.ssl import Certificate
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -42,6 +43,7 @@ class Options(usage.Options):
         ["id", None, None, "This server's peer id."],
         ["token", None, None, "This server's peer token."],
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL)."],
+        ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
     ]
     optFlags = [["debug", "d", "Log every tunnel message."]]
 
@@ -55,11 +57,19 @@ class Options(usage.Options):
         self["peer_list"] = parse_peers(self["peers"])
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError("--peers needs --id and --token")
+        self["peer_trust_root"] = None
+        if self["peer-ca-file"]:
+            try:
+                with open(self["peer-ca-file"], "rb") as f:
+                    self["peer_trust_root"] = Certificate.loadPEM(f.read())
+            except Exception as e:
+                raise usage.UsageError(f"--peer-ca-file {self['peer-ca-file']!r}: {e}") from None
 
 
 def makeService(options: Options) -> MultiService:
     server = Server(trace=data_debug(options["debug"]),
-                    peer_id=options["id"], peer_token=options["token"])
+                    peer_id=options["id"], peer_token=options["token"],
+                    peer_trust_root=options["peer_trust_root"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
     root = Resource()

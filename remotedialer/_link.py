@@ -1,0 +1,98 @@
+"""
+An outgoing WebSocket link kept up by ClientService: what the client and
+a server's peer links share.
+
+The upgrade is watched here rather than in ClientService's
+prepareConnection: a connection lost while "preparing" trips ClientService's
+state machine (NoTransition).  Refused upgrades still back off, because the
+retry policy is given the count of links that failed to open.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+
+from remotedialer._session import Session
+from remotedialer._websocket import TunnelClientProtocol
+
+
+class WebSocketLink(Service):
+    """
+    Keeps one tunnel WebSocket open while running.  Subclasses build the
+    session (L{make_session}) and hear of the link opening and closing.
+    """
+
+    log = Logger()
+    session: Session | None = None
+
+    def __init__(
+        self,
+        reactor,
+        endpoint: IStreamClientEndpoint,
+        websocket_factory,
+        retry_policy: Callable[[int], float],
+    ) -> None:
+        self.reactor = reactor
+        self._endpoint = endpoint
+        self._factory = websocket_factory
+        self._retry_policy = retry_policy
+        self._failed_opens = 0
+        self._service: ClientService | None = None
+        self._protocol: TunnelClientProtocol | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._service = ClientService(
+            self._endpoint,
+            self._factory,
+            retryPolicy=lambda attempt: self._retry_policy(max(attempt, self._failed_opens)),
+            clock=self.reactor,
+        )
+        self._service.startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._protocol is not None and self._protocol.transport is not None:
+            # A TLS transport will not close while a producer is registered.
+            self._protocol.transport.unregisterProducer()
+        service, self._service = self._service, None
+        return service.stopService() if service is not None else defer.succeed(None)
+
+    # For subclasses.
+
+    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+        raise NotImplementedError
+
+    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
+        """The tunnel is open."""
+
+    def link_closed(self, session: Session) -> None:
+        """The tunnel is gone (the service reconnects by itself)."""
+
+    def link_failed(self) -> None:
+        """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
+        self._failed_opens += 1
+
+    # Called by the WebSocket protocol.
+
+    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
+        session = self.make_session(protocol)
+        self.session = session
+        self._protocol = protocol
+        self.link_opened(session, protocol)
+        return session
+
+    def _session_closed(self, session: Session) -> None:
+        if self.session is session:
+            self.session = None
+            self._protocol = None
+            self.link_closed(session)
+
+    def _link_failed(self) -> None:
+        self.link_failed()

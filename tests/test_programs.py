@@ -1,0 +1,430 @@
+"""
+The twistd programs: option parsing, makeService under the real reactor, and
+the real C{twistd -n remotedialer-server/-client} as subprocesses.
+
+The subprocesses run this interpreter's twistd from a scratch directory, so
+they exercise the installed package and its plugin (CI installs it with
+C{pip install '.[test]'}).  From a checkout that is not installed, they are
+pointed at the checkout through PYTHONPATH instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sys
+
+import treq
+import twisted.plugins
+from twisted.internet import defer, reactor
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data, File
+
+from zope.interface import implementer
+
+from remotedialer._tap import client as client_tap
+from remotedialer._tap import server as server_tap
+
+from tests.support import eventually, listen_tcp, self_signed_certificate, wait
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(coroutine):
+    return defer.Deferred.fromCoroutine(coroutine)
+
+
+def parse(options_class, argv):
+    options = options_class()
+    options.parseOptions(argv)
+    return options
+
+
+class ServerOptionsTests(TestCase):
+    def test_defaults(self):
+        options = parse(server_tap.Options, [])
+        self.assertEqual(options["listen"], "tcp:8123:interface=127.0.0.1")
+        self.assertIsNone(options["id"])
+        self.assertIsNone(options["token"])
+        self.assertEqual(options["peer_list"], [])
+        self.assertFalse(options["debug"])
+
+    def test_good_values(self):
+        options = parse(server_tap.Options, [
+            "--listen", "tcp:0:interface=127.0.0.1", "--id", "a", "--token", "t",
+            "--peers", "a:t:ws://h:1/connect,b:t2:wss://h/connect", "-d",
+        ])
+        self.assertEqual(options["listen"], "tcp:0:interface=127.0.0.1")
+        self.assertEqual((options["id"], options["token"]), ("a", "t"))
+        self.assertEqual(options["peer_list"], [("a", "t", "ws://h:1/connect"), ("b", "t2", "wss://h/connect")])
+        self.assertTrue(options["debug"])
+
+    def _bad(self, argv, *fragments):
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(server_tap.Options, argv)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_malformed_peers(self):
+        for peers in ["a:t", "a:t:http://h/connect", ":t:ws://h/c", "a::ws://h/c", "a:t:ws://h/c,b"]:
+            self._bad(["--id", "me", "--token", "x", "--peers", peers], "--peers")
+
+    def test_bad_listen(self):
+        self._bad(["--listen", "bogus:1"], "--listen 'bogus:1'")
+        self._bad(["--listen", "tcp:notaport"], "--listen 'tcp:notaport'")
+
+    def test_peers_need_id_and_token(self):
+        self._bad(["--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
+        self._bad(["--id", "me", "--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
+
+
+class ClientOptionsTests(TestCase):
+    def test_defaults(self):
+        options = parse(client_tap.Options, [])
+        self.assertEqual(options["connect"], "ws://127.0.0.1:8123/connect")
+        self.assertEqual(options["id"], "foo")
+        self.assertEqual(options["headers"], {})
+        self.assertEqual(options["allow"], [])
+        self.assertIsNone(options["ca-file"])
+        self.assertFalse(options["debug"])
+
+    def test_good_values(self):
+        options = parse(client_tap.Options, [
+            "--connect", "ws://h:1/connect", "-i", "bar",
+            "--header", "X-A: b", "--header", "X-B:c: d", "--allow", "tcp/127.0.0.1:*",
+            "--allow", "tcp/10.0.0.*:443", "--debug",
+        ])
+        self.assertEqual(options["connect"], "ws://h:1/connect")
+        self.assertEqual(options["id"], "bar")
+        self.assertEqual(options["headers"], {"X-A": "b", "X-B": "c: d"})
+        self.assertEqual(options["allow"], ["tcp/127.0.0.1:*", "tcp/10.0.0.*:443"])
+        self.assertTrue(options["debug"])
+
+    def test_ca_file(self):
+        """A readable PEM file is accepted (MakeServiceTests.test_wss_with_ca_file uses it for real)."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, _key = self_signed_certificate(directory)
+        options = parse(client_tap.Options, ["--connect", "wss://localhost:8443/connect", "--ca-file", cert])
+        self.assertEqual(options["ca-file"], cert)
+
+    def _bad(self, argv, *fragments):
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(client_tap.Options, argv)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_bad_connect(self):
+        self._bad(["--connect", "http://h/connect"], "--connect", "http://h/connect")
+        self._bad(["--connect", "ws://h:notaport/connect"], "--connect")
+
+    def test_bad_allow(self):
+        self._bad(["--allow", "127.0.0.1:*"], "--allow '127.0.0.1:*'")
+
+    def test_bad_header(self):
+        self._bad(["--header", "X-No-Colon"], "--header 'X-No-Colon'")
+        self._bad(["--header", ": value"], "--header ': value'")
+
+    def test_bad_ca_file(self):
+        missing = os.path.join(self.mktemp(), "missing.pem")
+        self._bad(["--connect", "wss://h/connect", "--ca-file", missing], "--ca-file", "missing.pem")
+        garbage = self.mktemp()
+        with open(garbage, "w") as f:
+            f.write("not a certificate\n")
+        self._bad(["--connect", "wss://h/connect", "--ca-file", garbage], "--ca-file")
+
+    def test_bad_id(self):
+        self._bad(["--id", ""], "--id")
+        self._bad(["--id", "a/b"], "--id")
+
+
+def _listening_port(endpoint_service) -> defer.Deferred:
+    """
+    The port a StreamServerEndpointService listens on (C{tcp:0}), without
+    taking it from the service's own Deferred, which its stopService needs.
+    """
+    d = defer.Deferred()
+
+    def got(port):
+        d.callback(port)
+        return port
+
+    endpoint_service._waitingForPort.addCallback(got)
+    return d
+
+
+async def start_server_program(testcase, argv):
+    """makeService of remotedialer-server, started; (service, listening port number)."""
+    top = server_tap.makeService(parse(server_tap.Options, argv))
+    top.startService()
+    testcase.addCleanup(lambda: top.stopService() if top.running else None)
+    [listener] = [s for s in top if isinstance(s, StreamServerEndpointService)]
+    port = await _listening_port(listener)
+    return top, port.getHost().port
+
+
+def start_client_program(testcase, argv):
+    client = client_tap.makeService(parse(client_tap.Options, argv))
+    client.startService()
+    testcase.addCleanup(lambda: client.stopService() if client.running else None)
+    return client
+
+
+class MakeServiceTests(TestCase):
+    timeout = 60
+
+    def test_server_and_client_services(self):
+        """
+        The two programs' services start, the client connects, the front door
+        fetches through it (and the --allow list is enforced), and both stop
+        cleanly.
+        """
+
+        async def go():
+            root = Resource()
+            root.putChild(b"hello", Data(b"hello from the target", "text/plain"))
+            target = await listen_tcp(Site(root), self)
+            target_address = f"127.0.0.1:{target.getHost().port}"
+
+            top, port = await start_server_program(self, ["--listen", "tcp:0:interface=127.0.0.1"])
+            client = start_client_program(self, [
+                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "bar",
+                "--allow", f"tcp/{target_address}",
+            ])
+            await client.when_connected()
+            await eventually(lambda: top.server.has_session("bar"))
+
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            response = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/{target_address}/hello", pool=pool)
+            self.assertEqual((response.code, await response.content()), (200, b"hello from the target"))
+            refused = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/127.0.0.1:{port}/", pool=pool)
+            await refused.content()
+            self.assertEqual(refused.code, 502)
+
+            await client.stopService()
+            await eventually(lambda: not top.server.has_session("bar"))
+            await top.stopService()
+
+        return run(go())
+
+    def test_wss_with_ca_file(self):
+        """
+        A server listening on ssl: with a self-signed certificate; a client
+        given that certificate with --ca-file connects over wss:// and the
+        front door works through it.
+        """
+
+        async def go():
+            directory = self.mktemp()
+            os.makedirs(directory)
+            cert, key = self_signed_certificate(directory)
+            root = Resource()
+            root.putChild(b"hello", Data(b"hello over wss", "text/plain"))
+            target = await listen_tcp(Site(root), self)
+            target_address = f"127.0.0.1:{target.getHost().port}"
+            top, port = await start_server_program(
+                self, ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"])
+            client = start_client_program(self, [
+                "--connect", f"wss://localhost:{port}/connect", "--id", "secure", "--ca-file", cert,
+                "--allow", f"tcp/{target_address}",
+            ])
+            await client.when_connected()
+            await eventually(lambda: top.server.has_session("secure"))
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            response = await treq.get(
+                f"https://localhost:{port}/client/secure/http/{target_address}/hello", pool=pool,
+                agent=Agent(reactor, pool=pool, contextFactory=_TrustOnly(cert)))
+            self.assertEqual((response.code, await response.content()), (200, b"hello over wss"))
+            await client.stopService()
+            await eventually(lambda: not top.server.has_session("secure"))
+            await top.stopService()
+
+        return run(go())
+
+
+@implementer(IPolicyForHTTPS)
+class _TrustOnly:
+    """HTTPS policy trusting one self-signed certificate (for the test's own front-door request)."""
+
+    def __init__(self, cert_path: str) -> None:
+        with open(cert_path, "rb") as f:
+            self._root = Certificate.loadPEM(f.read())
+
+    def creatorForNetloc(self, hostname, port):
+        return optionsForClientTLS(hostname.decode(), trustRoot=self._root)
+
+
+# Real twistd subprocesses.
+
+
+def twistd_argv() -> list[str]:
+    """The twistd of this interpreter's environment."""
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [sys.executable, script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def program_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CATTLE_TUNNEL_DATA_DEBUG"}
+    installed = os.path.exists(os.path.join(os.path.dirname(twisted.plugins.__file__), "remotedialer_plugins.py"))
+    if not installed:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+class Program(ProcessProtocol):
+    """A subprocess whose output is collected; C{ended} fires with its exit code (None: killed by a signal)."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.running = False
+
+    def connectionMade(self) -> None:
+        self.running = True
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason) -> None:
+        self.running = False
+        self.exit_code = reason.value.exitCode
+        self.signal = getattr(reason.value, "signal", None)
+        self.ended.callback(self.exit_code)
+
+    async def terminate(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after C{grace} seconds; the exit code."""
+        if self.running:
+            self.transport.signalProcess("TERM")
+            waited = 0.0
+            while self.running and waited < grace:
+                await wait(0.05)
+                waited += 0.05
+            if self.running:
+                self.transport.signalProcess("KILL")
+        return await self.ended
+
+
+class SubprocessTests(TestCase):
+    timeout = 90
+
+    def spawn(self, *args: str) -> Program:
+        program = Program()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        argv = twistd_argv() + list(args)
+        reactor.spawnProcess(program, argv[0], argv, env=program_env(), path=cwd)
+        self.addCleanup(lambda: run(program.terminate(grace=5)))
+        return program
+
+    async def finished(self, program: Program, timeout: float = 30.0) -> int | None:
+        await eventually(lambda: not program.running, timeout=timeout)
+        return await program.ended
+
+    def test_help_lists_both_plugins(self):
+        """twistd --help lists both programs; each program's --help shows its flags."""
+
+        async def go():
+            top = self.spawn("--help")
+            self.assertEqual(await self.finished(top), 0, top.err)
+            self.assertRegex(top.out, rb"remotedialer-server\s+Reverse-tunnel server")
+            self.assertRegex(top.out, rb"remotedialer-client\s+Reverse-tunnel client")
+            server = self.spawn("remotedialer-server", "--help")
+            client = self.spawn("remotedialer-client", "--help")
+            self.assertEqual(await self.finished(server), 0, server.err)
+            self.assertEqual(await self.finished(client), 0, client.err)
+            for flag in (b"--listen", b"--peers", b"--token"):
+                self.assertIn(flag, server.out)
+            for flag in (b"--connect", b"--header", b"--allow", b"--ca-file"):
+                self.assertIn(flag, client.out)
+
+        return run(go())
+
+    def test_bad_flag_is_a_usage_error(self):
+        """
+        A bad flag: exit status 1, a one-line error naming the flag (twistd
+        prints usage errors on stdout), no traceback anywhere.
+        """
+
+        async def go():
+            server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--listen", "bogus:1")
+            client = self.spawn("-n", "--pidfile=", "remotedialer-client", "--connect", "http://h/connect")
+            for program, expected in [(server, b"--listen 'bogus:1': "), (client, b"--connect: ")]:
+                self.assertEqual(await self.finished(program), 1)
+                output = program.out + program.err
+                self.assertNotIn(b"Traceback", output)
+                last = program.out.strip().splitlines()[-1]
+                self.assertIn(expected, last)
+
+        return run(go())
+
+    def test_real_programs_fetch_through_front_door(self):
+        """
+        twistd -n remotedialer-server and remotedialer-client as subprocesses:
+        a file served by this process arrives byte for byte through the front
+        door; both programs exit 0 on SIGTERM.
+        """
+
+        async def go():
+            directory = self.mktemp()
+            os.makedirs(directory)
+            blob = random.Random(11).randbytes(3 * 1024 * 1024 + 5)
+            with open(os.path.join(directory, "blob.bin"), "wb") as f:
+                f.write(blob)
+            target = await listen_tcp(Site(File(directory)), self)
+            target_address = f"127.0.0.1:{target.getHost().port}"
+
+            server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--listen", "tcp:0:interface=127.0.0.1")
+            await eventually(lambda: re.search(rb"Site starting on (\d+)", server.out) or not server.running,
+                             timeout=30)
+            found = re.search(rb"Site starting on (\d+)", server.out)
+            self.assertIsNotNone(found, server.out + server.err)
+            port = int(found.group(1))
+
+            client = self.spawn("-n", "--pidfile=", "remotedialer-client",
+                                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "sub",
+                                "--allow", f"tcp/{target_address}")
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            url = f"http://127.0.0.1:{port}/client/sub/http/{target_address}/blob.bin"
+            for _ in range(200):  # until the client's tunnel is up (500: no session yet)
+                response = await treq.get(url, pool=pool)
+                body = await response.content()
+                if response.code != 500 or not client.running:
+                    break
+                self.assertIn(b"failed to find Session for client sub", body)
+                await wait(0.1)
+            self.assertEqual(response.code, 200, client.out + client.err)
+            self.assertEqual(len(body), len(blob))
+            self.assertEqual(body, blob)
+
+            # twistd shuts down cleanly on SIGTERM, then re-raises the signal
+            # so its exit status says how it ended.
+            for program in (client, server):
+                await program.terminate()
+                output = program.out + program.err
+                self.assertEqual((program.exit_code, program.signal), (None, signal.SIGTERM), output)
+                self.assertIn(b"Server Shut Down.", program.out, output)
+                self.assertNotIn(b"Traceback", output)
+
+        return run(go())
