@@ -16,7 +16,6 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer

@@ -194,6 +194,7 @@ class Server(MultiService):
             client_key=identity.client_key,
             is_peer=identity.is_peer,
             dialer=self._peer_dialer if identity.is_peer else self._client_dialer,
+            listener=self if identity.is_peer else None,
             trace=self.trace,
             drop=protocol.drop,
         )
@@ -202,6 +203,16 @@ class Server(MultiService):
                       session_key=session.session_key, addr=protocol.transport.getPeer())
         self.sessions.add(session)
         return session
+
+    def client_added(self, session: Session, client_key: str, session_key: int) -> None:
+        """A peer announced a client (AddClient)."""
+        self.log.info("peer {peer} has client {key}/{session_key}",
+                      peer=session.client_key, key=client_key, session_key=session_key)
+
+    def client_removed(self, session: Session, client_key: str, session_key: int) -> None:
+        """A peer's client went away (RemoveClient)."""
+        self.log.info("peer {peer} lost client {key}/{session_key}",
+                      peer=session.client_key, key=client_key, session_key=session_key)
 
     def _session_closed(self, session: Session) -> None:
         self.log.info("{kind} session {key}/{session_key} closed",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Callable, Iterable, Protocol as TypingProtocol
+from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost

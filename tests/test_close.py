@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from remotedialer import StreamError, allow_patterns
 
-from tests.support import Collector, TunnelHarness, eventually, listen_tcp, wait
+from tests.support import Collector, TunnelHarness, eventually, listen_tcp
 from tests.test_end_to_end import _connect, _Factory
 
 

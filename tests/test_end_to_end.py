@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import hashlib
 
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
-from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
-from remotedialer import ClientNotConnected, StreamError, allow_patterns
 from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
 
 from tests.support import (

@@ -135,6 +135,32 @@ class PeeringTests(TestCase):
 
         return run(go())
 
+    def test_server_restart_reannounces(self):
+        """
+        A restarts: its client comes back to it, its links come back up and
+        announce the client again, and C reaches it through A once more.
+        """
+
+        async def go():
+            mesh, client = await self._mesh_with_client()
+            a = mesh.harnesses["A"]
+            port = a.port.getHost().port
+            await mesh.kill("A")
+            await eventually(lambda: "foo" not in mesh.server("C").sessions.reachable_clients())
+            await a.start(port)
+            a.server.startService()
+            await eventually(lambda: a.server.has_session("foo"), timeout=15)
+            await eventually(mesh.meshed, timeout=15)
+            await eventually(lambda: "foo" in mesh.server("C").sessions.reachable_clients())
+            echo = await listen_tcp(Factory.forProtocol(Collector), self)
+            reader = Collector()
+            await _connect(mesh.server("C").endpoint("foo", "tcp", f"127.0.0.1:{echo.getHost().port}"), reader)
+            reader.transport.loseConnection()
+            await reader.done
+            self.assertTrue(reader.reason.check(ConnectionDone))
+
+        return run(go())
+
     def test_wrong_token_refused_and_logged(self):
         """A peer presenting the wrong token is refused (401), and the server logs it."""
 

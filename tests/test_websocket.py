@@ -6,7 +6,10 @@ producer.
 
 from __future__ import annotations
 
+import os
+
 import txaio
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
@@ -143,3 +146,31 @@ class NVXTests(SynchronousTestCase):
     def test_nvx_active(self):
         """Autobahn's native masking is in use (without it masked traffic crawls)."""
         self.assertTrue(nvx_active())
+
+
+class DataDebugTests(SynchronousTestCase):
+    def test_switch(self):
+        """--debug or CATTLE_TUNNEL_DATA_DEBUG=true turn message tracing on."""
+        from remotedialer._tap._common import DATA_DEBUG_ENV, data_debug
+
+        self.patch(os, "environ", {})
+        self.assertFalse(data_debug(False))
+        self.assertTrue(data_debug(True))
+        self.patch(os, "environ", {DATA_DEBUG_ENV: "true"})
+        self.assertTrue(data_debug(False))
+        self.patch(os, "environ", {DATA_DEBUG_ENV: "no"})
+        self.assertFalse(data_debug(False))
+
+    def test_trace_lines(self):
+        """A tracing session logs WRITE and REQUEST lines with type, connID and size."""
+        events = []
+        observer = events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        sent = []
+        session = Session(sent.append, client_key="foo", trace=True)
+        session.open_stream("tcp", "127.0.0.1:8125")
+        session.message_received(sent[0].replace(b"\x04\x04", b"\x04\x06", 1))  # the Connect, retyped as an Error for stream 2
+        lines = [formatEvent(e) for e in events if "conn=" in formatEvent(e)]
+        self.assertTrue(any(line.startswith("WRITE CONNECT conn=2 size=") for line in lines), lines)
+        self.assertTrue(any(line.startswith("REQUEST ") for line in lines), lines)
