@@ -56,6 +56,17 @@ class _BodyRelay(Protocol):
             self.done.errback(reason)
 
 
+def _downstream_gone(request) -> bool:
+    """
+    The downstream reader is gone, or going: a TCP transport stops its
+    producer (our upstream body) before the request hears of the loss.
+    """
+    if request.finished or request._disconnected or request.channel is None:
+        return True
+    transport = request.channel.transport
+    return transport is None or transport.disconnecting or not getattr(transport, "connected", True)
+
+
 def _timed_out(result, timeout: float):
     raise defer.TimeoutError(f"no response within {timeout:g} s")
 
@@ -126,12 +137,12 @@ class FrontDoor(Resource):
         relay = _BodyRelay(request)
         relays.append(relay)
         response.deliverBody(relay)
-        relay.done.addCallback(lambda _: request.finish() if not request.finished and not request._disconnected else None)
+        relay.done.addCallback(lambda _: None if _downstream_gone(request) else request.finish())
         return relay.done
 
     def _failed(self, failure: Failure, request, url: bytes) -> None:
-        if request.finished or request._disconnected:
-            return
+        if _downstream_gone(request):
+            return  # the reader left first; stopping the upstream was our doing
         if request.startedWriting:
             self.log.warn("front door: {url} failed mid-body: {error}", url=url, error=failure.getErrorMessage())
             if request.channel is not None:
