@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
@@ -23,10 +22,6 @@ from remotedialer._link import WebSocketLink
 from remotedialer._session import Session
 from remotedialer._stream import TunnelStream
 from remotedialer._websocket import TunnelClientProtocol, client_factory
-
-#: The client tells the server its live streams this often (Go: 60 s).
-SYNC_INTERVAL = 60
-
 
 def endpoint_for_url(
     reactor,
@@ -137,7 +132,6 @@ class TunnelClient(WebSocketLink):
         self._client_key = client_key
         self._waiters: list[defer.Deferred] = []
         self._ready = False
-        self._sync: LoopingCall | None = None
 
     @property
     def url(self) -> str:
@@ -179,16 +173,13 @@ class TunnelClient(WebSocketLink):
     def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
         self.log.info("tunnel to {url} open", url=self.url)
         self._ready = False
-        self._sync = LoopingCall(session.send_sync_connections)
-        self._sync.clock = self.reactor
-        self._sync.start(SYNC_INTERVAL, now=False)
         d = defer.succeed(None)
         if self._on_connect is not None:
             d.addCallback(lambda _: self._on_connect(session))
 
             def hook_failed(failure):
                 self.log.failure("on-connect hook failed; dropping the tunnel", failure)
-                self.link_failed()
+                self._failed_opens += 1  # back off; the drop moves on to the next server
                 protocol.drop()
 
             d.addErrback(hook_failed)
@@ -205,9 +196,6 @@ class TunnelClient(WebSocketLink):
 
     def link_closed(self, session: Session) -> None:
         self.log.info("tunnel to {url} closed", url=self.url)
-        if self._sync is not None and self._sync.running:
-            self._sync.stop()
-        self._sync = None
         if self.running:
             self._rotation.rotate()
 

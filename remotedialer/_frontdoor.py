@@ -12,6 +12,8 @@ reader that goes away stops the upstream transfer.
 
 from __future__ import annotations
 
+import math
+
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -26,6 +28,8 @@ from remotedialer._endpoint import ClientNotConnected
 
 #: Go's default when ?timeout= is not given.
 DEFAULT_TIMEOUT = 15.0
+#: Longest wait for a response start that a caller may ask for.
+MAX_TIMEOUT = 3600.0
 
 #: Headers that belong to one hop, never forwarded (RFC 9110 7.6.1).
 HOP_BY_HOP = {
@@ -95,10 +99,14 @@ class FrontDoor(Resource):
         try:
             timeout = float(request.args.get(b"timeout", [DEFAULT_TIMEOUT])[0])
         except ValueError:
+            timeout = math.nan
+        if not 0 < timeout <= MAX_TIMEOUT:
             request.setResponseCode(400)
-            return b"timeout must be a number of seconds\n"
-        path = b"/".join(parts[3:])
-        query = request.uri.partition(b"?")[2]
+            return f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT}\n".encode()
+        # The path as the client sent it (postpath is already unquoted, and
+        # unquoting %3F or %2F would change what the target is asked for).
+        raw_path, _, query = request.uri.partition(b"?")
+        path = b"/".join(raw_path.split(b"/")[1 + len(request.prepath) + 3:])
         kept = b"&".join(q for q in query.split(b"&") if q and not q.startswith(b"timeout="))
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
@@ -109,7 +117,7 @@ class FrontDoor(Resource):
             from twisted.web.client import FileBodyProducer
 
             body = FileBodyProducer(request.content)
-        d = agent.request(request.method, url, headers, body)
+        d = defer.maybeDeferred(agent.request, request.method, url, headers, body)
         # Agent turns a cancelled request into ResponseNeverReceived, which
         # addTimeout would not recognise as its own timeout: say so ourselves.
         d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
@@ -124,7 +132,7 @@ class FrontDoor(Resource):
 
         request.notifyFinish().addErrback(downstream_gone)
         d.addCallback(self._respond, request, relays)
-        d.addErrback(self._failed, request, url)
+        d.addErrback(self._failed, request, url, relays)
         return NOT_DONE_YET
 
     def _respond(self, response, request, relays: list) -> defer.Deferred:
@@ -140,13 +148,17 @@ class FrontDoor(Resource):
         relay.done.addCallback(lambda _: None if _downstream_gone(request) else request.finish())
         return relay.done
 
-    def _failed(self, failure: Failure, request, url: bytes) -> None:
+    def _failed(self, failure: Failure, request, url: bytes, relays: list) -> None:
         if _downstream_gone(request):
             return  # the reader left first; stopping the upstream was our doing
-        if request.startedWriting:
+        if relays or request.startedWriting:
+            # The upstream's status and headers are already ours: the only
+            # honest way to say the body is cut short is to close the
+            # connection early (what was sent is flushed; the reader sees
+            # fewer bytes than Content-Length, or no last chunk).
             self.log.warn("front door: {url} failed mid-body: {error}", url=url, error=failure.getErrorMessage())
             if request.channel is not None:
-                request.channel.transport.abortConnection()
+                request.channel.transport.loseConnection()
             return
         if failure.check(defer.TimeoutError):
             code, text = 504, f"timeout waiting for {url.decode(errors='replace')}"

@@ -16,10 +16,14 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from remotedialer._session import Session
 from remotedialer._websocket import TunnelClientProtocol
+
+#: The dialing side hears which streams we hold this often (Go: 60 s).
+SYNC_INTERVAL = 60
 
 
 class WebSocketLink(Service):
@@ -45,6 +49,7 @@ class WebSocketLink(Service):
         self._failed_opens = 0
         self._service: ClientService | None = None
         self._protocol: TunnelClientProtocol | None = None
+        self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -85,6 +90,11 @@ class WebSocketLink(Service):
         session = self.make_session(protocol)
         self.session = session
         self._protocol = protocol
+        # The dialed-to side prunes streams we no longer hold (Go's clients
+        # and peer links both do this).
+        self._sync = LoopingCall(session.send_sync_connections)
+        self._sync.clock = self.reactor
+        self._sync.start(SYNC_INTERVAL, now=False)
         self.link_opened(session, protocol)
         return session
 
@@ -92,6 +102,9 @@ class WebSocketLink(Service):
         if self.session is session:
             self.session = None
             self._protocol = None
+            if self._sync is not None and self._sync.running:
+                self._sync.stop()
+            self._sync = None
             self.link_closed(session)
 
     def _link_failed(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol as TypingProtocol
 
+from twisted.logger import Logger
+
 from remotedialer._session import Session
 
 
@@ -23,6 +25,8 @@ class SessionObserver(TypingProtocol):
 
 class SessionRegistry:
     """Local client sessions and peer sessions, each in order of arrival."""
+
+    log = Logger()
 
     def __init__(self) -> None:
         self._clients: dict[str, list[Session]] = {}
@@ -40,8 +44,7 @@ class SessionRegistry:
         table = self._peers if session.is_peer else self._clients
         table.setdefault(session.client_key, []).append(session)
         if not session.is_peer:
-            for observer in list(self._observers):
-                observer.session_added(session)
+            self._notify("session_added", session)
 
     def remove(self, session: Session) -> None:
         table = self._peers if session.is_peer else self._clients
@@ -52,17 +55,27 @@ class SessionRegistry:
         if not sessions:
             del table[session.client_key]
         if not session.is_peer:
-            for observer in list(self._observers):
-                observer.session_removed(session)
+            self._notify("session_removed", session)
+
+    def _notify(self, event: str, session: Session) -> None:
+        """One observer failing must not keep the others (or the caller) from their work."""
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(session)
+            except Exception:
+                self.log.failure("{observer} failed on {event}", observer=observer, event=event)
 
     def local_session(self, client_key: str) -> Session | None:
-        sessions = self._clients.get(client_key)
-        return sessions[0] if sessions else None
+        """The oldest live session of C{client_key} (one being dropped is passed over)."""
+        for session in self._clients.get(client_key, ()):
+            if not session.closed:
+                return session
+        return None
 
     def peer_session_for(self, client_key: str) -> Session | None:
         for peer_id in sorted(self._peers):
             for session in self._peers[peer_id]:
-                if client_key in session.remote_clients:
+                if not session.closed and client_key in session.remote_clients:
                     return session
         return None
 

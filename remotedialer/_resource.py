@@ -28,6 +28,10 @@ PEER_TOKEN_HEADER = "X-API-Tunnel-Token"
 #: The example authorizer's header.
 CLIENT_ID_HEADER = "X-Tunnel-ID"
 
+#: Longest client key: "key/sessionKey" must fit the 100 bytes Go reads of
+#: AddClient, and a session key takes up to 19 digits.
+MAX_CLIENT_KEY = 80
+
 Authorizer = Callable[[IRequest], "str | None | defer.Deferred[str | None]"]
 
 
@@ -82,6 +86,7 @@ class TunnelResource(Resource):
     def render(self, request: IRequest):
         d = defer.maybeDeferred(self._identify, request)
         d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
+        d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
         return NOT_DONE_YET
 
     def _identify(self, request: IRequest):
@@ -109,8 +114,10 @@ class TunnelResource(Resource):
             client_key = client_key.decode("utf-8", "replace")
         if not client_key:
             raise _Unauthorized()
-        if "/" in client_key:
-            raise AuthorizationError("client key must not contain '/'")
+        if "/" in client_key or "::" in client_key:
+            raise AuthorizationError("client key must not contain '/' or '::'")
+        if len(client_key.encode("utf-8")) > MAX_CLIENT_KEY:
+            raise AuthorizationError(f"client key longer than {MAX_CLIENT_KEY} bytes")
         return Identity(client_key)
 
     def _upgrade(self, identity: Identity, request: IRequest) -> None:

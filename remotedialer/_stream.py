@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITransport,
 )
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -96,6 +97,7 @@ class TunnelStream:
 
     disconnecting = False
     protocol: IProtocol | None = None
+    _log = Logger()
 
     def __init__(
         self,
@@ -130,7 +132,10 @@ class TunnelStream:
     def attach(self, protocol: IProtocol) -> None:
         """Connect C{protocol} to this stream (calls its makeConnection)."""
         self.protocol = protocol
-        protocol.makeConnection(self)
+        try:
+            protocol.makeConnection(self)
+        except Exception:
+            self._protocol_failed()
 
     # ITransport
 
@@ -230,7 +235,7 @@ class TunnelStream:
                 self._sent_pause = True
                 self._session.send_pause(self.conn_id)
             return
-        self.protocol.dataReceived(data)
+        self._deliver(data)
 
     def remote_closed(self, text: str) -> None:
         """
@@ -291,7 +296,7 @@ class TunnelStream:
             while self._inbound and not self._reading_paused and not self.closed:
                 chunk = self._inbound.popleft()
                 self._inbound_size -= len(chunk)
-                self.protocol.dataReceived(chunk)
+                self._deliver(chunk)
         finally:
             self._delivering = False
         if self.closed:
@@ -302,6 +307,21 @@ class TunnelStream:
         elif self._sent_pause and self._inbound_size < RESUME_THRESHOLD:
             self._sent_pause = False
             self._session.send_resume(self.conn_id)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self.protocol.dataReceived(data)
+        except Exception:
+            self._protocol_failed()
+
+    def _protocol_failed(self) -> None:
+        """
+        The protocol raised: like a TCP connection in Twisted, this stream
+        (and only this stream) ends, and the error is logged.
+        """
+        failure = Failure()
+        self._log.failure("protocol of {stream} failed; closing the stream", failure, stream=self)
+        self.close_with_error(f"protocol error: {failure.getErrorMessage()}")
 
     def _flush_outbound(self) -> None:
         while self._outbound and not self._remote_paused and not self.closed:
@@ -338,4 +358,7 @@ class TunnelStream:
         if producer is not None:
             producer.stopProducing()
         if self.protocol is not None:
-            self.protocol.connectionLost(reason)
+            try:
+                self.protocol.connectionLost(reason)
+            except Exception:
+                self._log.failure("connectionLost of {stream} failed", stream=self)

@@ -178,6 +178,27 @@ class EchoSha(Resource):
             b" " + content_type
 
 
+class Short(Resource):
+    """Promises 1000 bytes and closes after the head: the body is cut short."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        transport = request.channel.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
+        transport.loseConnection()
+        return NOT_DONE_YET
+
+
+class Uri(Resource):
+    """Answers with the raw URI it was asked for."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return request.uri
+
+
 BIG = 32 * MiB
 HUGE = 256 * MiB
 
@@ -191,7 +212,8 @@ class Target:
         self.hang = Hang()
         for name, resource in [(b"hello", Hello()), (b"gone", Gone()), (b"big", self.big),
                                (b"huge", self.huge), (b"endless", self.endless),
-                               (b"hang", self.hang), (b"echo", EchoSha())]:
+                               (b"hang", self.hang), (b"echo", EchoSha()),
+                               (b"short", Short()), (b"uri", Uri())]:
             self.root.putChild(name, resource)
         self.port = None
 
@@ -458,3 +480,45 @@ class FrontDoorTests(TestCase):
             await eventually(lambda: not self.client.session.streams, timeout=5)
 
         return run(go())
+
+    def test_bad_timeout_is_400(self):
+        """A timeout that is not a positive finite number is refused before anything is dialed."""
+
+        async def go():
+            await self._setup()
+            for value in ("-1", "nan", "inf", "0", "soon"):
+                response = await treq.get(self.url(f"hello?timeout={value}"), pool=self.pool)
+                self.assertEqual(response.code, 400, value)
+                self.assertIn(b"timeout", await response.content())
+            self.assertEqual(self._server_streams(), [])
+
+        return run(go())
+
+    def test_path_forwarded_as_sent(self):
+        """Percent-escapes in the path reach the target untouched (no query injected)."""
+
+        async def go():
+            await self._setup()
+            response = await treq.get(self.url("uri/a%3Fb%2Fc%20d?x=1"), pool=self.pool)
+            self.assertEqual(response.code, 200)
+            self.assertEqual(await response.content(), b"/uri/a%3Fb%2Fc%20d?x=1")
+
+        return run(go())
+
+    def test_body_cut_short_aborts_downstream(self):
+        """
+        Once the target's head has been passed on, a failed body cuts the
+        downstream connection; no error body is written under its headers.
+        """
+
+        async def go():
+            await self._setup()
+            raw = await self._raw(RawHTTP(self.raw_request("short")))
+            await raw.done
+            self.assertEqual(raw.status_line, b"HTTP/1.1 200 OK")
+            self.assertEqual(raw.header(b"Content-Length"), b"1000")
+            self.assertLess(raw.body_bytes, 1000)
+            self.assertNotIn(b"502", raw.head)
+
+        return run(go())
+

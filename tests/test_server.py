@@ -67,6 +67,19 @@ class UpgradeAuthTests(TestCase):
 
         return run(go())
 
+    def test_bad_client_keys_are_400(self):
+        """Keys that cannot be announced to peers ('/', '::', over 80 bytes) are refused."""
+
+        async def go():
+            harness = TunnelHarness(self)
+            await harness.start()
+            for key in (b"a/b", b"a::tcp", b"k" * 81):
+                code, body = await self._get(harness, {b"X-Tunnel-ID": [key]})
+                self.assertEqual(code, 400, key)
+            self.assertEqual(harness.server.clients(), [])
+
+        return run(go())
+
     def test_deferred_authorizer(self):
         """An authorizer may answer later, through a Deferred."""
 

@@ -412,6 +412,34 @@ OPERATIONS = st.lists(
 )
 
 
+class ProtocolErrorTests(SynchronousTestCase):
+    def test_raising_protocol_fails_its_stream_only(self) -> None:
+        """
+        A protocol whose dataReceived raises ends its own stream with an
+        error (logged, Error sent); the session and other streams carry on.
+        """
+
+        class Raising(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                raise RuntimeError("bug in the application")
+
+        pair = SessionPair()
+        bad, bad_protocol, bad_endpoint = pair.open(Raising())
+        good, good_protocol, good_endpoint = pair.open()
+        bad_endpoint.protocol.dataReceived(b"boom")
+        good_endpoint.protocol.dataReceived(b"fine")
+        pair.pump()
+        self.assertTrue(bad.closed)
+        self.assertTrue(bad_protocol.reason.check(StreamError))
+        self.assertIn("bug in the application", bad_protocol.reason.getErrorMessage())
+        self.assertEqual(pair.from_server.errors(bad.conn_id),
+                         [(bad.conn_id, "protocol error: bug in the application")])
+        self.assertFalse(good.closed)
+        self.assertEqual(good_protocol.data, b"fine")
+        self.assertFalse(pair.server.closed)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class InterleavingTests(SynchronousTestCase):
     """Property: flow control never loses, duplicates or reorders bytes."""
 

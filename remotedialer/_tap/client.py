@@ -5,13 +5,12 @@ production client needs (extra headers, a dial allow-list, a CA file).
 
 from __future__ import annotations
 
-from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from twisted.python import usage
 
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._dialer import allow_all, allow_patterns
-from remotedialer._tap._common import data_debug
+from remotedialer._tap._common import data_debug, load_ca_file
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
 log = Logger()
@@ -52,12 +51,7 @@ class Options(usage.Options):
             raise usage.UsageError("--id must be non-empty and without '/'")
         self["trust_root"] = None
         if self["ca-file"]:
-            try:
-                with open(self["ca-file"], "rb") as f:
-                    ca = Certificate.loadPEM(f.read())
-            except (OSError, ValueError, Exception) as e:
-                raise usage.UsageError(f"--ca-file {self['ca-file']!r}: {e}") from None
-            self["trust_root"] = ca
+            self["trust_root"] = load_ca_file("ca-file", self["ca-file"])
         self["urls"] = [u.strip() for u in self["connect"].split(",") if u.strip()]
         if not self["urls"]:
             raise usage.UsageError("--connect needs a URL")

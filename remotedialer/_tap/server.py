@@ -8,14 +8,13 @@ from __future__ import annotations
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.ssl import Certificate
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer._frontdoor import FrontDoor
 from remotedialer._server import Server
-from remotedialer._tap._common import data_debug
+from remotedialer._tap._common import data_debug, load_ca_file
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
 
@@ -59,11 +58,7 @@ class Options(usage.Options):
             raise usage.UsageError("--peers needs --id and --token")
         self["peer_trust_root"] = None
         if self["peer-ca-file"]:
-            try:
-                with open(self["peer-ca-file"], "rb") as f:
-                    self["peer_trust_root"] = Certificate.loadPEM(f.read())
-            except Exception as e:
-                raise usage.UsageError(f"--peer-ca-file {self['peer-ca-file']!r}: {e}") from None
+            self["peer_trust_root"] = load_ca_file("peer-ca-file", self["peer-ca-file"])
 
 
 def makeService(options: Options) -> MultiService:
