@@ -26,7 +26,7 @@ import enum
 import re
 import secrets
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -210,12 +210,15 @@ class Message:
 
     def conn_ids(self) -> list[int]:
         """The stream ids of a SYNC_CONNECTIONS payload (int64 little-endian each)."""
-        count, rest = divmod(len(self.payload), 8)
-        if rest:
+        return list(self.iter_conn_ids())
+
+    def iter_conn_ids(self) -> Iterator[int]:
+        """The same ids one by one: a huge list costs the receiver no memory."""
+        if len(self.payload) % 8:
             raise MalformedMessage(
                 f"SyncConnections payload of {len(self.payload)} bytes is not a multiple of 8"
             )
-        return list(struct.unpack(f"<{count}q", self.payload))
+        return (conn_id for (conn_id,) in struct.iter_unpack("<q", self.payload))
 
 
 def encode(message: Message) -> bytes:
@@ -289,7 +292,7 @@ def _decode_rest(data: bytes, offset: int, id: int, conn_id: int) -> Message:
             )
         message.client_session()
     elif mtype is MessageType.SYNC_CONNECTIONS:
-        message.conn_ids()
+        message.iter_conn_ids()  # checks the length; ids are read when used
     return message
 
 

@@ -262,7 +262,8 @@ class Session:
         opened just before the list was made (its Connect still in flight)
         is not in the list, and the Go server wrongly prunes it.
         """
-        live = set(message.conn_ids())
+        streams = self.streams
+        live = {conn_id for conn_id in message.iter_conn_ids() if conn_id in streams}
         for conn_id, stream in list(self.streams.items()):
             if conn_id not in live and self._stream_epoch.get(conn_id, 0) < self._sync_epoch:
                 self.log.info("{session}: pruning stream {conn_id} unknown to the far side",
