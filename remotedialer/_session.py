@@ -121,7 +121,6 @@ class Session:
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
         self._sync_epoch = 0
-        self._stream_epoch: dict[int, int] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -265,7 +264,7 @@ class Session:
         streams = self.streams
         live = {conn_id for conn_id in message.iter_conn_ids() if conn_id in streams}
         for conn_id, stream in list(self.streams.items()):
-            if conn_id not in live and self._stream_epoch.get(conn_id, 0) < self._sync_epoch:
+            if conn_id not in live and stream.sync_epoch < self._sync_epoch:
                 self.log.info("{session}: pruning stream {conn_id} unknown to the far side",
                               session=self, conn_id=conn_id)
                 stream.prune()
@@ -354,7 +353,7 @@ class Session:
 
     def _register(self, stream: TunnelStream) -> None:
         self.streams[stream.conn_id] = stream
-        self._stream_epoch[stream.conn_id] = self._sync_epoch
+        stream.sync_epoch = self._sync_epoch
 
     def forget(self, stream: TunnelStream, send_error: str | None = None) -> None:
         """
@@ -364,7 +363,6 @@ class Session:
         conn_id = stream.conn_id
         if self.streams.get(conn_id) is stream:
             del self.streams[conn_id]
-            self._stream_epoch.pop(conn_id, None)
             self._blocked.pop(conn_id, None)
             if send_error is not None:
                 self._write(_codec.error(self._ids.next(), conn_id, send_error))

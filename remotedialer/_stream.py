@@ -97,6 +97,9 @@ class TunnelStream:
 
     disconnecting = False
     protocol: IProtocol | None = None
+    #: How many SyncConnections the session had received when it took this
+    #: stream on (a stream is pruned only once it has missed a whole interval).
+    sync_epoch = 0
     _log = Logger()
 
     def __init__(
