@@ -18,10 +18,16 @@ from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
+from remotedialer._endpoint import TunnelEndpoint
 from remotedialer._link import WebSocketLink
 from remotedialer._session import Session
 from remotedialer._stream import TunnelStream
-from remotedialer._websocket import TunnelClientProtocol, client_factory
+from remotedialer._websocket import (
+    IDLE_TIMEOUT,
+    PING_INTERVAL,
+    TunnelClientProtocol,
+    client_factory,
+)
 
 def endpoint_for_url(
     reactor,
@@ -49,6 +55,16 @@ def endpoint_for_url(
             tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
         endpoint = wrapClientTLS(tls_options, endpoint)
     return endpoint
+
+
+class _ClientOpener:
+    """The client as a stream opener for L{TunnelEndpoint} (the key is unused)."""
+
+    def __init__(self, client: TunnelClient) -> None:
+        self._client = client
+
+    def open_stream(self, client_key: str, proto: str, address: str) -> TunnelStream:
+        return self._client.open_stream(proto, address)
 
 
 @implementer(IStreamClientEndpoint)
@@ -95,7 +111,9 @@ class TunnelClient(WebSocketLink):
         trust); C{tls_options} replaces the TLS configuration outright.
     @param on_connect: called with the L{Session} each time the tunnel
         opens; may return a Deferred; a failure drops the tunnel (and it is
-        retried).
+        retried, with backoff).
+    @param ping_interval: seconds between our keepalive pings (Go: 5).
+    @param idle_timeout: a tunnel silent this long is dead (Go: 60).
     """
 
     def __init__(
@@ -111,6 +129,8 @@ class TunnelClient(WebSocketLink):
         retry_policy: Callable[[int], float] | None = None,
         trace: bool = False,
         client_key: str = "",
+        ping_interval: float = PING_INTERVAL,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -118,7 +138,7 @@ class TunnelClient(WebSocketLink):
         if not urls:
             raise ValueError("no server URL")
         headers = dict(headers or {})
-        factory = client_factory(self, urls[0], headers, reactor)
+        factory = client_factory(self, urls[0], headers, reactor, ping_interval, idle_timeout)
         self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers)
         super().__init__(
             reactor,
@@ -158,6 +178,14 @@ class TunnelClient(WebSocketLink):
             raise ConnectionError("tunnel is not connected")
         return self.session.open_stream(proto, address)
 
+    def endpoint(self, proto: str, address: str) -> IStreamClientEndpoint:
+        """
+        An endpoint reaching C{proto}/C{address} on the server's side through
+        the tunnel (where the server allows client dials); wrap it with
+        L{wrapClientTLS} for TLS.
+        """
+        return TunnelEndpoint(_ClientOpener(self), self._client_key, proto, address)
+
     # The link.
 
     def make_session(self, protocol: TunnelClientProtocol) -> Session:
@@ -168,22 +196,25 @@ class TunnelClient(WebSocketLink):
             dialer=self._dialer,
             trace=self._trace,
             drop=protocol.drop,
+            clock=self.reactor,
         )
 
     def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
         self.log.info("tunnel to {url} open", url=self.url)
         self._ready = False
-        d = defer.succeed(None)
-        if self._on_connect is not None:
-            d.addCallback(lambda _: self._on_connect(session))
+        if self._on_connect is None:
+            self._ready_now(session)
+            return
 
-            def hook_failed(failure):
-                self.log.failure("on-connect hook failed; dropping the tunnel", failure)
-                self._failed_opens += 1  # back off; the drop moves on to the next server
-                protocol.drop()
+        def hook_failed(failure):
+            # Not ready: the attempt counts as failed, so the retry backs
+            # off (the drop moves on to the next server).
+            self.log.failure("on-connect hook failed; dropping the tunnel", failure)
+            self._failed_opens += 1
+            protocol.drop()
 
-            d.addErrback(hook_failed)
-        d.addCallback(lambda _: self._ready_now(session))
+        d = defer.maybeDeferred(self._on_connect, session)
+        d.addCallbacks(lambda _: self._ready_now(session), hook_failed)
 
     def _ready_now(self, session: Session) -> None:
         if self.session is not session:

@@ -13,6 +13,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
+from remotedialer._addresses import split_host_port
+
 #: Go's dial timeout for the targets of Connect.
 DIAL_TIMEOUT = 60
 
@@ -41,20 +43,6 @@ def allow_patterns(patterns: Iterable[str]) -> ConnectAuthorizer:
         return any(fnmatch.fnmatchcase(target, p) for p in patterns)
 
     return authorize
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """Split C{host:port} or C{[v6]:port} as Go's net.SplitHostPort does."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"address {address!r}: missing port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"address {address!r}: too many colons")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address {address!r}: bad port {port!r}")
-    return host, int(port)
 
 
 class LocalDialer:

@@ -37,7 +37,8 @@ class PeerLink(WebSocketLink):
         super().__init__(
             server.reactor,
             endpoint_for_url(server.reactor, url, trust_root=trust_root),
-            client_factory(self, url, headers, server.reactor),
+            client_factory(self, url, headers, server.reactor,
+                           server.ping_interval, server.idle_timeout),
             backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX),
         )
         self.name = f"peer:{peer_id}"
@@ -76,6 +77,7 @@ class PeerLink(WebSocketLink):
             dialer=self.server._peer_dialer,
             trace=self.server.trace,
             drop=protocol.drop,
+            clock=self.reactor,
         )
 
     def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:

@@ -26,7 +26,13 @@ from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
 from remotedialer._session import Session
 from remotedialer._stream import TunnelStream
-from remotedialer._websocket import TunnelServerProtocol, server_factory
+from remotedialer._websocket import (
+    IDLE_TIMEOUT,
+    PING_INTERVAL,
+    TunnelServerProtocol,
+    check_keepalive,
+    server_factory,
+)
 
 #: Proto prefix separator for dials forwarded to a peer (PROTOCOL.md 5).
 PEER_PROTO_SEPARATOR = "::"
@@ -70,6 +76,10 @@ class Server(MultiService):
     @param peer_trust_root: CA to verify peers' wss:// URLs with (default:
         platform trust; unlike Go, peers' certificates are verified).
     @param trace: log every message (CATTLE_TUNNEL_DATA_DEBUG).
+    @param ping_interval: seconds between the keepalive pings of our
+        outgoing peer links (Go: 5).
+    @param idle_timeout: a tunnel or peer link silent this long is dead
+        (Go: 60).
     """
 
     log = Logger()
@@ -84,6 +94,8 @@ class Server(MultiService):
         peer_token: str | None = None,
         peer_trust_root=None,
         trace: bool = False,
+        ping_interval: float = PING_INTERVAL,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -93,12 +105,17 @@ class Server(MultiService):
         self.peer_id = peer_id
         self.peer_token = peer_token
         self.trace = trace
+        #: Keepalive: our outgoing peer links ping this often; any tunnel
+        #: silent for idle_timeout is dead.
+        self.ping_interval = ping_interval
+        self.idle_timeout = idle_timeout
         self._peer_tokens: dict[str, str] = {}
         self._peer_links: dict[str, PeerLink] = {}
         self._peer_trust_root = peer_trust_root
         self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
         self._peer_dialer = _PeerForwardDialer(self)
-        self._websocket_factory = server_factory(self, reactor)
+        check_keepalive(ping_interval, idle_timeout)
+        self._websocket_factory = server_factory(self, reactor, idle_timeout)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
 
     @property
@@ -197,6 +214,7 @@ class Server(MultiService):
             listener=self if identity.is_peer else None,
             trace=self.trace,
             drop=protocol.drop,
+            clock=self.reactor,
         )
         self.log.info("{kind} session {key}/{session_key} connected from {addr}",
                       kind="peer" if identity.is_peer else "client", key=identity.client_key,

@@ -22,7 +22,12 @@ from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,7 +35,8 @@ from zope.interface import implementer
 from remotedialer import _codec
 from remotedialer._codec import MalformedMessage, Message, MessageType
 from remotedialer._relay import Relay
-from remotedialer._stream import TunnelAddress, TunnelStream
+from remotedialer._addresses import TunnelAddress, target_address
+from remotedialer._stream import TunnelStream
 
 #: Largest Data payload we send in one message; larger writes are split.
 MAX_DATA_CHUNK = 64 * 1024
@@ -103,7 +109,12 @@ class Session:
         trace: bool = False,
         message_ids: _codec.MessageIds | None = None,
         drop: Callable[[], object] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: Schedules what must not run re-entrantly (streams' connectionLost).
+        self.clock = clock
         self._send = send
         self._drop = drop
         self.client_key = client_key
@@ -116,6 +127,8 @@ class Session:
         first = CLIENT_FIRST_CONN_ID if dials_as_client else SERVER_FIRST_CONN_ID
         self._conn_ids = itertools.count(first)
         self.streams: dict[int, TunnelStream] = {}
+        #: Streams the far side closed (EOF) that still deliver buffered data.
+        self._draining: set[TunnelStream] = set()
         self.remote_clients: dict[str, set[int]] = {}
         self.closed = False
         self._transport_paused = False
@@ -145,7 +158,8 @@ class Session:
             self,
             conn_id,
             host=TunnelAddress("tunnel", str(self.session_key), self.client_key),
-            peer=TunnelAddress(proto, address, self.client_key),
+            peer=target_address(proto, address, self.client_key),
+            target=f"{proto}/{address}",
         )
         self._register(stream)
         self._write(_codec.connect(self._ids.next(), conn_id, proto, address))
@@ -213,8 +227,9 @@ class Session:
         stream = TunnelStream(
             self,
             conn_id,
-            host=TunnelAddress(proto, address, self.client_key),
+            host=target_address(proto, address, self.client_key),
             peer=TunnelAddress("tunnel", str(self.session_key), self.client_key),
+            target=f"{proto}/{address}",
         )
         self._register(stream)
         relay = Relay()
@@ -361,11 +376,23 @@ class Session:
         (C{EOF} for a clean close).
         """
         conn_id = stream.conn_id
+        self._draining.discard(stream)
         if self.streams.get(conn_id) is stream:
             del self.streams[conn_id]
             self._blocked.pop(conn_id, None)
             if send_error is not None:
                 self._write(_codec.error(self._ids.next(), conn_id, send_error))
+
+    def draining(self, stream: TunnelStream) -> None:
+        """
+        The far side closed C{stream} cleanly while it still has data for a
+        paused reader: its id leaves the wire table, but the session keeps
+        it until it ends, and ends it if the session dies first.
+        """
+        if self.streams.get(stream.conn_id) is stream:
+            del self.streams[stream.conn_id]
+            self._blocked.pop(stream.conn_id, None)
+        self._draining.add(stream)
 
     # IPushProducer: the WebSocket's TCP transport pushes back.
 
@@ -397,7 +424,9 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        streams, self.streams = self.streams, {}
+        streams, self.streams = list(self.streams.values()), {}
+        streams.extend(self._draining)
+        self._draining = set()
         self._blocked.clear()
-        for stream in streams.values():
+        for stream in streams:
             stream.session_lost(reason)

@@ -3,7 +3,8 @@ One multiplexed stream of a tunnel session, as a real Twisted transport.
 
 A L{TunnelStream} is what a protocol sees when it runs "through" the tunnel:
 it provides ITransport, IPushProducer and IConsumer, so any protocol (and
-any relay built on the producer/consumer APIs) runs over it unchanged.  The
+any relay built on the producer/consumer APIs) runs over it unchanged --
+TLS (L{twisted.protocols.tls}) and twisted.web's HTTP client included.  The
 design follows twisted.web._http2.H2Stream, with the remotedialer's
 PAUSE/RESUME messages in place of HTTP/2 flow-control windows:
 
@@ -20,15 +21,20 @@ Send side (bytes the protocol writes):
     connection being relayed); Resume / the transport draining resumes it.
     Writes made while the far side has paused us are held here, bounded by the
     producer having been paused.
+
+Closing, as a TCP transport closes:
+    The protocol's C{connectionLost} is always called from the reactor (a
+    C{callLater(0)}), never from inside C{loseConnection},
+    C{abortConnection} or a write: protocols such as the TLS wrapper are not
+    re-entrant.  A producer or protocol that raises ends this stream only
+    (logged), never the session.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import attr
-from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -41,8 +47,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from remotedialer._addresses import TunnelAddress
+from remotedialer._producers import PullToPush
+
 if TYPE_CHECKING:
     from remotedialer._session import Session
+
+__all__ = [
+    "EOF",
+    "HARD_CAP",
+    "PAUSE_THRESHOLD",
+    "RESUME_THRESHOLD",
+    "StreamError",
+    "TunnelAddress",
+    "TunnelStream",
+]
 
 #: The Go remotedialer's thresholds: Pause past 2 MiB buffered, Resume below 256 KiB.
 PAUSE_THRESHOLD = 2 * 1024 * 1024
@@ -69,29 +88,13 @@ class StreamError(ConnectionLost):
         return " ".join(str(arg) for arg in self.args)
 
 
-@implementer(IAddress)
-@attr.frozen
-class TunnelAddress:
-    """
-    The address of one end of a tunnel stream: the dialed C{proto/address},
-    or the session that carries the stream.
-    """
-
-    proto: str
-    address: str
-    client_key: str = ""
-
-    def __str__(self) -> str:
-        where = f"{self.proto}/{self.address}"
-        return f"{self.client_key}:{where}" if self.client_key else where
-
-
 @implementer(ITransport, IPushProducer, IConsumer)
 class TunnelStream:
     """
     A byte stream multiplexed over a tunnel session (see module docstring).
 
     @ivar conn_id: the stream id on the wire.
+    @ivar target: the C{proto/address} this stream reaches (or was asked for).
     @ivar protocol: the protocol this stream carries, once attached.
     """
 
@@ -106,14 +109,19 @@ class TunnelStream:
         self,
         session: Session,
         conn_id: int,
-        host: TunnelAddress,
-        peer: TunnelAddress,
+        host: IAddress,
+        peer: IAddress,
+        target: str = "",
     ) -> None:
         self._session = session
         self.conn_id = conn_id
         self._host = host
         self._peer = peer
+        self.target = target
         self.closed = False
+        self._lost_reason: Failure | None = None
+        self._no_delay = False
+        self._keep_alive = False
         # Receive side.
         self._inbound: deque[bytes] = deque()
         self._inbound_size = 0
@@ -125,20 +133,23 @@ class TunnelStream:
         self._outbound: deque[bytes] = deque()
         self._remote_paused = False
         self._transport_blocked = False
-        self._producer = None
+        self._producer: Any = None
         self._producer_paused = False
-        self._pull_adapter: _PullToPush | None = None
+        self._pull_adapter: PullToPush | None = None
 
     def __repr__(self) -> str:
-        return f"<TunnelStream {self.conn_id} {self._peer}>"
+        return f"<TunnelStream {self.conn_id} {self.target}>"
 
     def attach(self, protocol: IProtocol) -> None:
         """Connect C{protocol} to this stream (calls its makeConnection)."""
+        closed_before = self.closed
         self.protocol = protocol
         try:
             protocol.makeConnection(self)
         except Exception:
             self._protocol_failed()
+        if closed_before:
+            self._schedule_connection_lost()
 
     # ITransport
 
@@ -170,11 +181,26 @@ class TunnelStream:
         if not self.closed:
             self._close(reason, Failure(StreamError(reason)))
 
-    def getPeer(self) -> TunnelAddress:
+    def getPeer(self) -> IAddress:
         return self._peer
 
-    def getHost(self) -> TunnelAddress:
+    def getHost(self) -> IAddress:
         return self._host
+
+    # What ITCPTransport users call (TLS, twisted.web's HTTP client): the
+    # tunnel has no socket of its own to tune, so these only remember.
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self._no_delay = bool(enabled)
+
+    def getTcpNoDelay(self) -> bool:
+        return self._no_delay
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self._keep_alive = bool(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self._keep_alive
 
     # IPushProducer: the protocol reading from us asks us to hold inbound data.
 
@@ -206,17 +232,17 @@ class TunnelStream:
             producer.stopProducing()
             return
         if not streaming:
-            self._pull_adapter = _PullToPush(producer, self)
+            self._pull_adapter = PullToPush(producer, self)
             producer = self._pull_adapter
         self._producer = producer
         self._producer_paused = False
         if self._pull_adapter is not None:
-            self._pull_adapter.startStreaming()
+            self._pull_adapter.start()
         self._update_producer()
 
     def unregisterProducer(self) -> None:
         if self._pull_adapter is not None:
-            self._pull_adapter.stopStreaming()
+            self._pull_adapter.stop()
             self._pull_adapter = None
         self._producer = None
         self._producer_paused = False
@@ -252,8 +278,11 @@ class TunnelStream:
         if text != EOF:
             self._close(None, Failure(StreamError(text)))
         elif self._inbound:
+            # Still draining to a paused reader: the wire id is free again,
+            # but the session keeps us until we end (it must tell us if it
+            # dies first).
             self._remote_eof = True
-            self._session.forget(self)
+            self._session.draining(self)
         else:
             self._close(None, Failure(ConnectionDone("stream closed by far side")))
 
@@ -272,7 +301,7 @@ class TunnelStream:
         self._update_producer()
 
     def session_lost(self, reason: Failure) -> None:
-        """The tunnel session ended: the stream ends with it."""
+        """The tunnel session ended: the stream ends with it, buffered data too."""
         if not self.closed:
             self._close(None, reason)
 
@@ -323,8 +352,17 @@ class TunnelStream:
         (and only this stream) ends, and the error is logged.
         """
         failure = Failure()
-        self._log.failure("protocol of {stream} failed; closing the stream", failure, stream=self)
+        self._log.failure("protocol of stream {conn_id} ({target}) failed; closing the stream",
+                          failure, conn_id=self.conn_id, target=self.target)
         self.close_with_error(f"protocol error: {failure.getErrorMessage()}")
+
+    def _producer_failed(self, call: str) -> None:
+        """Our registered producer raised: it and this stream end, nothing else."""
+        failure = Failure()
+        self._log.failure("{call} of the producer on stream {conn_id} ({target}) failed; "
+                          "aborting the stream", failure, call=call,
+                          conn_id=self.conn_id, target=self.target)
+        self.close_with_error(f"producer error: {failure.getErrorMessage()}")
 
     def _flush_outbound(self) -> None:
         while self._outbound and not self._remote_paused and not self.closed:
@@ -333,35 +371,57 @@ class TunnelStream:
             self._close(EOF, Failure(ConnectionDone("stream closed cleanly")))
 
     def _update_producer(self) -> None:
-        if self._producer is None:
+        if self._producer is None or self.closed:
             return
         blocked = self._remote_paused or self._transport_blocked
         if blocked and not self._producer_paused:
             self._producer_paused = True
-            self._producer.pauseProducing()
+            try:
+                self._producer.pauseProducing()
+            except Exception:
+                self._producer_failed("pauseProducing")
         elif not blocked and self._producer_paused:
             self._producer_paused = False
-            self._producer.resumeProducing()
+            try:
+                self._producer.resumeProducing()
+            except Exception:
+                self._producer_failed("resumeProducing")
 
     def _close(self, send_error: str | None, reason: Failure) -> None:
         """
         End the stream: tell the far side (unless it told us), leave the
-        session, stop our producer and tell the protocol.
+        session, stop our producer, and tell the protocol from the reactor.
         """
         self.closed = True
         self.disconnecting = True
+        self._lost_reason = reason
         self._outbound.clear()
         self._inbound.clear()
         self._inbound_size = 0
         self._session.forget(self, send_error)
         producer, self._producer = self._producer, None
         if self._pull_adapter is not None:
-            self._pull_adapter.stopStreaming()
+            self._pull_adapter.stop()
             self._pull_adapter = None
         if producer is not None:
-            producer.stopProducing()
-        if self.protocol is not None:
             try:
-                self.protocol.connectionLost(reason)
+                producer.stopProducing()
             except Exception:
-                self._log.failure("connectionLost of {stream} failed", stream=self)
+                self._log.failure("stopProducing of the producer on stream {conn_id} failed",
+                                  conn_id=self.conn_id)
+        if self.protocol is not None:
+            self._schedule_connection_lost()
+
+    def _schedule_connection_lost(self) -> None:
+        self._session.clock.callLater(0, self._connection_lost)
+
+    def _connection_lost(self) -> None:
+        protocol, reason = self.protocol, self._lost_reason
+        if protocol is None or reason is None:
+            return
+        self._lost_reason = None  # exactly once
+        try:
+            protocol.connectionLost(reason)
+        except Exception:
+            self._log.failure("connectionLost of stream {conn_id} ({target}) failed",
+                              conn_id=self.conn_id, target=self.target)

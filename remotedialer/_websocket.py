@@ -3,8 +3,24 @@ The Autobahn WebSocket protocols that carry a tunnel session.
 
 They do three things only: hand every binary message to the L{Session},
 register the session as the producer of the WebSocket's TCP transport (so
-a full send buffer pauses the streams), and watch for a silent link (60 s
-without any frame ends the session).  Everything else is the session's.
+a full send buffer pauses the streams), and keep the link alive the way Go
+does.  Everything else is the session's.
+
+Keepalive, as Go's remotedialer does it (PROTOCOL.md section 1):
+
+  - Only the dialing side pings: a client, and a server's outgoing peer
+    link, send a PING with an B{empty} payload every 5 s
+    (C{PingWriteInterval}), on a timer, whether or not the last one was
+    answered.
+  - Go answers a PING with an B{empty} PONG, never an echo.  Autobahn's own
+    auto-ping waits for its payload to come back, so against Go it pings
+    once and never again -- and Go, whose 60 s read deadline
+    (C{PingWaitDuration}) is extended only by a PING or PONG, not by data,
+    drops the link.  So we never use Autobahn's auto-ping: the dialing side
+    pings from a LoopingCall of its own and ignores what the pongs carry.
+  - Every PING we receive is answered at once (Autobahn does that).
+  - On our side any frame received counts as liveness, and a link silent
+    for 60 s is dead (C{TimeoutMixin}); both numbers are options.
 """
 
 from __future__ import annotations
@@ -17,16 +33,18 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from remotedialer._session import Session
 
-#: A link silent this long (no frame at all, pings included) is dead.
-IDLE_TIMEOUT = 60
-#: The client pings this often, so a healthy link is never silent.
-PING_INTERVAL = 5
+#: A link silent this long (no frame at all, pings included) is dead
+#: (Go's PingWaitDuration).
+IDLE_TIMEOUT = 60.0
+#: The dialing side pings this often (Go's PingWriteInterval).
+PING_INTERVAL = 5.0
 #: Largest WebSocket message accepted.  Go writes a Data message per
 #: Write() call, which can be large (a whole request body), so be generous.
 MAX_MESSAGE_SIZE = 32 * 1024 * 1024
@@ -60,6 +78,7 @@ class _TunnelProtocol(TimeoutMixin):
     # debug calls on every frame are no-ops only while it is in charge.
     _log = Logger()
     session: Session | None = None
+    _pinger: LoopingCall | None = None
 
     def start_session(self, session: Session) -> None:
         """
@@ -71,7 +90,12 @@ class _TunnelProtocol(TimeoutMixin):
         self.callLater = self.factory.reactor.callLater
         self.transport.unregisterProducer()
         self.transport.registerProducer(session, True)
-        self.setTimeout(IDLE_TIMEOUT)
+        self.setTimeout(self.factory.idle_timeout)
+        interval = self.factory.ping_interval
+        if interval:
+            self._pinger = LoopingCall(self.sendPing)
+            self._pinger.clock = self.factory.reactor
+            self._pinger.start(interval, now=False)
 
     def send_binary(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
@@ -96,11 +120,14 @@ class _TunnelProtocol(TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         self._log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
-                      timeout=IDLE_TIMEOUT)
+                      timeout=self.factory.idle_timeout)
         self.dropConnection(abort=True)
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         self.setTimeout(None)
+        pinger, self._pinger = self._pinger, None
+        if pinger is not None and pinger.running:
+            pinger.stop()
         session, self.session = self.session, None
         if session is not None:
             text = reason or ("closed" if wasClean else "connection lost")
@@ -153,21 +180,51 @@ def _set_options(factory, **extra) -> None:
     )
 
 
-def server_factory(server, reactor) -> WebSocketServerFactory:
-    """The WebSocket factory behind a server's tunnel resource."""
+def check_keepalive(ping_interval: float | None, idle_timeout: float) -> None:
+    """ValueError unless 0 < ping_interval < idle_timeout (ping_interval None: no pings)."""
+    if not idle_timeout > 0:
+        raise ValueError(f"idle timeout must be over 0 s, not {idle_timeout}")
+    if ping_interval is not None and not 0 < ping_interval < idle_timeout:
+        raise ValueError(
+            f"ping interval must be over 0 s and under the idle timeout ({idle_timeout:g} s), "
+            f"not {ping_interval}"
+        )
+
+
+def server_factory(server, reactor, idle_timeout: float = IDLE_TIMEOUT) -> WebSocketServerFactory:
+    """
+    The WebSocket factory behind a server's tunnel resource: the accepting
+    side never pings (as Go), it answers pings and watches for silence.
+    """
+    check_keepalive(None, idle_timeout)
     _warn_without_nvx()
     factory = WebSocketServerFactory(reactor=reactor)
     factory.protocol = TunnelServerProtocol
     factory.server = server
+    factory.ping_interval = None
+    factory.idle_timeout = idle_timeout
     _set_options(factory)
     return factory
 
 
-def client_factory(owner, url: str, headers: dict[str, str], reactor) -> WebSocketClientFactory:
-    """The WebSocket factory of a client (or peer link) dialing C{url}."""
+def client_factory(
+    owner,
+    url: str,
+    headers: dict[str, str],
+    reactor,
+    ping_interval: float = PING_INTERVAL,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> WebSocketClientFactory:
+    """
+    The WebSocket factory of a client (or peer link) dialing C{url}: the
+    dialing side pings every C{ping_interval} seconds.
+    """
+    check_keepalive(ping_interval, idle_timeout)
     _warn_without_nvx()
     factory = WebSocketClientFactory(url, headers=headers, reactor=reactor)
     factory.protocol = TunnelClientProtocol
     factory.owner = owner
-    _set_options(factory, autoPingInterval=PING_INTERVAL, autoPingTimeout=IDLE_TIMEOUT)
+    factory.ping_interval = ping_interval
+    factory.idle_timeout = idle_timeout
+    _set_options(factory)
     return factory

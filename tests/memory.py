@@ -93,6 +93,9 @@ class SessionPair:
         self.server_dialer = server_dialer
         self.timeline: list[tuple[str, Message]] = []
         self.drops = {"server": 0, "client": 0}
+        #: Runs what the sessions schedule (streams' connectionLost);
+        #: L{pump} and L{settle} run what is due.
+        self.clock = Clock()
         self.server = Session(
             self._sender("server", self.from_server),
             client_key=CLIENT_KEY,
@@ -102,6 +105,7 @@ class SessionPair:
             listener=listener,
             message_ids=MessageIds(1),
             drop=lambda: self._dropped("server"),
+            clock=self.clock,
         )
         self.client = Session(
             self._sender("client", self.from_client),
@@ -111,6 +115,7 @@ class SessionPair:
             dialer=self.client_dialer,
             message_ids=MessageIds(1),
             drop=lambda: self._dropped("client"),
+            clock=self.clock,
         )
 
     def _sender(self, name: str, direction: Direction):
@@ -124,16 +129,29 @@ class SessionPair:
         self.drops[name] += 1
 
     def pump(self) -> int:
-        """Deliver queued messages both ways until none is left; how many."""
+        """
+        Deliver queued messages both ways, and run the calls the sessions
+        scheduled for now, until nothing is left; how many messages.
+        """
         delivered = 0
-        while self.from_server.queue or self.from_client.queue:
-            if self.from_server.queue:
-                self._deliver(self.from_server, "to client", self.client)
-                delivered += 1
-            if self.from_client.queue:
-                self._deliver(self.from_client, "to server", self.server)
-                delivered += 1
-        return delivered
+        while True:
+            while self.from_server.queue or self.from_client.queue:
+                if self.from_server.queue:
+                    self._deliver(self.from_server, "to client", self.client)
+                    delivered += 1
+                if self.from_client.queue:
+                    self._deliver(self.from_client, "to server", self.server)
+                    delivered += 1
+            if not self.settle():
+                return delivered
+
+    def settle(self) -> int:
+        """Run the calls scheduled for now (not later ones); how many."""
+        ran = 0
+        while any(call.getTime() <= self.clock.seconds() for call in self.clock.getDelayedCalls()):
+            ran += len(self.clock.getDelayedCalls())
+            self.clock.advance(0)
+        return ran
 
     def step(self, to_client: bool = True) -> bool:
         """Deliver one queued message (preferring the given way); False if none."""

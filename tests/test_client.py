@@ -182,3 +182,28 @@ class BackoffTests(TestCase):
             self.assertIsNone(client.session)
 
         return run(go())
+
+    def test_failing_hook_backs_off(self):
+        """A tunnel dropped by a failing on-connect hook is retried with a growing attempt count."""
+
+        async def go():
+            harness = TunnelHarness(self)
+            await harness.start()
+            attempts = []
+
+            def policy(attempt):
+                attempts.append(attempt)
+                return 0.05
+
+            def hook(session):
+                raise RuntimeError("not ready")
+
+            client = TunnelClient(harness.url, headers={"X-Tunnel-ID": "foo"}, reactor=reactor,
+                                  connect_authorizer=allow_all, on_connect=hook, retry_policy=policy)
+            client.startService()
+            self.addCleanup(client.stopService)
+            await eventually(lambda: len(attempts) >= 4)
+            self.assertEqual(attempts[:4], [1, 2, 3, 4])
+            self.flushLoggedErrors(RuntimeError)
+
+        return run(go())

@@ -6,6 +6,7 @@ plain transports, a tunnel stream and a transport, and two tunnel streams.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -115,7 +116,8 @@ class StreamRelayTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.wire = Direction()
-        self.session = Session(self.wire.send)
+        self.clock = Clock()
+        self.session = Session(self.wire.send, clock=self.clock)
         self.stream = self.session.open_stream(*TARGET)
         self.relay = Relay()
         self.stream.attach(self.relay)
@@ -189,6 +191,7 @@ class StreamRelayTests(SynchronousTestCase):
     def test_stream_error_aborts_target(self) -> None:
         """Error from the far side aborts the target (no clean close first)."""
         inject(self.session, _codec.error(1, 2, "boom"))
+        self.clock.advance(0)
         self.assertEqual(self.target.calls[-2:], ["unregisterProducer", "abortConnection"])
         self.assertNotIn("loseConnection", self.target.calls)
         self.assertNotIn("stopProducing", self.target.calls)
@@ -216,7 +219,7 @@ class StreamToStreamTests(SynchronousTestCase):
         # Stream 'inbound' came from the dialing server; 'outbound' goes to the client.
         self.pair = SessionPair()
         self.in_wire = Direction()
-        self.in_session = Session(self.in_wire.send)
+        self.in_session = Session(self.in_wire.send, clock=self.pair.clock)
         self.inbound = self.in_session.open_stream(*TARGET)
         self.relay = Relay()
         self.inbound.attach(self.relay)

@@ -193,6 +193,7 @@ class DispatchTests(SynchronousTestCase):
         self.pair.server.message_received(b"\x80")
         self.assertTrue(self.pair.server.closed)
         self.assertEqual(self.pair.drops, {"server": 1, "client": 0})
+        self.pair.settle()
         for protocol in (self.recorder, other.protocol):
             self.assertEqual(protocol.lost, 1)
             self.assertTrue(protocol.reason.check(MalformedMessage))
@@ -277,6 +278,7 @@ class SyncConnectionsTests(SynchronousTestCase):
         self.sync()
         self.assertTrue(stream.closed)
         self.assertNotIn(2, self.pair.server.streams)
+        self.pair.settle()
         self.assertTrue(recorder.reason.check(StreamError))
         self.assertEqual(len(self.pair.from_server.log), sent_before)
 
@@ -384,6 +386,7 @@ class SessionEndTests(SynchronousTestCase):
         sent = len(pair.from_server.log)
         reason = Failure(ConnectionLost("websocket gone"))
         pair.server.connection_lost(reason)
+        pair.settle()
         self.assertIs(first.reason, reason)
         self.assertIs(second.reason, reason)
         self.assertEqual((first.lost, second.lost), (1, 1))

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import _producer_helpers
-from twisted.internet.error import ConnectionDone
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from remotedialer import _codec
+from remotedialer import _codec, _producers
 from remotedialer._codec import MessageType
 from remotedialer._stream import (
     EOF,
@@ -77,11 +77,11 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_addresses(self) -> None:
         """Its peer is the dialed target; its host is the session."""
-        self.assertEqual(self.stream.getPeer(), TunnelAddress("tcp", "127.0.0.1:8125", CLIENT_KEY))
+        self.assertEqual(self.stream.getPeer(), IPv4Address("TCP", "127.0.0.1", 8125))
         self.assertEqual(
             self.stream.getHost(), TunnelAddress("tunnel", str(SERVER_SESSION_KEY), CLIENT_KEY)
         )
-        self.assertEqual(str(self.stream.getPeer()), "foo:tcp/127.0.0.1:8125")
+        self.assertEqual(self.stream.target, "tcp/127.0.0.1:8125")
 
     def test_thresholds(self) -> None:
         """Go's thresholds; the hard cap is at least 4x the pause threshold."""
@@ -171,6 +171,7 @@ class ReceiveTests(SynchronousTestCase):
         self.assertTrue(self.stream.closed)
         text = f"receive buffer over {HARD_CAP} bytes: far side ignored Pause"
         self.assertEqual(self.pair.from_server.errors(), [(2, text)])
+        self.pair.settle()
         self.assertEqual(self.reader.lost, 1)
         self.assertTrue(self.reader.reason.check(StreamError))
         self.assertEqual(self.reader.chunks, [])
@@ -244,7 +245,7 @@ class SendTests(SynchronousTestCase):
     def test_pull_producer(self) -> None:
         """A pull producer is pulled while the far side reads, not while paused."""
         clock = Clock()
-        self.patch(_producer_helpers, "cooperate", clock_cooperator(clock).cooperate)
+        self.patch(_producers, "cooperate", clock_cooperator(clock).cooperate)
         producer = CountingPullProducer(self.stream)
         self.stream.registerProducer(producer, False)
         clock.advance(1)
@@ -298,8 +299,10 @@ class CloseTests(SynchronousTestCase):
         self.stream.loseConnection()
         self.assertEqual(self.pair.from_server.types(2)[-2:], [MessageType.DATA, MessageType.ERROR])
         self.assertEqual(self.pair.from_server.errors(), [(2, EOF)])
-        self.assertTrue(self.reader.reason.check(ConnectionDone))
         self.assertNotIn(2, self.pair.server.streams)
+        self.assertIsNone(self.reader.reason, "connectionLost inside loseConnection")
+        self.pair.settle()
+        self.assertTrue(self.reader.reason.check(ConnectionDone))
         self.pair.pump()
         self.assertEqual(self.target.value(), b"bye")
         self.assertEqual(self.target.calls[-2:], ["unregisterProducer", "loseConnection"])
@@ -345,6 +348,7 @@ class CloseTests(SynchronousTestCase):
         self.assertIsNone(self.reader.reason)
         self.stream.resumeProducing()
         self.assertEqual(self.reader.chunks, [b"one", b"two"])
+        self.pair.settle()
         self.assertEqual(self.reader.lost, 1)
         self.assertTrue(self.reader.reason.check(ConnectionDone))
         self.assertEqual(self.pair.from_server.errors(), [])
@@ -369,6 +373,8 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(conn_id, 2)
         self.assertNotEqual(text, EOF)
         self.assertEqual(self.pair.from_server.data(2), b"")
+        self.assertIsNone(self.reader.reason, "connectionLost inside abortConnection")
+        self.pair.settle()
         self.assertTrue(self.reader.reason.check(StreamError))
         self.pair.pump()
         self.assertEqual(self.target.calls[-1], "abortConnection")
@@ -384,6 +390,7 @@ class CloseTests(SynchronousTestCase):
         self.stream.close_with_error("late")
         self.stream.pauseProducing()
         self.stream.resumeProducing()
+        self.pair.settle()
         self.assertEqual(len(self.pair.from_server.log), sent)
         self.assertEqual(self.reader.lost, 1)
 
@@ -438,6 +445,106 @@ class ProtocolErrorTests(SynchronousTestCase):
         self.assertEqual(good_protocol.data, b"fine")
         self.assertFalse(pair.server.closed)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class RaisingProducer(FakeProducer):
+    """A push producer whose pause and/or resume raise."""
+
+    def __init__(self, fail_on: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if "pause" in self.fail_on:
+            raise RuntimeError("pause bug")
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if "resume" in self.fail_on:
+            raise RuntimeError("resume bug")
+
+
+class ProducerErrorTests(SynchronousTestCase):
+    """A producer that raises ends its own stream (logged), never the session."""
+
+    def setUp(self) -> None:
+        self.pair = SessionPair()
+        self.bad, self.bad_reader, _ = self.pair.open()
+        self.good, self.good_reader, self.good_endpoint = self.pair.open()
+
+    def assert_only_bad_stream_ended(self, text: str) -> None:
+        self.pair.pump()
+        self.assertTrue(self.bad.closed)
+        self.assertTrue(self.bad_reader.reason.check(StreamError))
+        self.assertEqual(self.pair.from_server.errors(self.bad.conn_id),
+                         [(self.bad.conn_id, f"producer error: {text}")])
+        self.assertFalse(self.pair.server.closed)
+        self.assertFalse(self.good.closed)
+        self.good_endpoint.protocol.dataReceived(b"still fine")
+        self.pair.pump()
+        self.assertEqual(self.good_reader.data, b"still fine")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_pause_raises_on_far_pause(self) -> None:
+        """The far side's Pause reaches a producer whose pauseProducing raises."""
+        self.bad.registerProducer(RaisingProducer(("pause",)), True)
+        self.pair.client.send_pause(self.bad.conn_id)
+        self.assertEqual(self.pair.pump(), 2)
+        self.assert_only_bad_stream_ended("pause bug")
+
+    def test_resume_raises_when_transport_drains(self) -> None:
+        """The session's resumeProducing (its WebSocket drained) survives a raising producer."""
+        producer = RaisingProducer(("resume",))
+        self.bad.registerProducer(producer, True)
+        good_producer = FakeProducer()
+        self.good.registerProducer(good_producer, True)
+        self.pair.server.pauseProducing()
+        self.bad.write(b"x")
+        self.good.write(b"y")
+        self.assertTrue(producer.paused and good_producer.paused)
+        self.pair.server.resumeProducing()  # must not raise
+        self.assertFalse(good_producer.paused)
+        self.assertIn("stop", producer.calls)
+        self.assert_only_bad_stream_ended("resume bug")
+
+
+class DrainingTests(SynchronousTestCase):
+    """A clean close from the far side while our reader is paused."""
+
+    def setUp(self) -> None:
+        self.pair = SessionPair()
+        self.stream, self.reader, self.endpoint = self.pair.open()
+        self.stream.pauseProducing()
+        self.endpoint.protocol.dataReceived(b"buffered")
+        self.endpoint.protocol.connectionLost(Failure(ConnectionDone()))
+        self.pair.pump()
+        self.assertEqual(self.pair.from_client.errors(), [(2, EOF)])
+        self.assertIsNone(self.reader.reason)
+
+    def test_told_when_session_dies(self) -> None:
+        """The session still owns the draining stream: its end ends the stream too."""
+        reason = Failure(ConnectionLost("websocket gone"))
+        self.pair.server.connection_lost(reason)
+        self.pair.settle()
+        self.assertEqual(self.reader.lost, 1)
+        self.assertIs(self.reader.reason, reason)
+        self.assertTrue(self.stream.closed)
+
+    def test_wire_id_free_while_draining(self) -> None:
+        """The far side forgot the id: Data for it is answered as unknown; the buffer stays ours."""
+        self.assertNotIn(2, self.pair.server.streams)
+        inject(self.pair.server, _codec.data(99, 2, b"late"))
+        [(conn_id, text)] = self.pair.from_server.errors()
+        self.assertEqual((conn_id, text), (2, f"connection not found {CLIENT_KEY}/{SERVER_SESSION_KEY}/2"))
+        self.stream.resumeProducing()
+        self.pair.settle()
+        self.assertEqual(self.reader.data, b"buffered")
+        self.assertTrue(self.reader.reason.check(ConnectionDone))
+        # Ended: the session's end no longer reaches it.
+        self.pair.server.connection_lost(Failure(ConnectionLost("later")))
+        self.pair.settle()
+        self.assertEqual(self.reader.lost, 1)
 
 
 class InterleavingTests(SynchronousTestCase):

@@ -30,12 +30,15 @@ from remotedialer._websocket import (
 class _Owner:
     """Stands in for the Server / TunnelClient: builds and forgets sessions."""
 
-    def __init__(self):
+    def __init__(self, clock):
+        self.clock = clock
         self.opened = []
         self.closed = []
+        self.failed = False
 
     def _session_opened(self, protocol, identity=None):
-        session = Session(protocol.send_binary, client_key="foo", drop=protocol.drop)
+        session = Session(protocol.send_binary, client_key="foo", drop=protocol.drop,
+                          clock=self.clock)
         self.opened.append(session)
         return session
 
@@ -46,14 +49,52 @@ class _Owner:
         self.failed = True
 
 
+class GoKeepalive:
+    """
+    Makes one of our protocols behave as Go's remotedialer does at its end
+    of a link (PROTOCOL.md section 1): every PING is answered with an
+    B{empty} PONG, whatever it carried, and the link is dropped when no
+    PING or PONG has arrived for 60 s -- data frames do not count.
+    """
+
+    WAIT = 60.0  # Go's PingWaitDuration
+
+    def __init__(self, protocol, clock):
+        self.protocol = protocol
+        self.clock = clock
+        self.pings: list[bytes] = []
+        self.pongs: list[bytes] = []
+        self.dropped_at: float | None = None
+        protocol.onPing = self._on_ping
+        protocol.onPong = self._on_pong
+        self._deadline = clock.callLater(self.WAIT, self._expire)
+
+    def _extend(self):
+        if self._deadline.active():
+            self._deadline.reset(self.WAIT)
+
+    def _on_ping(self, payload):
+        self.pings.append(payload)
+        self._extend()
+        self.protocol.sendPong(b"")
+
+    def _on_pong(self, payload):
+        self.pongs.append(payload)
+        self._extend()
+
+    def _expire(self):
+        self.dropped_at = self.clock.seconds()
+        self.protocol.dropConnection(abort=True)
+
+
 class WebSocketLinkTests(SynchronousTestCase):
     def setUp(self):
         self.clock = MemoryReactorClock()
         previous = txaio.config.loop
         txaio.config.loop = self.clock
         self.addCleanup(setattr, txaio.config, "loop", previous)
-        self.server_owner = _Owner()
-        self.client_owner = _Owner()
+        self.server_owner = _Owner(self.clock)
+        self.client_owner = _Owner(self.clock)
         sfactory = server_factory(self.server_owner, self.clock)
         cfactory = client_factory(self.client_owner, "ws://127.0.0.1:8123/connect",
                                   {"X-Tunnel-ID": "foo"}, self.clock)
@@ -62,6 +103,7 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.server.identity = Identity("foo")
         self.client = cfactory.buildProtocol(addr)
         self.pings = []
+        self.pongs = []
         answer = self.server.onPing
 
         def on_ping(payload):
@@ -69,6 +111,7 @@ class WebSocketLinkTests(SynchronousTestCase):
             answer(payload)  # the default answers with a PONG
 
         self.server.onPing = on_ping
+        self.client.onPong = self.pongs.append
         self.server_io = iosim.FakeTransport(self.server, isServer=True)
         self.client_io = iosim.FakeTransport(self.client, isServer=False)
         self.pump = iosim.connect(self.server, self.server_io, self.client, self.client_io,
@@ -89,14 +132,30 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.assertIs(self.client_io.producer, client_session)
 
     def test_client_pings_every_interval(self):
-        """The client pings about every 5 s, so a healthy idle link stays up past 60 s."""
-        self.advance(PING_INTERVAL + 1)
-        self.assertEqual(len(self.pings), 1)
+        """The client pings every 5 s with an empty payload; the server answers each at once."""
+        self.advance(PING_INTERVAL)
+        self.assertEqual(self.pings, [b""])
+        self.assertEqual(self.pongs, [b""])
         self.advance(IDLE_TIMEOUT * 2)
-        # one ping per 5 s (Autobahn's batched timer may round each up a little)
-        self.assertGreaterEqual(len(self.pings), 2 * IDLE_TIMEOUT // (PING_INTERVAL + 1))
+        self.assertEqual(len(self.pings), 1 + 2 * IDLE_TIMEOUT // PING_INTERVAL)
+        self.assertEqual(set(self.pings), {b""})
+        self.assertEqual(len(self.pongs), len(self.pings))
         self.assertEqual(self.server_owner.closed, [])
         self.assertEqual(self.client_owner.closed, [])
+
+    def test_server_never_pings(self):
+        """Only the dialing side pings (as Go): the server sends none."""
+        client_pings = []
+        self.client.onPing = client_pings.append
+        self.advance(IDLE_TIMEOUT / 2)
+        self.assertEqual(client_pings, [])
+
+    def test_pings_without_pongs(self):
+        """The client keeps pinging on its timer when no PONG comes back."""
+        self.server.onPing = lambda payload: self.pings.append(payload)  # never answers
+        self.advance(IDLE_TIMEOUT / 2)
+        self.assertEqual(len(self.pings), IDLE_TIMEOUT / 2 // PING_INTERVAL)
+        self.assertEqual(self.pongs, [])
 
     def test_silent_link_is_dead(self):
         """60 s without any frame from the client: the server ends the session."""
@@ -109,6 +168,7 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.advance(2, deliver=False)
         self.assertTrue(self.server_io.disconnecting)
         self.pump.flush()
+        self.clock.advance(0)
         self.assertEqual(self.server_owner.closed, [server_session])
         [reason] = lost
         self.assertTrue(reason.check(TunnelLinkError))
@@ -119,6 +179,17 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.assertFalse(self.client_io.disconnecting)
         self.advance(2, deliver=False)
         self.assertTrue(self.client_io.disconnecting)
+
+    def test_any_frame_is_liveness(self):
+        """Data alone keeps our end's idle timer from firing (pings are not needed on our side)."""
+        self.client.sendPing = lambda payload=None: None  # no pings at all
+        [server_session] = self.server_owner.opened
+        for _ in range(3):
+            self.advance(IDLE_TIMEOUT - 5)
+            self.client.sendMessage(b"\x02\x00\x06", isBinary=True)  # an Error for stream 0
+            self.pump.flush()
+        self.assertFalse(self.server_io.disconnecting)
+        self.assertEqual(self.server_owner.closed, [])
 
     def test_text_message_ends_session(self):
         """A text message is a protocol error: the receiver drops the whole session."""
@@ -140,6 +211,80 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.pump.flush()
         [reply] = replies
         self.assertEqual(reply.error_text(), f"connection not found foo/{server_session.session_key}/9")
+
+
+class GoServerKeepaliveTests(SynchronousTestCase):
+    """
+    Our dialing side (a client, or a server's outgoing peer link: both use
+    client_factory) against a peer with Go's keepalive, held far longer than
+    two of Go's 60 s deadlines.  Autobahn's auto-ping failed exactly this:
+    one ping, an empty pong it did not recognise, no more pings, dropped
+    by Go at ~65 s.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        previous = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.addCleanup(setattr, txaio.config, "loop", previous)
+        self.server_owner = _Owner(self.clock)
+        self.client_owner = _Owner(self.clock)
+
+    def connect(self, **options):
+        sfactory = server_factory(self.server_owner, self.clock)
+        cfactory = client_factory(self.client_owner, "ws://127.0.0.1:8123/connect",
+                                  {"X-Tunnel-ID": "foo"}, self.clock, **options)
+        addr = IPv4Address("TCP", "127.0.0.1", 8123)
+        server = sfactory.buildProtocol(addr)
+        server.identity = Identity("foo")
+        client = cfactory.buildProtocol(addr)
+        server_io = iosim.FakeTransport(server, isServer=True)
+        client_io = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(server, server_io, client, client_io, greet=False, clock=self.clock)
+        pump.flush()
+        go = GoKeepalive(server, self.clock)
+        return go, client_io, pump
+
+    def run_for(self, pump, seconds):
+        for _ in range(int(seconds)):
+            self.clock.advance(1)
+            pump.flush()
+
+    def test_link_outlives_go_deadline(self):
+        """Ten minutes against Go's semantics: no drop, a ping every 5 s, all empty."""
+        go, client_io, pump = self.connect()
+        self.run_for(pump, 600)
+        self.assertIsNone(go.dropped_at)
+        self.assertFalse(client_io.disconnecting)
+        self.assertEqual(len(go.pings), 600 // PING_INTERVAL)
+        self.assertEqual(set(go.pings), {b""})
+        self.assertEqual(self.client_owner.closed, [])
+
+    def test_options(self):
+        """The ping interval is an option; pinging slower than Go's deadline gets dropped."""
+        go, client_io, pump = self.connect(ping_interval=2.0, idle_timeout=90.0)
+        self.run_for(pump, 20)
+        self.assertEqual(len(go.pings), 10)
+        go, client_io, pump = self.connect(ping_interval=61.0, idle_timeout=90.0)
+        self.run_for(pump, 61)
+        self.assertEqual(go.dropped_at, 60.0 + 20)  # this pair started at t=20
+
+    def test_bad_options(self):
+        """A ping interval at or over the idle timeout (or not positive) is refused."""
+        for ping, idle in [(60.0, 60.0), (0.0, 60.0), (-1.0, 60.0), (5.0, 0.0)]:
+            self.assertRaises(ValueError, client_factory, self.client_owner, "ws://h/c", {},
+                              self.clock, ping, idle)
+
+    def test_peer_link_uses_server_options(self):
+        """A server's outgoing peer links ping on the server's keepalive options."""
+        from remotedialer import Server
+
+        server = Server(reactor=self.clock, peer_id="a", peer_token="t",
+                        ping_interval=3.0, idle_timeout=30.0)
+        server.add_peer("b", "t", "ws://127.0.0.1:9/connect")
+        factory = server.peer_link("b")._factory
+        self.assertEqual((factory.ping_interval, factory.idle_timeout), (3.0, 30.0))
+        self.assertRaises(ValueError, Server, reactor=self.clock, ping_interval=60.0)
 
 
 class NVXTests(SynchronousTestCase):
