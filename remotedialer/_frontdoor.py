@@ -8,21 +8,51 @@ The body is relayed with the producer/consumer APIs (the upstream response
 is registered as the downstream request's producer), so a slow downstream
 reader slows the tunnel stream instead of growing memory, and a downstream
 reader that goes away stops the upstream transfer.
+
+Every exchange ends, whoever leaves first:
+  - the reader leaves (``notifyFinish`` errbacks, or the downstream
+    connection stops our producer): the fetch is cancelled, or the upstream
+    body stopped, which closes the tunnel stream and so the target's
+    connection;
+  - the upstream fails before the head: an error answer, text/plain, one
+    line (500 unknown client, 502 dial or TLS failure, 504 timeout);
+  - the upstream fails mid-body: the head is already sent, so the response
+    is cut short: an HTTP/2 stream is reset; an HTTP/1.x connection closed,
+    and aborted if that has not happened within ABORT_GRACE (a graceful
+    close alone waits for a reader that stopped reading for ever).
+
+Only public twisted.web APIs are used, so the same code serves HTTP/1.1 and
+HTTP/2 (where a request has no ``channel.transport``).
+
+https targets are verified by the IPolicyForHTTPS the FrontDoor is given
+(default: the system trust store); L{InsecureTLSPolicy} verifies nothing.
 """
 
 from __future__ import annotations
 
 import math
 
-from twisted.internet import defer
+from OpenSSL import SSL
+from twisted.internet import defer, error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import CertificateOptions, VerificationError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseDone,
+    ResponseFailed,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from remotedialer._endpoint import ClientNotConnected
 
@@ -37,38 +67,173 @@ HOP_BY_HOP = {
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"host",
 }
 
+#: How long a response cut short over HTTP/1.x may take to flush what was
+#: written before it before the connection is aborted (a reader that has
+#: stopped reading would otherwise hold it open for ever).
+ABORT_GRACE = 0.2
 
+#: Failures whose message is already a sentence for people (the tunnel's
+#: stream errors, the client's dial errors, Twisted's connection errors).
+_READABLE = (error.ConnectError, error.ConnectionLost, error.ConnectionDone, defer.TimeoutError)
+
+
+# TLS to the targets.
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedCreator:
+    """A client TLS connection that checks no certificate (SNI still sent for DNS names)."""
+
+    def __init__(self, context: SSL.Context, hostname: bytes) -> None:
+        self._context = context
+        text = hostname.decode("ascii", "replace")
+        self._server_name = None if isIPAddress(text) or isIPv6Address(text) else hostname
+
+    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name)
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class InsecureTLSPolicy:
+    """
+    https without verification (C{--target-insecure}): for targets with
+    self-signed certificates, such as a fresh cluster's API server.  The
+    traffic is encrypted, but anyone on the path can impersonate the target.
+    """
+
+    def __init__(self) -> None:
+        self._context = CertificateOptions(verify=False).getContext()
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> _UnverifiedCreator:
+        return _UnverifiedCreator(self._context, hostname)
+
+
+# Why a fetch failed, for people.
+
+
+def describe_failure(failure: Failure) -> str | None:
+    """
+    One line saying why a fetch failed, or None for an unexpected error (a
+    bug: its text may be a Python repr).  Agent wraps the causes of a failed
+    request in lists of Failures (C{reasons}): those are unwrapped, and the
+    ones with no readable text (such as the body decoder's own complaint
+    next to the connection loss that caused it) left out; a response that
+    failed for those reasons only is one that did not parse.
+    """
+    reasons = getattr(failure.value, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        texts = [describe_failure(r) for r in reasons if isinstance(r, Failure)]
+        text = "; ".join(dict.fromkeys(t for t in texts if t))
+        if not text and failure.check(ResponseFailed):
+            text = "the target's answer is not valid HTTP"
+        return text or None
+    if failure.check(SSL.Error):
+        errors = failure.value.args[0] if failure.value.args else []
+        details = [e[-1] for e in errors if isinstance(e, tuple) and e and e[-1]] if isinstance(errors, list) else []
+        return "TLS handshake failed: " + (", ".join(details) or "no reason given")
+    if failure.check(VerificationError):
+        return "TLS handshake failed: the certificate is not for this host"
+    if failure.check(*_READABLE):
+        return " ".join((failure.getErrorMessage() or failure.type.__name__).split())
+    return None
+
+
+# One exchange.
+
+
+@implementer(IPushProducer)
 class _BodyRelay(Protocol):
-    """Streams an upstream response body into the downstream request."""
+    """
+    Streams an upstream response body into the downstream request, and is
+    the request's producer: pause and resume go to the upstream transport,
+    and stopProducing (the downstream connection going, which TCP says
+    before the request hears of it) marks the reader gone.
+    """
 
-    def __init__(self, request) -> None:
-        self._request = request
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
         self.done: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self._request.registerProducer(self.transport, True)
+        self._exchange.request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
-        self._request.write(data)
+        if not self._exchange.reader_gone:
+            self._exchange.request.write(data)
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._exchange.reader_gone = True
+        self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure) -> None:
-        if self._request.channel is not None:  # None once the downstream reader left
-            self._request.unregisterProducer()
+        request = self._exchange.request
+        if not self._exchange.reader_gone and request.producer is not None:
+            request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
             self.done.errback(reason)
 
 
-def _downstream_gone(request) -> bool:
-    """
-    The downstream reader is gone, or going: a TCP transport stops its
-    producer (our upstream body) before the request hears of the loss.
-    """
-    if request.finished or request._disconnected or request.channel is None:
-        return True
-    transport = request.channel.transport
-    return transport is None or transport.disconnecting or not getattr(transport, "connected", True)
+class _Discard(Protocol):
+    """A body nobody will read: stop it (which closes its tunnel stream)."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class _Exchange:
+    """One front-door request: its fetch, its body relay, whether its reader left."""
+
+    def __init__(self, request, url: bytes) -> None:
+        self.request = request
+        self.url = url
+        self.reader_gone = False
+        self.fetch: defer.Deferred | None = None
+        self.relay: _BodyRelay | None = None
+        self._abort_call = None
+        request.notifyFinish().addErrback(self._reader_left)
+
+    def _reader_left(self, _reason) -> None:
+        # Stop fetching, or stop the body (closing the tunnel stream).
+        self.reader_gone = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        if self.relay is not None and self.relay.transport is not None:
+            self.relay.transport.stopProducing()
+        elif self.fetch is not None:
+            self.fetch.cancel()
+
+    def cut_short(self, reactor) -> None:
+        """
+        End a response whose head is sent so that the reader sees a
+        truncated body, and soon: an HTTP/2 stream is reset (a clean end
+        would look complete; the connection's other streams go on); an
+        HTTP/1.x connection, which now carries only this response, is closed
+        after what was written is flushed, or aborted after ABORT_GRACE.
+        """
+        request = self.request
+        if self.reader_gone or request.channel is None:
+            return
+        if request.producer is not None:
+            request.unregisterProducer()
+        channel = request.channel
+        reset_stream = getattr(channel, "abortConnection", None)  # H2Stream is an ITransport
+        if reset_stream is not None:
+            reset_stream()
+            return
+        request.loseConnection()
+        self._abort_call = reactor.callLater(ABORT_GRACE, channel.forceAbortClient)
 
 
 def _timed_out(result, timeout: float):
@@ -76,33 +241,36 @@ def _timed_out(result, timeout: float):
 
 
 class FrontDoor(Resource):
-    """The ``/client/`` resource of a server (see module docstring)."""
+    """
+    The ``/client/`` resource of a server (see module docstring).
+
+    @param tls_policy: verifies https targets (default: the system trust
+        store, C{BrowserLikePolicyForHTTPS()}).
+    """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, server, reactor=None) -> None:
+    def __init__(self, server, reactor=None, tls_policy: IPolicyForHTTPS | None = None) -> None:
         super().__init__()
         self._server = server
         self._reactor = reactor if reactor is not None else server.reactor
         self._pool = HTTPConnectionPool(self._reactor, persistent=False)
+        self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
     def render(self, request):
         parts = request.postpath
         if len(parts) < 3 or not all(parts[:3]):
-            request.setResponseCode(404)
-            return b"usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]\n"
+            return self._text(request, 404, "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]")
         client_key, scheme, host = (p.decode("utf-8", "replace") for p in parts[:3])
         if scheme not in ("http", "https"):
-            request.setResponseCode(400)
-            return f"unsupported scheme {scheme!r}\n".encode()
+            return self._text(request, 400, "unsupported scheme (use http or https)")
         try:
             timeout = float(request.args.get(b"timeout", [DEFAULT_TIMEOUT])[0])
         except ValueError:
             timeout = math.nan
         if not 0 < timeout <= MAX_TIMEOUT:
-            request.setResponseCode(400)
-            return f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT}\n".encode()
+            return self._text(request, 400, f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT:g}")
         # The path as the client sent it (postpath is already unquoted, and
         # unquoting %3F or %2F would change what the target is asked for).
         raw_path, _, query = request.uri.partition(b"?")
@@ -111,62 +279,63 @@ class FrontDoor(Resource):
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
                            if k.lower() not in HOP_BY_HOP})
-        agent = self._server.agent(client_key, pool=self._pool)
+        agent = self._server.agent(client_key, pool=self._pool, tls_policy=self._tls_policy)
         body = None
         if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-            from twisted.web.client import FileBodyProducer
-
             body = FileBodyProducer(request.content)
-        d = defer.maybeDeferred(agent.request, request.method, url, headers, body)
+        exchange = _Exchange(request, url)
+        d = exchange.fetch = defer.maybeDeferred(agent.request, request.method, url, headers, body)
         # Agent turns a cancelled request into ResponseNeverReceived, which
         # addTimeout would not recognise as its own timeout: say so ourselves.
         d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
-        relays: list[_BodyRelay] = []
-
-        def downstream_gone(_):
-            # The reader left: stop fetching, or stop the body (closing the stream).
-            d.cancel()
-            for relay in relays:
-                if relay.transport is not None:
-                    relay.transport.stopProducing()
-
-        request.notifyFinish().addErrback(downstream_gone)
-        d.addCallback(self._respond, request, relays)
-        d.addErrback(self._failed, request, url, relays)
+        d.addCallback(self._respond, exchange)
+        d.addErrback(self._failed, exchange)
         return NOT_DONE_YET
 
-    def _respond(self, response, request, relays: list) -> defer.Deferred:
+    def _respond(self, response, exchange: _Exchange) -> defer.Deferred | None:
+        request = exchange.request
+        if exchange.reader_gone:
+            response.deliverBody(_Discard())
+            return None
         request.setResponseCode(response.code, response.phrase)
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in HOP_BY_HOP:
                 request.responseHeaders.setRawHeaders(name, values)
         if isinstance(response.length, int):
             request.setHeader(b"Content-Length", str(response.length).encode())
-        relay = _BodyRelay(request)
-        relays.append(relay)
+        relay = exchange.relay = _BodyRelay(exchange)
         response.deliverBody(relay)
-        relay.done.addCallback(lambda _: None if _downstream_gone(request) else request.finish())
+        relay.done.addCallback(lambda _: None if exchange.reader_gone else request.finish())
         return relay.done
 
-    def _failed(self, failure: Failure, request, url: bytes, relays: list) -> None:
-        if _downstream_gone(request):
+    def _failed(self, failure: Failure, exchange: _Exchange) -> None:
+        request, url = exchange.request, exchange.url.decode("utf-8", "replace")
+        if exchange.reader_gone:
             return  # the reader left first; stopping the upstream was our doing
-        if relays or request.startedWriting:
+        reason = describe_failure(failure)
+        if reason is None:
+            self.log.failure("front door: fetching {url} failed unexpectedly", failure, url=url)
+            reason = "unexpected error in the front door (see the server log)"
+        if exchange.relay is not None or request.startedWriting:
             # The upstream's status and headers are already ours: the only
-            # honest way to say the body is cut short is to close the
-            # connection early (what was sent is flushed; the reader sees
-            # fewer bytes than Content-Length, or no last chunk).
-            self.log.warn("front door: {url} failed mid-body: {error}", url=url, error=failure.getErrorMessage())
-            if request.channel is not None:
-                request.channel.transport.loseConnection()
+            # honest way to say the body is cut short is to abort the
+            # response (the reader sees fewer bytes than Content-Length, or
+            # no last chunk).
+            self.log.warn("front door: {url} failed mid-body: {reason}", url=url, reason=reason)
+            exchange.cut_short(self._reactor)
             return
         if failure.check(defer.TimeoutError):
-            code, text = 504, f"timeout waiting for {url.decode(errors='replace')}"
+            code, text = 504, f"timeout waiting for {url}"
         elif failure.check(ClientNotConnected):
-            code, text = 500, failure.getErrorMessage()
+            code, text = 500, reason
         else:
-            code, text = 502, failure.getErrorMessage() or failure.type.__name__
+            code, text = 502, f"{url}: {reason}"
+        request.write(self._text(request, code, text))
+        request.finish()
+
+    @staticmethod
+    def _text(request, code: int, text: str) -> bytes:
+        """Set an error status; the one-line text/plain body to send."""
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.write(text.encode() + b"\n")
-        request.finish()
+        return " ".join(text.split()).encode("utf-8") + b"\n"

@@ -6,6 +6,10 @@ Authentication runs before the upgrade so that a refusal is a plain HTTP
 answer with the status and body the Go server gives (400 with the error
 text, 401 with C{failed authentication}), and so that the authorizer may
 return a Deferred.
+
+A tunnel is a WebSocket, which needs HTTP/1.1: a request that arrived over
+HTTP/2 (twisted.web negotiates it on TLS listeners when h2 is installed) is
+refused with 400 at once, as Go refuses a request that is no upgrade.
 """
 
 from __future__ import annotations
@@ -84,8 +88,17 @@ class TunnelResource(Resource):
         self._peers = peers
 
     def render(self, request: IRequest):
+        if request.clientproto != b"HTTP/1.1":
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            version = request.clientproto.decode("ascii", "replace")
+            return f"a tunnel is a WebSocket upgrade over HTTP/1.1, not {version}".encode()
+        # The client may leave while the authorizer decides: learn it from
+        # the request (HTTP/2 has no channel transport to look at).
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
         d = defer.maybeDeferred(self._identify, request)
-        d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
+        d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request, gone), errbackArgs=(request, gone))
         d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
         return NOT_DONE_YET
 
@@ -120,15 +133,15 @@ class TunnelResource(Resource):
             raise AuthorizationError(f"client key longer than {MAX_CLIENT_KEY} bytes")
         return Identity(client_key)
 
-    def _upgrade(self, identity: Identity, request: IRequest) -> None:
-        if request.channel is None or request.channel.transport is None:
+    def _upgrade(self, identity: Identity, request: IRequest, gone: list) -> None:
+        if gone:
             return  # the client went away while we authorized it
         body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
         if body is not NOT_DONE_YET:
             request.write(body)
             request.finish()
 
-    def _refuse(self, failure: Failure, request: IRequest) -> None:
+    def _refuse(self, failure: Failure, request: IRequest, gone: list) -> None:
         if failure.check(_Unauthorized):
             code, text = 401, "failed authentication"
         else:
@@ -137,7 +150,7 @@ class TunnelResource(Resource):
                 self.log.failure("authorizer failed", failure)
         self.log.info("refused tunnel from {addr}: {code} {text}",
                       addr=request.getClientAddress(), code=code, text=text)
-        if request.channel is None:
+        if gone:
             return
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

@@ -4,23 +4,21 @@ One multiplexed stream of a tunnel session, as a real Twisted transport.
 A L{TunnelStream} is what a protocol sees when it runs "through" the tunnel:
 it provides ITransport, IPushProducer and IConsumer, so any protocol (and
 any relay built on the producer/consumer APIs) runs over it unchanged --
-TLS (L{twisted.protocols.tls}) and twisted.web's HTTP client included.  The
-design follows twisted.web._http2.H2Stream, with the remotedialer's
-PAUSE/RESUME messages in place of HTTP/2 flow-control windows:
+TLS (L{twisted.protocols.tls}) and twisted.web's HTTP client included.  As
+twisted.web._http2.H2Stream is over h2, it is only the transport, producer
+and consumer mechanics over the sans-IO multiplexer (L{remotedialer._mux}),
+which owns the stream's lifecycle, its buffers and the Pause/Resume rules:
 
 Receive side (bytes coming from the far end):
-    Data is handed to the protocol at once while it is reading.  When the
-    protocol (or the consumer it feeds) calls pauseProducing() the stream
-    buffers; past PAUSE_THRESHOLD buffered bytes it sends Pause, and once the
-    protocol resumes and the buffer drains below RESUME_THRESHOLD it sends
-    Resume.  A far side that ignores Pause is cut off at HARD_CAP (16 MiB).
+    Data is handed to the protocol at once while it is reading.  While the
+    protocol (or the consumer it feeds) has paused us, the multiplexer
+    buffers, sends Pause past the threshold, and Resume once the protocol
+    has resumed and taken the backlog; past the hard cap the stream is cut.
 
 Send side (bytes the protocol writes):
     A Pause from the far side, or the session's WebSocket transport pushing
     back, pauses the producer registered on this stream (e.g. the TCP
     connection being relayed); Resume / the transport draining resumes it.
-    Writes made while the far side has paused us are held here, bounded by the
-    producer having been paused.
 
 Closing, as a TCP transport closes:
     The protocol's C{connectionLost} is always called from the reactor (a
@@ -32,7 +30,6 @@ Closing, as a TCP transport closes:
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -48,6 +45,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from remotedialer._addresses import TunnelAddress
+from remotedialer._flow import FlowLimits
+from remotedialer._lifecycle import StreamState
+from remotedialer._mux import EOF, StreamHandle
 from remotedialer._producers import PullToPush
 
 if TYPE_CHECKING:
@@ -63,17 +63,12 @@ __all__ = [
     "TunnelStream",
 ]
 
+_DEFAULT_LIMITS = FlowLimits()
 #: The Go remotedialer's thresholds: Pause past 2 MiB buffered, Resume below 256 KiB.
-PAUSE_THRESHOLD = 2 * 1024 * 1024
-RESUME_THRESHOLD = 256 * 1024
+PAUSE_THRESHOLD = _DEFAULT_LIMITS.pause_threshold
+RESUME_THRESHOLD = _DEFAULT_LIMITS.resume_threshold
 #: A far side that keeps sending past this many buffered bytes ignored Pause.
-#: Well above the threshold: a sender that obeys still has socket buffers'
-#: worth of data in flight when our Pause reaches it (up to ~6 MiB measured
-#: on loopback alone), and cutting an obedient stream would be a bug.
-HARD_CAP = 8 * PAUSE_THRESHOLD
-
-#: The text of an Error message that means a clean close.
-EOF = "EOF"
+HARD_CAP = _DEFAULT_LIMITS.hard_cap
 
 
 class StreamError(ConnectionLost):
@@ -93,45 +88,36 @@ class TunnelStream:
     """
     A byte stream multiplexed over a tunnel session (see module docstring).
 
-    @ivar conn_id: the stream id on the wire.
     @ivar target: the C{proto/address} this stream reaches (or was asked for).
     @ivar protocol: the protocol this stream carries, once attached.
     """
 
-    disconnecting = False
     protocol: IProtocol | None = None
-    #: How many SyncConnections the session had received when it took this
-    #: stream on (a stream is pruned only once it has missed a whole interval).
-    sync_epoch = 0
     _log = Logger()
 
     def __init__(
         self,
         session: Session,
-        conn_id: int,
+        handle: StreamHandle,
         host: IAddress,
         peer: IAddress,
         target: str = "",
     ) -> None:
         self._session = session
-        self.conn_id = conn_id
+        self._mux = session.mux
+        self.handle = handle
+        handle.context = self
         self._host = host
         self._peer = peer
         self.target = target
-        self.closed = False
+        self._close_requested = False
+        #: Set once the stream has ended on our side; connectionLost follows.
         self._lost_reason: Failure | None = None
+        self._finished = False
+        self._delivering = False
         self._no_delay = False
         self._keep_alive = False
-        # Receive side.
-        self._inbound: deque[bytes] = deque()
-        self._inbound_size = 0
-        self._reading_paused = False
-        self._sent_pause = False
-        self._delivering = False
-        self._remote_eof = False
-        # Send side.
-        self._outbound: deque[bytes] = deque()
-        self._remote_paused = False
+        # Send side mechanics.
         self._transport_blocked = False
         self._producer: Any = None
         self._producer_paused = False
@@ -140,9 +126,22 @@ class TunnelStream:
     def __repr__(self) -> str:
         return f"<TunnelStream {self.conn_id} {self.target}>"
 
+    @property
+    def conn_id(self) -> int:
+        """The stream id on the wire."""
+        return self.handle.conn_id
+
+    @property
+    def closed(self) -> bool:
+        return self._finished
+
+    @property
+    def disconnecting(self) -> bool:
+        return self._close_requested or self._finished
+
     def attach(self, protocol: IProtocol) -> None:
         """Connect C{protocol} to this stream (calls its makeConnection)."""
-        closed_before = self.closed
+        closed_before = self._finished
         self.protocol = protocol
         try:
             protocol.makeConnection(self)
@@ -154,23 +153,20 @@ class TunnelStream:
     # ITransport
 
     def write(self, data: bytes) -> None:
-        if self.closed or self.disconnecting or self._remote_eof or not data:
-            return
-        if self._remote_paused or self._outbound:
-            self._outbound.append(data)
-            return
-        self._session.send_data(self, data)
+        if self.handle.state is StreamState.OPEN and data:
+            self._session.stream_write(self, data)
 
     def writeSequence(self, iovec) -> None:
         self.write(b"".join(iovec))
 
     def loseConnection(self) -> None:
         """Close cleanly once the bytes written so far have been sent."""
-        if self.closed or self.disconnecting:
+        if self._finished or self._close_requested:
             return
-        self.disconnecting = True
-        if not self._outbound:
-            self._close(EOF, Failure(ConnectionDone("stream closed cleanly")))
+        self._close_requested = True
+        if self._mux.close(self.handle):
+            self._session.flush()
+            self._ended(Failure(ConnectionDone("stream closed cleanly")))
 
     def abortConnection(self) -> None:
         """Close at once, dropping unsent bytes; the far side sees an error."""
@@ -178,8 +174,9 @@ class TunnelStream:
 
     def close_with_error(self, reason: str) -> None:
         """Close at once, telling the far side C{reason} as an Error."""
-        if not self.closed:
-            self._close(reason, Failure(StreamError(reason)))
+        if not self._finished and self._mux.abort(self.handle, reason):
+            self._session.flush()
+            self._ended(Failure(StreamError(reason)))
 
     def getPeer(self) -> IAddress:
         return self._peer
@@ -205,19 +202,17 @@ class TunnelStream:
     # IPushProducer: the protocol reading from us asks us to hold inbound data.
 
     def pauseProducing(self) -> None:
-        self._reading_paused = True
+        self._mux.pause_reading(self.handle)
 
     def resumeProducing(self) -> None:
-        if self.closed:
+        if self._finished:
             return
-        self._reading_paused = False
+        self._mux.resume_reading(self.handle)
         self._deliver_buffered()
 
     def stopProducing(self) -> None:
         """Our consumer died: deliver nothing more, and close (as TCP does)."""
-        self._reading_paused = True
-        self._inbound.clear()
-        self._inbound_size = 0
+        self._mux.discard_inbound(self.handle)
         self.loseConnection()
 
     # IConsumer: a producer (e.g. a relayed TCP connection) writes to us.
@@ -228,7 +223,7 @@ class TunnelStream:
                 f"Cannot register producer {producer!r}, "
                 f"because producer {self._producer!r} was never unregistered."
             )
-        if self.closed:
+        if self._finished:
             producer.stopProducing()
             return
         if not streaming:
@@ -247,52 +242,23 @@ class TunnelStream:
         self._producer = None
         self._producer_paused = False
 
-    # Called by the session.
+    # Called by the session, for the multiplexer's events.
 
     def data_received(self, data: bytes) -> None:
-        """Data arrived from the far side."""
-        if self.closed or self._remote_eof:
-            return
-        if self._reading_paused or self._inbound or self._delivering:
-            self._inbound.append(data)
-            self._inbound_size += len(data)
-            if self._inbound_size > HARD_CAP:
-                self.close_with_error(
-                    f"receive buffer over {HARD_CAP} bytes: far side ignored Pause"
-                )
-            elif self._inbound_size > PAUSE_THRESHOLD and not self._sent_pause:
-                self._sent_pause = True
-                self._session.send_pause(self.conn_id)
-            return
+        """Data for the reader (the multiplexer holds it while we are paused)."""
         self._deliver(data)
 
-    def remote_closed(self, text: str) -> None:
-        """
-        The far side sent Error: C{EOF} is a clean close (buffered data is
-        still delivered first), any other text an error.  The far side has
-        already forgotten the stream, so nothing is sent back.
-        """
-        if self.closed or self._remote_eof:
-            return
-        self._outbound.clear()
-        if text != EOF:
-            self._close(None, Failure(StreamError(text)))
-        elif self._inbound:
-            # Still draining to a paused reader: the wire id is free again,
-            # but the session keeps us until we end (it must tell us if it
-            # dies first).
-            self._remote_eof = True
-            self._session.draining(self)
+    def remote_ended(self, error: str | None) -> None:
+        """The far side closed the stream (None: cleanly), or it was pruned or cut."""
+        if error is not None:
+            self._ended(Failure(StreamError(error)))
+        elif self._close_requested:
+            self._ended(Failure(ConnectionDone("stream closed cleanly")))
         else:
-            self._close(None, Failure(ConnectionDone("stream closed by far side")))
+            self._ended(Failure(ConnectionDone("stream closed by far side")))
 
     def remote_paused(self, paused: bool) -> None:
         """The far side sent Pause (True) or Resume (False)."""
-        if self.closed:
-            return
-        self._remote_paused = paused
-        if not paused:
-            self._flush_outbound()
         self._update_producer()
 
     def transport_blocked(self, blocked: bool) -> None:
@@ -302,17 +268,12 @@ class TunnelStream:
 
     def session_lost(self, reason: Failure) -> None:
         """The tunnel session ended: the stream ends with it, buffered data too."""
-        if not self.closed:
-            self._close(None, reason)
-
-    def prune(self) -> None:
-        """The far side no longer knows this stream (SyncConnections)."""
-        self.session_lost(Failure(StreamError("stream unknown to the far side")))
+        self._ended(reason)
 
     @property
     def buffered_inbound(self) -> int:
         """Bytes received and not yet taken by the protocol."""
-        return self._inbound_size
+        return self.handle.inbound.size
 
     @property
     def has_producer(self) -> bool:
@@ -325,20 +286,15 @@ class TunnelStream:
             return
         self._delivering = True
         try:
-            while self._inbound and not self._reading_paused and not self.closed:
-                chunk = self._inbound.popleft()
-                self._inbound_size -= len(chunk)
+            read = self._mux.read
+            handle = self.handle
+            while (chunk := read(handle)) is not None:
                 self._deliver(chunk)
         finally:
             self._delivering = False
-        if self.closed:
-            return
-        if self._remote_eof:
-            if not self._inbound:
-                self._close(None, Failure(ConnectionDone("stream closed by far side")))
-        elif self._sent_pause and self._inbound_size < RESUME_THRESHOLD:
-            self._sent_pause = False
-            self._session.send_resume(self.conn_id)
+        self._session.flush()  # a Resume, if the backlog drained
+        if self.handle.ended and not self._finished:  # a draining stream is done
+            self._ended(Failure(ConnectionDone("stream closed by far side")))
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -364,16 +320,10 @@ class TunnelStream:
                           conn_id=self.conn_id, target=self.target)
         self.close_with_error(f"producer error: {failure.getErrorMessage()}")
 
-    def _flush_outbound(self) -> None:
-        while self._outbound and not self._remote_paused and not self.closed:
-            self._session.send_data(self, self._outbound.popleft())
-        if self.disconnecting and not self._outbound and not self.closed:
-            self._close(EOF, Failure(ConnectionDone("stream closed cleanly")))
-
     def _update_producer(self) -> None:
-        if self._producer is None or self.closed:
+        if self._producer is None or self._finished:
             return
-        blocked = self._remote_paused or self._transport_blocked
+        blocked = self.handle.remote_paused or self._transport_blocked
         if blocked and not self._producer_paused:
             self._producer_paused = True
             try:
@@ -387,18 +337,16 @@ class TunnelStream:
             except Exception:
                 self._producer_failed("resumeProducing")
 
-    def _close(self, send_error: str | None, reason: Failure) -> None:
+    def _ended(self, reason: Failure) -> None:
         """
-        End the stream: tell the far side (unless it told us), leave the
-        session, stop our producer, and tell the protocol from the reactor.
+        The stream is over on our side (the multiplexer already knows):
+        stop our producer, and tell the protocol from the reactor.
         """
-        self.closed = True
-        self.disconnecting = True
+        if self._finished:
+            return
+        self._finished = True
         self._lost_reason = reason
-        self._outbound.clear()
-        self._inbound.clear()
-        self._inbound_size = 0
-        self._session.forget(self, send_error)
+        self._session.stream_ended(self)
         producer, self._producer = self._producer, None
         if self._pull_adapter is not None:
             self._pull_adapter.stop()

@@ -118,6 +118,10 @@ class SessionPair:
             clock=self.clock,
         )
 
+    def client_sends(self, message: Message) -> None:
+        """Queue C{message} from the client side as if its session had sent it (e.g. Pause)."""
+        self.client._send(encode(message))
+
     def _sender(self, name: str, direction: Direction):
         def send(data: bytes) -> None:
             direction.send(data)

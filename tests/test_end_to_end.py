@@ -172,7 +172,7 @@ class BackPressureTests(TestCase):
         await wait(2)
         stopped_at = target.received
         self.assertGreater(sender.pauses, 0)
-        self.assertTrue(sender.transport._remote_paused)
+        self.assertTrue(sender.transport.handle.remote_paused)
         target.transport.resumeProducing()
         data = await target.done
         self.assertLess(stopped_at, payload.size)

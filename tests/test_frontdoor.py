@@ -2,29 +2,37 @@
 The HTTP front door end to end on 127.0.0.1 with the real reactor: a Server
 and its FrontDoor in a twisted.web Site, a TunnelClient, and a twisted.web
 target behind the client.  Downstream HTTP clients are treq (non-persistent
-pool) or a raw TCP protocol where the test must control reading.
+pool) or a raw TCP protocol where the test must control reading; HTTP/2
+downstream is curl (treq and Agent speak only HTTP/1.1).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
+import os
 import random
+import shutil
 import time
 
 import treq
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import defer, reactor, utils
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
+from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.policies import WrappingFactory
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from remotedialer import Server, TunnelClient, allow_all
-from remotedialer._frontdoor import FrontDoor
+from remotedialer import Server, TunnelClient, allow_all, allow_patterns
+from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
 from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
+from remotedialer._tap._common import load_ca_file
 
 from tests.support import eventually, listen_tcp, wait
 
@@ -53,6 +61,75 @@ def sha256_of_chunks(size: int) -> str:
     for chunk in chunks(size):
         h.update(chunk)
     return h.hexdigest()
+
+
+def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
+    """
+    A CA and a leaf certificate it signs for 127.0.0.1 and localhost, in
+    C{directory}: the paths of (CA PEM, leaf PEM, leaf key PEM).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = tuple(os.path.join(directory, f) for f in ("ca.pem", "leaf.pem", "leaf-key.pem"))
+    for path, data in zip(paths, [
+        ca.public_bytes(serialization.Encoding.PEM),
+        leaf.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),
+    ]):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths
+
+
+def tls_server_options(leaf_path: str, key_path: str):
+    """Server TLS options for a leaf certificate and its key (Site over them offers h2 when h2 is installed)."""
+    with open(leaf_path, "rb") as f, open(key_path, "rb") as g:
+        return PrivateCertificate.loadPEM(f.read() + g.read()).options()
+
+
+async def listen_tls(factory, testcase, leaf_path: str, key_path: str):
+    endpoint = SSL4ServerEndpoint(reactor, 0, tls_server_options(leaf_path, key_path), interface="127.0.0.1")
+    port = await endpoint.listen(factory)
+    testcase.addCleanup(port.stopListening)
+    return port
 
 
 # The target, behind the client.
@@ -280,14 +357,25 @@ class RawHTTP(Protocol):
 class FrontDoorTests(TestCase):
     timeout = 180
 
-    async def _setup(self):
+    async def _setup(self, tls_policy=None, tls_target: bool = False):
+        """
+        Server, front door (with C{tls_policy}), target and client "foo".
+        With C{tls_target} the target serves HTTPS with a leaf certificate of
+        a fresh CA (C{self.ca}); C{self.front_connections} are the front
+        door's live downstream connections.
+        """
         self.server = Server(reactor=reactor)
-        root = Resource()
+        self.root = root = Resource()
         root.putChild(b"connect", self.server.resource)
-        root.putChild(b"client", FrontDoor(self.server))
-        self.front = await listen_tcp(Site(root), self)
+        root.putChild(b"client", FrontDoor(self.server, tls_policy=tls_policy))
+        self.front_factory = WrappingFactory(Site(root))
+        self.front = await listen_tcp(self.front_factory, self)
         self.target = Target()
-        self.target.port = await listen_tcp(Site(self.target.root), self)
+        if tls_target:
+            self.ca, leaf, key = make_ca(self.mktemp())
+            self.target.port = await listen_tls(Site(self.target.root), self, leaf, key)
+        else:
+            self.target.port = await listen_tcp(Site(self.target.root), self)
         self.client = TunnelClient(
             f"ws://127.0.0.1:{self.front.getHost().port}/connect",
             headers={"X-Tunnel-ID": "foo"},
@@ -301,8 +389,20 @@ class FrontDoorTests(TestCase):
         await eventually(lambda: self.server.has_session("foo"))
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
-    def url(self, path: str, client_key: str = "foo") -> str:
-        return f"http://127.0.0.1:{self.front.getHost().port}/client/{client_key}/http/{self.target.address}/{path}"
+    def url(self, path: str, client_key: str = "foo", scheme: str = "http", address: str | None = None) -> str:
+        address = address or self.target.address
+        return f"http://127.0.0.1:{self.front.getHost().port}/client/{client_key}/{scheme}/{address}/{path}"
+
+    def assert_reason(self, response, body: bytes, code: int, *fragments: bytes) -> None:
+        """An error answer: C{code}, text/plain, one human-readable line holding C{fragments}."""
+        self.assertEqual(response.code, code, body)
+        self.assertEqual(response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"])
+        self.assertTrue(body.endswith(b"\n"), body)
+        self.assertNotIn(b"\n", body[:-1])
+        for python_text in (b"<", b"Failure", b"Traceback", b"NoneType", b"[(", b"Error("):
+            self.assertNotIn(python_text, body)
+        for fragment in fragments:
+            self.assertIn(fragment, body)
 
     def raw_request(self, path: str) -> bytes:
         return (f"GET /client/foo/http/{self.target.address}/{path} HTTP/1.1\r\n"
@@ -366,8 +466,7 @@ class FrontDoorTests(TestCase):
             await self._setup()
             response = await treq.get(self.url("hello", client_key="nobody"), pool=self.pool)
             body = await response.content()
-            self.assertEqual(response.code, 500)
-            self.assertIn(b"failed to find Session for client nobody", body)
+            self.assert_reason(response, body, 500, b"failed to find Session for client nobody")
 
         return run(go())
 
@@ -385,6 +484,7 @@ class FrontDoorTests(TestCase):
             body = await response.content()
             elapsed = time.monotonic() - started
             self.assertEqual((response.code, elapsed < 3.0), (504, True), body)
+            self.assert_reason(response, body, 504)
             self.assertTrue(body.startswith(b"timeout waiting for"), body)
             self.assertGreaterEqual(elapsed, 0.9)
             self.assertLess(elapsed, 3.0)
@@ -522,3 +622,308 @@ class FrontDoorTests(TestCase):
 
         return run(go())
 
+
+    # HTTPS targets.
+
+    def test_https_verified_with_ca_file(self):
+        """An https target whose certificate the --target-ca-file policy trusts: 200 and its body."""
+
+        async def go():
+            await self._setup(tls_target=True)
+            # (the CA is made in _setup: build the policy the server flag would, then swap it in)
+            policy = BrowserLikePolicyForHTTPS(trustRoot=load_ca_file("target-ca-file", self.ca))
+            self.root.putChild(b"client", FrontDoor(self.server, tls_policy=policy))
+            response = await treq.get(self.url("hello", scheme="https"), pool=self.pool)
+            body = await response.content()
+            self.assertEqual((response.code, body), (200, b"hello through the front door"))
+            self.assertEqual(response.headers.getRawHeaders(b"X-Target-Header"), [b"hello-value"])
+
+        return run(go())
+
+    def test_https_wrong_ca_is_502(self):
+        """
+        A certificate neither another CA nor the system trust store vouches
+        for: 502 with a one-line reason; nothing is fetched.
+        """
+
+        async def go():
+            await self._setup(tls_target=True)
+            other_ca, _, _ = make_ca(self.mktemp(), "another CA")
+            for policy in (BrowserLikePolicyForHTTPS(trustRoot=load_ca_file("target-ca-file", other_ca)),
+                           None):  # None: the default, the system trust store
+                self.root.putChild(b"client", FrontDoor(self.server, tls_policy=policy))
+                response = await treq.get(self.url("hello", scheme="https"), pool=self.pool)
+                body = await response.content()
+                self.assert_reason(response, body, 502, b"TLS", b"certificate verify failed")
+            await eventually(lambda: not self._server_streams(), timeout=5)
+
+        return run(go())
+
+    def test_https_insecure(self):
+        """The insecure policy (--target-insecure) fetches from a target no one vouches for."""
+
+        async def go():
+            await self._setup(tls_policy=InsecureTLSPolicy(), tls_target=True)
+            response = await treq.get(self.url("hello", scheme="https"), pool=self.pool)
+            body = await response.content()
+            self.assertEqual((response.code, body), (200, b"hello through the front door"))
+
+        return run(go())
+
+    def test_https_insecure_sends_sni(self):
+        """The insecure policy still names the host (SNI) for a DNS name, and not for an IP address."""
+        from OpenSSL import SSL
+
+        policy = InsecureTLSPolicy()
+        for hostname, expected in [(b"kube.example", b"kube.example"), (b"127.0.0.1", None), (b"::1", None)]:
+            creator = policy.creatorForNetloc(hostname, 443)
+            connection = creator.clientConnectionForTLS(None)
+            self.assertIsInstance(connection, SSL.Connection)
+            self.assertEqual(connection.get_servername(), expected)
+            self.assertEqual(connection.get_context().get_verify_mode(), SSL.VERIFY_NONE)
+
+    # Error answers.
+
+    def test_refused_target_is_502(self):
+        """A target port nobody listens on: 502 saying the connection was refused."""
+
+        async def go():
+            await self._setup()
+            closed = await listen_tcp(Factory.forProtocol(Protocol), self)
+            address = f"127.0.0.1:{closed.getHost().port}"
+            await closed.stopListening()
+            response = await treq.get(self.url("x", address=address), pool=self.pool)
+            body = await response.content()
+            self.assert_reason(response, body, 502, b"refused")
+
+        return run(go())
+
+    def test_not_allowed_target_is_502(self):
+        """A target outside the client's allow-list: 502 with the client's reason."""
+
+        async def go():
+            await self._setup()
+            narrow = TunnelClient(
+                f"ws://127.0.0.1:{self.front.getHost().port}/connect",
+                headers={"X-Tunnel-ID": "narrow"}, reactor=reactor, client_key="narrow",
+                connect_authorizer=allow_patterns(["tcp/10.255.255.1:1"]),
+            )
+            narrow.startService()
+            self.addCleanup(narrow.stopService)
+            await narrow.when_connected()
+            await eventually(lambda: self.server.has_session("narrow"))
+            response = await treq.get(self.url("hello", client_key="narrow"), pool=self.pool)
+            body = await response.content()
+            self.assert_reason(response, body, 502, b"not allowed", self.target.address.encode())
+
+        return run(go())
+
+    def test_not_http_target_is_502(self):
+        """A target that answers something other than HTTP: 502 saying so (not a parser's repr)."""
+
+        async def go():
+            await self._setup()
+
+            class Banner(Protocol):
+                def connectionMade(self):
+                    self.transport.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+            banner = await listen_tcp(Factory.forProtocol(Banner), self)
+            response = await treq.get(self.url("x", address=f"127.0.0.1:{banner.getHost().port}"), pool=self.pool)
+            body = await response.content()
+            self.assert_reason(response, body, 502, b"not valid HTTP")
+
+        return run(go())
+
+    # The front door ends every exchange.
+
+    def test_client_gone_mid_body_aborts_slow_reader(self):
+        """
+        A reader that has stopped reading, and the tunnel client goes away
+        mid-body: the front door aborts the downstream connection at once
+        (not waiting for the reader to drain it); the reader then sees a
+        truncated body (no last chunk).
+        """
+
+        async def go():
+            await self._setup()
+
+            class Paused(RawHTTP):
+                def connectionMade(self):
+                    super().connectionMade()
+                    self.transport.pauseProducing()
+
+                def dataReceived(self, data):
+                    super().dataReceived(data)
+                    self.tail = (getattr(self, "tail", b"") + data)[-16:]
+
+            reader = await self._raw(Paused(self.raw_request("endless")))
+            await eventually(lambda: self.target.endless.producers, timeout=5)
+            [producer] = self.target.endless.producers
+            await eventually(lambda: producer.pauses > 0, timeout=10)  # every buffer on the way is full
+            reader_port = reader.transport.getHost().port
+            [downstream] = [p for p in self.front_factory.protocols if p.getPeer().port == reader_port]
+            lost = defer.Deferred()
+            original = downstream.connectionLost
+            downstream.connectionLost = lambda reason: (original(reason), lost.callback(time.monotonic()))
+            started = time.monotonic()
+            await self.client.stopService()
+            lost.addTimeout(10, reactor)
+            self.assertLess(await lost - started, 1.0)
+            reader.transport.resumeProducing()
+            await reader.done
+            self.assertEqual(reader.status_line, b"HTTP/1.1 200 OK")
+            self.assertFalse(getattr(reader, "tail", b"").endswith(b"0\r\n\r\n"))
+
+        return run(go())
+
+
+# HTTP/2 downstream (curl), and the tunnel path refusing HTTP/2.
+
+
+def _h2_available() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FrontDoorHTTP2Tests(TestCase):
+    """The front door served over TLS, where twisted.web negotiates h2 with curl."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.curl = shutil.which("curl")
+        if self.curl is None:
+            raise SkipTest("curl is not installed")
+        if not _h2_available():
+            raise SkipTest("h2 is not installed: twisted.web serves HTTP/1.1 only")
+
+    async def _setup(self):
+        self.server = Server(reactor=reactor)
+        root = Resource()
+        root.putChild(b"connect", self.server.resource)
+        root.putChild(b"client", FrontDoor(self.server))
+        self.ca, leaf, key = make_ca(self.mktemp())
+        self.front = await listen_tls(Site(root), self, leaf, key)
+        self.target = Target()
+        self.target.port = await listen_tcp(Site(self.target.root), self)
+        # The tunnel itself needs HTTP/1.1: a second, plain listener for it.
+        tunnel_port = await listen_tcp(Site(root), self)
+        self.client = TunnelClient(
+            f"ws://127.0.0.1:{tunnel_port.getHost().port}/connect", headers={"X-Tunnel-ID": "foo"},
+            reactor=reactor, connect_authorizer=allow_all, client_key="foo")
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        await self.client.when_connected()
+        await eventually(lambda: self.server.has_session("foo"))
+
+    async def curl_h2(self, path: str, *extra: str) -> tuple[int, bytes, str, str, int]:
+        """GET over HTTP/2: (status, body, content type, HTTP version, curl's exit code)."""
+        body_path = os.path.join(self.mktemp())
+        argv = ["--http2", "--silent", "--show-error", "--noproxy", "*", "--max-time", "10",
+                "--cacert", self.ca, "--output", body_path,
+                "--write-out", "%{http_code} %{http_version} %{content_type}", *extra,
+                f"https://127.0.0.1:{self.front.getHost().port}{path}"]
+        out, err, code = await utils.getProcessOutputAndValue(self.curl, argv, env={})
+        status, version, content_type = (out.decode().split(" ", 2) + ["", ""])[:3]
+        body = b""
+        if os.path.exists(body_path):
+            with open(body_path, "rb") as f:
+                body = f.read()
+        return int(status or 0), body, content_type, version, code
+
+    def test_get_over_h2(self):
+        """A GET through the front door over HTTP/2 returns the target's body."""
+
+        async def go():
+            await self._setup()
+            status, body, _, version, code = await self.curl_h2(f"/client/foo/http/{self.target.address}/hello")
+            self.assertEqual((status, version, code, body), (200, "2", 0, b"hello through the front door"))
+
+        return run(go())
+
+    def test_unknown_client_over_h2(self):
+        """An unknown client over HTTP/2: 500 with Go's text, as text/plain."""
+
+        async def go():
+            await self._setup()
+            status, body, content_type, version, _ = await self.curl_h2(
+                f"/client/nobody/http/{self.target.address}/hello")
+            self.assertEqual((status, version), (500, "2"))
+            self.assertEqual(content_type, "text/plain; charset=utf-8")
+            self.assertEqual(body, b"failed to find Session for client nobody\n")
+
+        return run(go())
+
+    def test_body_cut_short_over_h2(self):
+        """A body cut short upstream resets the HTTP/2 stream (curl fails; no hang, no error body)."""
+
+        async def go():
+            await self._setup()
+            started = time.monotonic()
+            status, body, _, version, code = await self.curl_h2(f"/client/foo/http/{self.target.address}/short")
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.assertNotIn(code, (0, 28))  # 28: curl's own timeout, i.e. the front door hung
+            self.assertLess(len(body), 1000)
+            self.assertNotIn(b"502", body)
+
+        return run(go())
+
+    def test_tunnel_upgrade_over_h2_refused(self):
+        """A tunnel request over HTTP/2 (WebSocket needs HTTP/1.1): a clear 400 at once, no hang."""
+
+        async def go():
+            await self._setup()
+            status, body, content_type, version, code = await self.curl_h2(
+                "/connect", "--header", "X-Tunnel-ID: h2client")
+            self.assertEqual((status, version, code), (400, "2", 0))
+            self.assertEqual(content_type, "text/plain; charset=utf-8")
+            self.assertIn(b"HTTP/1.1", body)
+            self.assertFalse(self.server.has_session("h2client"))
+
+        return run(go())
+
+
+class TunnelUpgradeTests(TestCase):
+    timeout = 30
+
+    def test_client_gone_while_authorizing(self):
+        """
+        The client goes away while a (Deferred) authorizer decides: when it
+        says yes, nothing is upgraded and nothing fails.
+        """
+
+        async def go():
+            pending: list[defer.Deferred] = []
+            lost: list[defer.Deferred] = []
+
+            def authorizer(request):
+                lost.append(request.notifyFinish())
+                lost[-1].addErrback(lambda _: None)
+                d = defer.Deferred()
+                pending.append(d)
+                return d
+
+            server = Server(authorizer, reactor=reactor)
+            root = Resource()
+            root.putChild(b"connect", server.resource)
+            port = await listen_tcp(Site(root), self)
+            upgrade = (b"GET /connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+            raw = RawHTTP(upgrade)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+            await endpoint.connect(Factory.forProtocol(lambda: raw))
+            await eventually(lambda: pending, timeout=5)
+            raw.transport.loseConnection()
+            await raw.done
+            await eventually(lambda: lost[0].called, timeout=5)  # the server saw the close
+            pending[0].callback("late")
+            self.assertEqual(raw.head, b"")
+            self.assertFalse(server.has_session("late"))
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+        return run(go())

@@ -24,7 +24,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.logger import globalLogPublisher
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -32,10 +33,12 @@ from twisted.web.static import Data, File
 
 from zope.interface import implementer
 
+from remotedialer._frontdoor import InsecureTLSPolicy
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait
+from tests.test_frontdoor import listen_tls, make_ca
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +91,34 @@ class ServerOptionsTests(TestCase):
     def test_peers_need_id_and_token(self):
         self._bad(["--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
         self._bad(["--id", "me", "--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
+
+    def test_target_tls_default(self):
+        """By default the front door verifies https targets against the system trust store."""
+        options = parse(server_tap.Options, [])
+        self.assertIsInstance(options["target_tls_policy"], BrowserLikePolicyForHTTPS)
+        self.assertFalse(options["target-insecure"])
+
+    def test_target_ca_file(self):
+        ca, _, _ = make_ca(self.mktemp())
+        options = parse(server_tap.Options, ["--target-ca-file", ca])
+        self.assertIsInstance(options["target_tls_policy"], BrowserLikePolicyForHTTPS)
+        self.assertEqual(options["target-ca-file"], ca)
+
+    def test_bad_target_ca_file(self):
+        missing = os.path.join(self.mktemp(), "missing.pem")
+        self._bad(["--target-ca-file", missing], "--target-ca-file", "missing.pem")
+        garbage = self.mktemp()
+        with open(garbage, "w") as f:
+            f.write("not a certificate\n")
+        self._bad(["--target-ca-file", garbage], "--target-ca-file")
+
+    def test_target_insecure(self):
+        options = parse(server_tap.Options, ["--target-insecure"])
+        self.assertIsInstance(options["target_tls_policy"], InsecureTLSPolicy)
+
+    def test_target_ca_file_and_insecure_conflict(self):
+        ca, _, _ = make_ca(self.mktemp())
+        self._bad(["--target-ca-file", ca, "--target-insecure"], "--target-ca-file", "--target-insecure")
 
 
 class ClientOptionsTests(TestCase):
@@ -256,6 +287,63 @@ class MakeServiceTests(TestCase):
         return run(go())
 
 
+    def test_https_target_with_target_ca_file(self):
+        """--target-ca-file: the front door fetches from an https target that CA vouches for."""
+
+        async def go():
+            ca, leaf, key = make_ca(self.mktemp())
+            root = Resource()
+            root.putChild(b"hello", Data(b"hello over https", "text/plain"))
+            target = await listen_tls(Site(root), self, leaf, key)
+            target_address = f"127.0.0.1:{target.getHost().port}"
+            top, port = await start_server_program(
+                self, ["--listen", "tcp:0:interface=127.0.0.1", "--target-ca-file", ca])
+            client = start_client_program(self, [
+                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "tls", "--allow", f"tcp/{target_address}"])
+            await client.when_connected()
+            await eventually(lambda: top.server.has_session("tls"))
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            response = await treq.get(f"http://127.0.0.1:{port}/client/tls/https/{target_address}/hello", pool=pool)
+            self.assertEqual((response.code, await response.content()), (200, b"hello over https"))
+            await client.stopService()
+            await eventually(lambda: not top.server.has_session("tls"))
+            await top.stopService()
+
+        return run(go())
+
+    def test_target_insecure_warns_and_fetches(self):
+        """--target-insecure: a warning at start, and a self-signed https target is fetched."""
+
+        async def go():
+            events = []
+            globalLogPublisher.addObserver(events.append)
+            self.addCleanup(globalLogPublisher.removeObserver, events.append)
+            directory = self.mktemp()
+            os.makedirs(directory)
+            cert, key = self_signed_certificate(directory)
+            root = Resource()
+            root.putChild(b"hello", Data(b"hello, self-signed", "text/plain"))
+            target = await listen_tls(Site(root), self, cert, key)
+            target_address = f"127.0.0.1:{target.getHost().port}"
+            top, port = await start_server_program(
+                self, ["--listen", "tcp:0:interface=127.0.0.1", "--target-insecure"])
+            warnings = [e for e in events if e.get("log_level") is not None
+                        and e["log_level"].name == "warn" and "--target-insecure" in e.get("log_format", "")]
+            self.assertEqual(len(warnings), 1, events)
+            client = start_client_program(self, [
+                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "lax", "--allow", f"tcp/{target_address}"])
+            await client.when_connected()
+            await eventually(lambda: top.server.has_session("lax"))
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            response = await treq.get(f"http://127.0.0.1:{port}/client/lax/https/{target_address}/hello", pool=pool)
+            self.assertEqual((response.code, await response.content()), (200, b"hello, self-signed"))
+            await client.stopService()
+            await eventually(lambda: not top.server.has_session("lax"))
+            await top.stopService()
+
+        return run(go())
+
+
 @implementer(IPolicyForHTTPS)
 class _TrustOnly:
     """HTTPS policy trusting one self-signed certificate (for the test's own front-door request)."""
@@ -354,7 +442,7 @@ class SubprocessTests(TestCase):
             client = self.spawn("remotedialer-client", "--help")
             self.assertEqual(await self.finished(server), 0, server.err)
             self.assertEqual(await self.finished(client), 0, client.err)
-            for flag in (b"--listen", b"--peers", b"--token"):
+            for flag in (b"--listen", b"--peers", b"--token", b"--target-ca-file", b"--target-insecure"):
                 self.assertIn(flag, server.out)
             for flag in (b"--connect", b"--header", b"--allow", b"--ca-file"):
                 self.assertIn(flag, client.out)

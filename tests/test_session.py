@@ -367,11 +367,11 @@ class SessionBackPressureTests(SynchronousTestCase):
         """A stream paused by both stays paused until the far side's Resume too."""
         self.pair.server.pauseProducing()
         self.writer.write(b"x")
-        self.pair.client.send_pause(2)
+        self.pair.client_sends(_codec.pause(0, 2))
         self.pair.pump()
         self.pair.server.resumeProducing()
         self.assertEqual(self.writer_producer.calls, ["pause"])
-        self.pair.client.send_resume(2)
+        self.pair.client_sends(_codec.resume(0, 2))
         self.pair.pump()
         self.assertEqual(self.writer_producer.calls, ["pause", "resume"])
 

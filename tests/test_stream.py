@@ -198,7 +198,7 @@ class SendTests(SynchronousTestCase):
         self.producer = FakeProducer()
 
     def far_pause(self, paused: bool = True) -> None:
-        (self.pair.client.send_pause if paused else self.pair.client.send_resume)(2)
+        self.pair.client_sends((_codec.pause if paused else _codec.resume)(0, 2))
         self.pair.pump()
 
     def test_far_pause_holds_writes(self) -> None:
@@ -309,7 +309,7 @@ class CloseTests(SynchronousTestCase):
 
     def test_lose_connection_waits_for_held_data(self) -> None:
         """With writes held by the far side's Pause, EOF follows them after Resume."""
-        self.pair.client.send_pause(2)
+        self.pair.client_sends(_codec.pause(0, 2))
         self.pair.pump()
         self.stream.write(b"held")
         self.stream.loseConnection()
@@ -318,7 +318,7 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(self.pair.from_server.errors(), [])
         self.assertIsNone(self.reader.reason)
         self.stream.write(b"ignored")
-        self.pair.client.send_resume(2)
+        self.pair.client_sends(_codec.resume(0, 2))
         self.pair.pump()
         self.assertEqual(self.pair.from_server.types(2)[-2:], [MessageType.DATA, MessageType.ERROR])
         self.assertEqual(self.pair.from_server.data(2), b"held")
@@ -365,7 +365,7 @@ class CloseTests(SynchronousTestCase):
 
     def test_abort(self) -> None:
         """abortConnection drops held bytes and sends a non-EOF Error."""
-        self.pair.client.send_pause(2)
+        self.pair.client_sends(_codec.pause(0, 2))
         self.pair.pump()
         self.stream.write(b"dropped")
         self.stream.abortConnection()
@@ -489,7 +489,7 @@ class ProducerErrorTests(SynchronousTestCase):
     def test_pause_raises_on_far_pause(self) -> None:
         """The far side's Pause reaches a producer whose pauseProducing raises."""
         self.bad.registerProducer(RaisingProducer(("pause",)), True)
-        self.pair.client.send_pause(self.bad.conn_id)
+        self.pair.client_sends(_codec.pause(0, self.bad.conn_id))
         self.assertEqual(self.pair.pump(), 2)
         self.assert_only_bad_stream_ended("pause bug")
 
@@ -567,8 +567,8 @@ class InterleavingTests(SynchronousTestCase):
         actions = {
             "reader_pause": far.pauseProducing,
             "reader_resume": far.resumeProducing,
-            "far_pause": lambda: pair.client.send_pause(2),
-            "far_resume": lambda: pair.client.send_resume(2),
+            "far_pause": lambda: pair.client_sends(_codec.pause(0, 2)),
+            "far_resume": lambda: pair.client_sends(_codec.resume(0, 2)),
             "session_pause": pair.server.pauseProducing,
             "session_resume": pair.server.resumeProducing,
             "step_down": lambda: pair.step(to_client=True),
@@ -583,7 +583,7 @@ class InterleavingTests(SynchronousTestCase):
             else:
                 actions[op[0]]()
         far.resumeProducing()
-        pair.client.send_resume(2)
+        pair.client_sends(_codec.resume(0, 2))
         pair.server.resumeProducing()
         pair.pump()
 

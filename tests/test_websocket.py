@@ -201,13 +201,13 @@ class WebSocketLinkTests(SynchronousTestCase):
 
     def test_binary_message_reaches_session(self):
         """Binary messages reach the session: Data for an unknown stream is answered."""
-        from remotedialer._codec import decode
+        from remotedialer._codec import decode, encode_data
 
         [server_session] = self.server_owner.opened
         [client_session] = self.client_owner.opened
         replies = []
         client_session.message_received = lambda data: replies.append(decode(data))
-        client_session.send_data(type("S", (), {"conn_id": 9, "has_producer": False})(), b"x")
+        self.client.sendMessage(encode_data(1, 9, b"x"), isBinary=True)
         self.pump.flush()
         [reply] = replies
         self.assertEqual(reply.error_text(), f"connection not found foo/{server_session.session_key}/9")

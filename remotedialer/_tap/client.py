@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from remotedialer._client import TunnelClient, endpoint_for_url
+from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 from remotedialer._dialer import allow_all, allow_patterns
 from remotedialer._tap._common import data_debug, load_ca_file
 
@@ -23,6 +24,9 @@ class Options(usage.Options):
          "Tunnel URL of the server (ws:// or wss://); several, comma-separated, for failover."],
         ["id", "i", "foo", "Client key, sent as X-Tunnel-ID."],
         ["ca-file", None, None, "PEM file of CA certificates to verify a wss:// server with."],
+        ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
+        ["idle-timeout", None, IDLE_TIMEOUT,
+         "Seconds of silence after which the tunnel is dead and redialed (Go: 60).", float],
     ]
     optFlags = [["debug", "d", "Log every tunnel message."]]
 
@@ -49,6 +53,10 @@ class Options(usage.Options):
 
         if not self["id"] or "/" in self["id"]:
             raise usage.UsageError("--id must be non-empty and without '/'")
+        try:
+            check_keepalive(self["ping-interval"], self["idle-timeout"])
+        except ValueError as e:
+            raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         self["trust_root"] = None
         if self["ca-file"]:
             self["trust_root"] = load_ca_file("ca-file", self["ca-file"])
@@ -75,4 +83,6 @@ def makeService(options: Options) -> TunnelClient:
         trust_root=options["trust_root"],
         trace=data_debug(options["debug"]),
         client_key=options["id"],
+        ping_interval=options["ping-interval"],
+        idle_timeout=options["idle-timeout"],
     )

@@ -1,6 +1,10 @@
 """
 ``twistd remotedialer-server``: the Go example server's flags, on Twisted
 endpoints.  Serves the tunnel at /connect and the HTTP front door at /client/.
+
+The front door verifies https targets against the system trust store, or
+the CAs of --target-ca-file; --target-insecure (self-signed clusters) turns
+verification off, with a warning at start.
 """
 
 from __future__ import annotations
@@ -8,15 +12,18 @@ from __future__ import annotations
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from remotedialer._frontdoor import FrontDoor
+from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
 from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, load_ca_file
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
+log = Logger()
 
 
 def parse_peers(text: str) -> list[tuple[str, str, str]]:
@@ -32,7 +39,8 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
 
 
 class Options(usage.Options):
-    synopsis = "[--listen ENDPOINT] [--id ID --token TOKEN --peers id:token:url,...] [--debug]"
+    synopsis = ("[--listen ENDPOINT] [--id ID --token TOKEN --peers id:token:url,...] "
+                "[--target-ca-file PEM | --target-insecure] [--debug]")
     longdesc = (
         "Accepts remotedialer tunnels at /connect (the client key is the X-Tunnel-ID "
         "header) and proxies GET /client/<key>/<scheme>/<host>/<path> through them."
@@ -43,8 +51,13 @@ class Options(usage.Options):
         ["token", None, None, "This server's peer token."],
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
+        ["target-ca-file", None, None,
+         "PEM CA certificates to verify the front door's https targets with (default: system trust store)."],
     ]
-    optFlags = [["debug", "d", "Log every tunnel message."]]
+    optFlags = [
+        ["debug", "d", "Log every tunnel message."],
+        ["target-insecure", None, "Do not verify the front door's https targets (self-signed clusters)."],
+    ]
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
@@ -59,6 +72,15 @@ class Options(usage.Options):
         self["peer_trust_root"] = None
         if self["peer-ca-file"]:
             self["peer_trust_root"] = load_ca_file("peer-ca-file", self["peer-ca-file"])
+        if self["target-ca-file"] and self["target-insecure"]:
+            raise usage.UsageError("--target-ca-file and --target-insecure contradict each other")
+        if self["target-insecure"]:
+            self["target_tls_policy"] = InsecureTLSPolicy()
+        elif self["target-ca-file"]:
+            trust_root = load_ca_file("target-ca-file", self["target-ca-file"])
+            self["target_tls_policy"] = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+        else:
+            self["target_tls_policy"] = BrowserLikePolicyForHTTPS()
 
 
 def makeService(options: Options) -> MultiService:
@@ -67,11 +89,16 @@ def makeService(options: Options) -> MultiService:
                     peer_trust_root=options["peer_trust_root"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
+    if options["target-insecure"]:
+        log.warn("--target-insecure: https targets of the front door are not verified; "
+                 "anyone on the path to them can impersonate them")
     root = Resource()
     root.putChild(b"connect", server.resource)
-    root.putChild(b"client", FrontDoor(server))
+    front_door = FrontDoor(server, tls_policy=options["target_tls_policy"])
+    root.putChild(b"client", front_door)
     top = MultiService()
     strports.service(options["listen"], Site(root)).setServiceParent(top)
     server.setServiceParent(top)
     top.server = server
+    top.front_door = front_door
     return top

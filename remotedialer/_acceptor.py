@@ -1,0 +1,61 @@
+"""
+The far side of a Connect: ask the dial policy where C{proto/address}
+leads, dial it, and relay bytes between the new stream and the target.
+
+This is what the client does for a server's dials (and a server for a
+peer's forwarded dials, or for a client's own dials where allowed).  A
+refused or failed dial ends only that stream, with the reason as its Error
+text (Go drops the whole session when its authorizer says no).
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from remotedialer._interfaces import IDialPolicy
+from remotedialer._relay import Relay
+from remotedialer._stream import TunnelStream
+
+
+@implementer(IDialPolicy)
+class RefuseAll:
+    """A dial policy refusing every Connect (the server's default for client dials)."""
+
+    def endpoint_for(self, proto: str, address: str) -> None:
+        return None
+
+
+class Acceptor:
+    """Serves inbound Connects of one session under C{policy} (an L{IDialPolicy})."""
+
+    log = Logger()
+
+    def __init__(self, policy: IDialPolicy) -> None:
+        self._policy = policy
+
+    def accept(self, stream: TunnelStream, proto: str, address: str) -> None:
+        """Dial C{proto}/C{address} for C{stream} and relay (or end the stream)."""
+        relay = Relay()
+        stream.attach(relay)
+        d = defer.maybeDeferred(self._policy.endpoint_for, proto, address)
+
+        def connect(endpoint):
+            if stream.closed:  # the far side gave up while we decided
+                return None
+            if endpoint is None:
+                raise PermissionError(f"connect to {proto}/{address} not allowed")
+            return relay.connect_peer(endpoint)
+
+        d.addCallback(connect)
+        d.addErrback(self._dial_failed, stream, proto, address)
+
+    def _dial_failed(self, failure: Failure, stream: TunnelStream, proto: str, address: str) -> None:
+        if failure.check(defer.CancelledError) or stream.closed:
+            return
+        reason = failure.getErrorMessage() or failure.type.__name__
+        self.log.info("stream {conn_id}: dial {proto}/{address} failed: {reason}",
+                      conn_id=stream.conn_id, proto=proto, address=address, reason=reason)
+        stream.close_with_error(reason)

@@ -1,0 +1,106 @@
+"""
+The points where users and the programs plug into remotedialer, as
+zope.interface interfaces.  Layers speak to each other only through these:
+the WebSocket protocols know an L{ISessionOwner}, never the server or
+client class behind it.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IDialPolicy",
+    "IPeerObserver",
+    "ISessionObserver",
+    "ISessionOwner",
+    "IStreamOpener",
+    "ITunnelAuthorizer",
+]
+
+
+class ITunnelAuthorizer(Interface):
+    """Decides who a tunnel upgrade request comes from (PROTOCOL.md section 2)."""
+
+    def authorize(request):
+        """
+        The client key of C{request} (an IRequest), None to refuse with 401
+        C{failed authentication}, or raise L{AuthorizationError} to refuse
+        with 400 and its text.  May return a Deferred of the same.
+        """
+
+
+class IDialPolicy(Interface):
+    """Answers the far side's Connect: where may it dial, and how."""
+
+    def endpoint_for(proto, address):
+        """
+        The IStreamClientEndpoint reaching C{proto}/C{address}, or None if
+        that target is not allowed.  May raise, or return a Deferred; a
+        failure refuses the dial with its text.
+        """
+
+
+class IStreamOpener(Interface):
+    """Opens streams to targets behind a client (a server, or a client's own tunnel)."""
+
+    def open_stream(client_key, proto, address):
+        """
+        A new L{TunnelStream} to C{proto}/C{address} as seen from
+        C{client_key}; raises L{ClientNotConnected} if no session reaches it.
+        """
+
+
+class ISessionOwner(Interface):
+    """What a tunnel WebSocket tells as it opens and closes (a server, a client, a peer link)."""
+
+    def session_opened(protocol, identity):
+        """
+        The WebSocket C{protocol} is open: build and return its L{Session}.
+        C{identity} is the L{Identity} the upgrade settled (None on the
+        dialing side).
+        """
+
+    def session_closed(session):
+        """C{session}'s WebSocket is gone (its streams have ended)."""
+
+    def link_failed():
+        """A dialed WebSocket ended without a usable tunnel (refused upgrade)."""
+
+
+class ISessionObserver(Interface):
+    """Hears of a server's local client sessions (peer links announce them)."""
+
+    def session_added(session):
+        """A client session was added."""
+
+    def session_removed(session):
+        """A client session was removed."""
+
+
+class IPeerObserver(Interface):
+    """Hears what peer sessions announce (AddClient / RemoveClient)."""
+
+    def client_added(session, client_key, session_key):
+        """Peer C{session} has client C{client_key}/C{session_key} behind it."""
+
+    def client_removed(session, client_key, session_key):
+        """Peer C{session} no longer has C{client_key}/C{session_key}."""
+
+
+class ISession(Interface):
+    """The adapter of one tunnel WebSocket (see L{remotedialer._session.Session})."""
+
+    client_key = Attribute("the client (or peer id) this session belongs to")
+    session_key = Attribute("a random int63 telling it from other sessions of that key")
+    is_peer = Attribute("the far side is a peer server")
+    closed = Attribute("the session has ended")
+
+    def open_stream(proto, address):
+        """A new stream to C{proto}/C{address} on the far side."""
+
+    def message_received(data):
+        """One binary WebSocket message arrived."""
+
+    def connection_lost(reason):
+        """The WebSocket is gone; every stream ends with C{reason}."""
