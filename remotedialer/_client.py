@@ -20,7 +20,7 @@ from zope.interface import implementer
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer._endpoint import TunnelEndpoint
 from remotedialer._link import WebSocketLink
-from remotedialer._session import Session
+from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
@@ -148,7 +148,7 @@ class TunnelClient(WebSocketLink):
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._trace = trace
+        self._sessions = SessionFactory(reactor, trace=trace)
         self._client_key = client_key
         self._waiters: list[defer.Deferred] = []
         self._ready = False
@@ -189,14 +189,11 @@ class TunnelClient(WebSocketLink):
     # The link.
 
     def make_session(self, protocol: TunnelClientProtocol) -> Session:
-        return Session(
-            protocol.send_binary,
+        return self._sessions.session(
+            protocol,
             client_key=self._client_key,
             dials_as_client=True,
             dialer=self._dialer,
-            trace=self._trace,
-            drop=protocol.drop,
-            clock=self.reactor,
         )
 
     def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:

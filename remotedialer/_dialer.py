@@ -13,7 +13,10 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
+from zope.interface import implementer
+
 from remotedialer._addresses import split_host_port
+from remotedialer._interfaces import IDialPolicy
 
 #: Go's dial timeout for the targets of Connect.
 DIAL_TIMEOUT = 60
@@ -45,6 +48,7 @@ def allow_patterns(patterns: Iterable[str]) -> ConnectAuthorizer:
     return authorize
 
 
+@implementer(IDialPolicy)
 class LocalDialer:
     """
     Dials C{tcp}, C{tcp4}, C{tcp6} and C{unix} targets from this host, when

@@ -31,7 +31,7 @@ class ClientNotConnected(ConnectError):
 
 
 class StreamOpener(TypingProtocol):
-    """Anything that opens a stream to a target behind a client (the server)."""
+    """Anything that opens a stream to a target behind a client (an L{IStreamOpener})."""
 
     def open_stream(self, client_key: str, proto: str, address: str) -> TunnelStream: ...
 
@@ -61,7 +61,11 @@ class TunnelEndpoint:
         if protocol is None:
             stream.loseConnection()
             return defer.fail(NoProtocol())
-        stream.attach(protocol)
+        if not stream.attach(protocol):
+            # The protocol's connectionMade raised (logged; the stream is
+            # closed): to the caller, a connection that never was.
+            return defer.fail(ConnectError(
+                string=f"protocol failed to start on stream to {self._proto}/{self._address}"))
         return defer.succeed(protocol)
 
 

@@ -18,6 +18,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from remotedialer._interfaces import ISessionOwner
 
 from remotedialer._session import Session
 from remotedialer._websocket import TunnelClientProtocol
@@ -26,6 +29,7 @@ from remotedialer._websocket import TunnelClientProtocol
 SYNC_INTERVAL = 60
 
 
+@implementer(ISessionOwner)
 class WebSocketLink(Service):
     """
     Keeps one tunnel WebSocket open while running.  Subclasses build the
@@ -84,9 +88,9 @@ class WebSocketLink(Service):
         """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
         self._failed_opens += 1
 
-    # Called by the WebSocket protocol.
+    # ISessionOwner: called by the WebSocket protocol.
 
-    def _session_opened(self, protocol: TunnelClientProtocol) -> Session:
+    def session_opened(self, protocol: TunnelClientProtocol, identity: object = None) -> Session:
         session = self.make_session(protocol)
         self.session = session
         self._protocol = protocol
@@ -98,7 +102,7 @@ class WebSocketLink(Service):
         self.link_opened(session, protocol)
         return session
 
-    def _session_closed(self, session: Session) -> None:
+    def session_closed(self, session: Session) -> None:
         if self.session is session:
             self.session = None
             self._protocol = None
@@ -106,6 +110,3 @@ class WebSocketLink(Service):
                 self._sync.stop()
             self._sync = None
             self.link_closed(session)
-
-    def _link_failed(self) -> None:
-        self.link_failed()

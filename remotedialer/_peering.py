@@ -70,14 +70,11 @@ class PeerLink(WebSocketLink):
     # The link.
 
     def make_session(self, protocol: TunnelClientProtocol) -> Session:
-        return Session(
-            protocol.send_binary,
+        return self.server.session_factory.session(
+            protocol,
             client_key=self.peer_id,
             dials_as_client=True,
-            dialer=self.server._peer_dialer,
-            trace=self.server.trace,
-            drop=protocol.drop,
-            clock=self.reactor,
+            dialer=self.server.peer_dialer,
         )
 
     def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:

@@ -25,6 +25,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from remotedialer._interfaces import ITunnelAuthorizer
 
 #: Headers a peer server presents on its link (PROTOCOL.md 2).
 PEER_ID_HEADER = "X-API-Tunnel-ID"
@@ -36,6 +39,7 @@ CLIENT_ID_HEADER = "X-Tunnel-ID"
 #: AddClient, and a session key takes up to 19 digits.
 MAX_CLIENT_KEY = 80
 
+#: A tunnel authorizer as a plain callable; an L{ITunnelAuthorizer} works too.
 Authorizer = Callable[[IRequest], "str | None | defer.Deferred[str | None]"]
 
 
@@ -47,6 +51,24 @@ def header_authorizer(request: IRequest) -> str | None:
     """The Go example server's authorizer: the client key is X-Tunnel-ID."""
     value = request.getHeader(CLIENT_ID_HEADER)
     return value or None
+
+
+@implementer(ITunnelAuthorizer)
+class _CallableAuthorizer:
+    def __init__(self, function: Authorizer) -> None:
+        self._function = function
+
+    def authorize(self, request: IRequest):
+        return self._function(request)
+
+
+def as_tunnel_authorizer(authorizer: ITunnelAuthorizer | Authorizer) -> ITunnelAuthorizer:
+    """An L{ITunnelAuthorizer} as is; a plain C{request -> key} callable wrapped as one."""
+    if ITunnelAuthorizer.providedBy(authorizer):
+        return authorizer
+    if callable(authorizer):
+        return _CallableAuthorizer(authorizer)
+    raise TypeError("a tunnel authorizer is an ITunnelAuthorizer or a callable(request)")
 
 
 @attr.frozen
@@ -84,7 +106,7 @@ class TunnelResource(Resource):
     ) -> None:
         super().__init__()
         self._factory = websocket_factory
-        self._authorizer = authorizer
+        self._authorizer = as_tunnel_authorizer(authorizer)
         self._peers = peers
 
     def render(self, request: IRequest):
@@ -106,7 +128,7 @@ class TunnelResource(Resource):
         peer = self._peer_identity(request)
         if peer is not None:
             return peer
-        d = defer.maybeDeferred(self._authorizer, request)
+        d = defer.maybeDeferred(self._authorizer.authorize, request)
         return d.addCallback(self._client_identity)
 
     def _peer_identity(self, request: IRequest) -> Identity | None:

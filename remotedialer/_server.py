@@ -18,13 +18,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer, deny_all
 from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
 from remotedialer._peering import PeerLink
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
-from remotedialer._session import Session
+from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
+from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
@@ -38,6 +40,7 @@ from remotedialer._websocket import (
 PEER_PROTO_SEPARATOR = "::"
 
 
+@implementer(IDialPolicy)
 class _PeerForwardDialer:
     """
     Answers a peer's Connect C{<clientKey>::<proto>} by dialing through our
@@ -62,6 +65,7 @@ class _LocalOnly:
         return self._server.open_stream(client_key, proto, address, local_only=True)
 
 
+@implementer(ISessionOwner, IPeerObserver, IStreamOpener)
 class Server(MultiService):
     """
     A remotedialer server.
@@ -114,6 +118,8 @@ class Server(MultiService):
         self._peer_trust_root = peer_trust_root
         self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
         self._peer_dialer = _PeerForwardDialer(self)
+        #: Builds this server's sessions, and its peer links' sessions.
+        self.session_factory = SessionFactory(reactor, trace=trace)
         check_keepalive(ping_interval, idle_timeout)
         self._websocket_factory = server_factory(self, reactor, idle_timeout)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
@@ -203,18 +209,29 @@ class Server(MultiService):
     def peer_link(self, peer_id: str) -> PeerLink | None:
         return self._peer_links.get(peer_id)
 
-    # Called by the WebSocket protocol.
+    @property
+    def peer_dialer(self) -> IDialPolicy:
+        """Serves a peer's Connect C{<clientKey>::<proto>} through our own local sessions."""
+        return self._peer_dialer
 
-    def _session_opened(self, protocol: TunnelServerProtocol, identity: Identity) -> Session:
-        session = Session(
-            protocol.send_binary,
+    def http_client(self, client_key: str, tls_policy: IPolicyForHTTPS | None = None):
+        """
+        A C{treq.client.HTTPClient} whose requests go through C{client_key}'s
+        tunnel (https verified by C{tls_policy}, default the system trust store).
+        """
+        from treq.client import HTTPClient
+
+        return HTTPClient(self.agent(client_key, tls_policy=tls_policy))
+
+    # ISessionOwner: called by the WebSocket protocol.
+
+    def session_opened(self, protocol: TunnelServerProtocol, identity: Identity) -> Session:
+        session = self.session_factory.session(
+            protocol,
             client_key=identity.client_key,
             is_peer=identity.is_peer,
             dialer=self._peer_dialer if identity.is_peer else self._client_dialer,
             listener=self if identity.is_peer else None,
-            trace=self.trace,
-            drop=protocol.drop,
-            clock=self.reactor,
         )
         self.log.info("{kind} session {key}/{session_key} connected from {addr}",
                       kind="peer" if identity.is_peer else "client", key=identity.client_key,
@@ -232,7 +249,10 @@ class Server(MultiService):
         self.log.info("peer {peer} lost client {key}/{session_key}",
                       peer=session.client_key, key=client_key, session_key=session_key)
 
-    def _session_closed(self, session: Session) -> None:
+    def link_failed(self) -> None:
+        """Only dialed WebSockets fail to open; the server's never do."""
+
+    def session_closed(self, session: Session) -> None:
         self.log.info("{kind} session {key}/{session_key} closed",
                       kind="peer" if session.is_peer else "client", key=session.client_key,
                       session_key=session.session_key)

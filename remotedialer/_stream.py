@@ -139,16 +139,22 @@ class TunnelStream:
     def disconnecting(self) -> bool:
         return self._close_requested or self._finished
 
-    def attach(self, protocol: IProtocol) -> None:
-        """Connect C{protocol} to this stream (calls its makeConnection)."""
+    def attach(self, protocol: IProtocol) -> bool:
+        """
+        Connect C{protocol} to this stream (calls its makeConnection).
+        False if that raised: the stream is then closed with the error.
+        """
         closed_before = self._finished
         self.protocol = protocol
         try:
             protocol.makeConnection(self)
         except Exception:
             self._protocol_failed()
-        if closed_before:
-            self._schedule_connection_lost()
+            return False
+        finally:
+            if closed_before:
+                self._schedule_connection_lost()
+        return True
 
     # ITransport
 

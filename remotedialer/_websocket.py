@@ -4,7 +4,8 @@ The Autobahn WebSocket protocols that carry a tunnel session.
 They do three things only: hand every binary message to the L{Session},
 register the session as the producer of the WebSocket's TCP transport (so
 a full send buffer pauses the streams), and keep the link alive the way Go
-does.  Everything else is the session's.
+does.  Everything else is the session's.  They know their owner (server,
+client or peer link) only as an L{ISessionOwner}, the factory's C{owner}.
 
 Keepalive, as Go's remotedialer does it (PROTOCOL.md section 1):
 
@@ -38,6 +39,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from remotedialer._interfaces import ISessionOwner
 from remotedialer._session import Session
 
 #: A link silent this long (no frame at all, pings included) is dead
@@ -141,33 +143,34 @@ class _TunnelProtocol(TimeoutMixin):
 class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):
     """
     The server end of a tunnel.  C{identity} (client key, peer flag) was
-    settled by the resource before the upgrade; the server builds the session.
+    settled by the resource before the upgrade; the owner builds the session.
     """
 
     identity = None
 
     def onOpen(self) -> None:
-        self.start_session(self.factory.server._session_opened(self, self.identity))
+        self.start_session(self.factory.owner.session_opened(self, self.identity))
 
     def session_ended(self, session: Session) -> None:
-        self.factory.server._session_closed(session)
+        self.factory.owner.session_closed(session)
 
 
 class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
     """The client end of a tunnel (also a server's outgoing peer link)."""
 
     def onOpen(self) -> None:
-        self.start_session(self.factory.owner._session_opened(self))
+        self.start_session(self.factory.owner.session_opened(self, None))
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
-            self._log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url, reason=reason)
-            self.factory.owner._link_failed()
+            self._log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url,
+                           reason=reason or "connection lost")
+            self.factory.owner.link_failed()
 
     def session_ended(self, session: Session) -> None:
-        self.factory.owner._session_closed(session)
+        self.factory.owner.session_closed(session)
 
 
 def _set_options(factory, **extra) -> None:
@@ -191,7 +194,9 @@ def check_keepalive(ping_interval: float | None, idle_timeout: float) -> None:
         )
 
 
-def server_factory(server, reactor, idle_timeout: float = IDLE_TIMEOUT) -> WebSocketServerFactory:
+def server_factory(
+    owner: ISessionOwner, reactor, idle_timeout: float = IDLE_TIMEOUT
+) -> WebSocketServerFactory:
     """
     The WebSocket factory behind a server's tunnel resource: the accepting
     side never pings (as Go), it answers pings and watches for silence.
@@ -200,7 +205,7 @@ def server_factory(server, reactor, idle_timeout: float = IDLE_TIMEOUT) -> WebSo
     _warn_without_nvx()
     factory = WebSocketServerFactory(reactor=reactor)
     factory.protocol = TunnelServerProtocol
-    factory.server = server
+    factory.owner = owner
     factory.ping_interval = None
     factory.idle_timeout = idle_timeout
     _set_options(factory)
@@ -208,7 +213,7 @@ def server_factory(server, reactor, idle_timeout: float = IDLE_TIMEOUT) -> WebSo
 
 
 def client_factory(
-    owner,
+    owner: ISessionOwner,
     url: str,
     headers: dict[str, str],
     reactor,

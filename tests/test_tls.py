@@ -114,15 +114,14 @@ class TLSThroughTunnelTests(TestCase):
         return run(go())
 
     def test_treq_agent_with_tls_policy(self):
-        """treq through Server.agent with a policy trusting the test CA: an HTTPS GET."""
+        """Server.http_client (treq over the tunnel agent) with a policy trusting the test CA: an HTTPS GET."""
 
         async def go():
             harness, _ = await self._harness()
             root = Resource()
             root.putChild(b"version", Data(b'{"gitVersion": "v1.31.0"}', "application/json"))
             port, trust = await self._tls_target(Site(root))
-            agent = harness.server.agent("foo", tls_policy=BrowserLikePolicyForHTTPS(trust))
-            http = treq.client.HTTPClient(agent)
+            http = harness.server.http_client("foo", tls_policy=BrowserLikePolicyForHTTPS(trust))
             response = await http.get(f"https://localhost:{port}/version".encode())
             self.assertEqual(response.code, 200)
             body = await treq.content(response)

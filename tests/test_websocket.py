@@ -15,7 +15,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from zope.interface import implementer
+
 from remotedialer import nvx_active
+from remotedialer._interfaces import ISessionOwner
 from remotedialer._resource import Identity
 from remotedialer._session import Session
 from remotedialer._websocket import (
@@ -27,6 +30,7 @@ from remotedialer._websocket import (
 )
 
 
+@implementer(ISessionOwner)
 class _Owner:
     """Stands in for the Server / TunnelClient: builds and forgets sessions."""
 
@@ -36,16 +40,16 @@ class _Owner:
         self.closed = []
         self.failed = False
 
-    def _session_opened(self, protocol, identity=None):
+    def session_opened(self, protocol, identity):
         session = Session(protocol.send_binary, client_key="foo", drop=protocol.drop,
                           clock=self.clock)
         self.opened.append(session)
         return session
 
-    def _session_closed(self, session):
+    def session_closed(self, session):
         self.closed.append(session)
 
-    def _link_failed(self):
+    def link_failed(self):
         self.failed = True
 
 
