@@ -121,6 +121,21 @@ class ServerOptionsTests(TestCase):
         self._bad(["--target-ca-file", ca, "--target-insecure"], "--target-ca-file", "--target-insecure")
 
 
+class ServerKeepaliveOptionsTests(TestCase):
+    def test_defaults_and_values(self):
+        options = parse(server_tap.Options, [])
+        self.assertEqual((options["ping-interval"], options["idle-timeout"]), (5.0, 60.0))
+        options = parse(server_tap.Options, ["--ping-interval", "3", "--idle-timeout", "45"])
+        server = server_tap.makeService(options).server
+        self.assertEqual((server.ping_interval, server.idle_timeout), (3.0, 45.0))
+
+    def test_bad(self):
+        for argv in (["--ping-interval", "61"], ["--idle-timeout", "0"], ["--ping-interval", "x"]):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(server_tap.Options, argv)
+            self.assertNotIn("\n", str(caught.exception))
+
+
 class ClientOptionsTests(TestCase):
     def test_defaults(self):
         options = parse(client_tap.Options, [])
@@ -181,6 +196,20 @@ class ClientOptionsTests(TestCase):
     def test_bad_id(self):
         self._bad(["--id", ""], "--id")
         self._bad(["--id", "a/b"], "--id")
+
+    def test_keepalive_options(self):
+        """Go's 5 s / 60 s by default; both options reach the client service."""
+        options = parse(client_tap.Options, [])
+        self.assertEqual((options["ping-interval"], options["idle-timeout"]), (5.0, 60.0))
+        options = parse(client_tap.Options, ["--ping-interval", "2.5", "--idle-timeout", "30"])
+        service = client_tap.makeService(options)
+        factory = service._factory
+        self.assertEqual((factory.ping_interval, factory.idle_timeout), (2.5, 30.0))
+
+    def test_bad_keepalive_options(self):
+        self._bad(["--ping-interval", "60"], "--ping-interval", "under the idle timeout")
+        self._bad(["--ping-interval", "0"], "--ping-interval")
+        self._bad(["--idle-timeout", "-1"], "--idle-timeout")
 
 
 def _listening_port(endpoint_service) -> defer.Deferred:

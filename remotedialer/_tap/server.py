@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
 from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, load_ca_file
+from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
 log = Logger()
@@ -53,6 +54,10 @@ class Options(usage.Options):
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
         ["target-ca-file", None, None,
          "PEM CA certificates to verify the front door's https targets with (default: system trust store)."],
+        ["ping-interval", None, PING_INTERVAL, "Seconds between the keepalive pings of our peer links (Go: 5).",
+         float],
+        ["idle-timeout", None, IDLE_TIMEOUT,
+         "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -66,6 +71,10 @@ class Options(usage.Options):
             endpoints.serverFromString(reactor, self["listen"])
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {self['listen']!r}: {e}") from None
+        try:
+            check_keepalive(self["ping-interval"], self["idle-timeout"])
+        except ValueError as e:
+            raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         self["peer_list"] = parse_peers(self["peers"])
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError("--peers needs --id and --token")
@@ -86,7 +95,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> MultiService:
     server = Server(trace=data_debug(options["debug"]),
                     peer_id=options["id"], peer_token=options["token"],
-                    peer_trust_root=options["peer_trust_root"])
+                    peer_trust_root=options["peer_trust_root"],
+                    ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
     if options["target-insecure"]:
