@@ -6,23 +6,33 @@ A client opens one WebSocket to a server; the server then dials TCP
 connections "through" it, many streams multiplexed over that WebSocket,
 each a real Twisted transport with PAUSE/RESUME back-pressure.
 
-Module map (one idea each):
-    _codec      wire format: messages and Go's varints
-    _stream     one stream as a Twisted transport
-    _session    the streams of one WebSocket
-    _relay      byte pipe between two transports (portforward idiom)
-    _dialer     Connect targets -> endpoints, under an authorizer
-    _websocket  Autobahn protocols binding a session to a WebSocket
-    _resource   the tunnel's twisted.web resource (auth, then upgrade)
-    _registry   a server's sessions and the routing rule
-    _server     the server object
-    _endpoint   endpoints and Agent endpoint factory through a client
-    _link       an outgoing WebSocket kept up by ClientService
-    _client     the client service (a link serving the server's dials)
-    _peering    a server's outgoing link to a peer (HA)
-    _frontdoor  the HTTP front door /client/<key>/<scheme>/<host>/<path>
-    _tap/       the twistd programs
+Module map, from the wire up (one job each):
+    _codec       wire format: messages and Go's varints
+    _flow        receive-side flow accounting: when to Pause, Resume, cut off
+    _lifecycle   the stream state table
+    _mux         the sans-IO multiplexer: bytes in -> events out, commands -> messages
+    _addresses   host:port splitting, the Twisted address of a target
+    _producers   a pull producer driven as a push producer
+    _stream      one stream as a Twisted transport over the multiplexer
+    _session     the Twisted adapter pumping one multiplexer; the session factory
+    _relay       byte pipe between two transports (portforward idiom)
+    _acceptor    the far side of a Connect: dial policy, dial, relay
+    _dialer      Connect targets -> endpoints, under a connect-authorizer
+    _interfaces  the zope.interface plug-in points
+    _websocket   Autobahn protocols binding a session to a WebSocket; keepalive
+    _resource    the tunnel's twisted.web resource (auth, then upgrade)
+    _registry    a server's sessions and the routing rule
+    _server      the server object
+    _endpoint    endpoints and Agent endpoint factory through a client
+    _link        an outgoing WebSocket kept up by ClientService
+    _client      the client service (a link serving the server's dials)
+    _peering     a server's outgoing link to a peer (HA)
+    _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _tap/        the twistd programs
+    testing      test doubles: a tunnel in memory
 """
+
+from importlib.metadata import PackageNotFoundError, version as _version
 
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
@@ -33,6 +43,17 @@ from remotedialer._endpoint import (
     TunnelEndpoint,
     tunnel_agent,
 )
+from remotedialer._flow import FlowLimits
+from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
+from remotedialer._interfaces import (
+    IDialPolicy,
+    IPeerObserver,
+    ISession,
+    ISessionObserver,
+    ISessionOwner,
+    IStreamOpener,
+    ITunnelAuthorizer,
+)
 from remotedialer._resource import (
     AuthorizationError,
     Identity,
@@ -40,18 +61,34 @@ from remotedialer._resource import (
     header_authorizer,
 )
 from remotedialer._server import Server
-from remotedialer._session import Session
+from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import StreamError, TunnelAddress, TunnelStream
 from remotedialer._websocket import nvx_active
+
+try:
+    __version__ = _version("remotedialer")
+except PackageNotFoundError:  # running from a checkout that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AuthorizationError",
     "ClientNotConnected",
+    "FlowLimits",
+    "FrontDoor",
+    "IDialPolicy",
+    "IPeerObserver",
+    "ISession",
+    "ISessionObserver",
+    "ISessionOwner",
+    "IStreamOpener",
+    "ITunnelAuthorizer",
     "Identity",
+    "InsecureTLSPolicy",
     "LocalDialer",
     "MalformedMessage",
     "Server",
     "Session",
+    "SessionFactory",
     "StreamError",
     "TunnelAddress",
     "TunnelAgentEndpointFactory",
@@ -59,6 +96,7 @@ __all__ = [
     "TunnelEndpoint",
     "TunnelResource",
     "TunnelStream",
+    "__version__",
     "allow_all",
     "allow_patterns",
     "deny_all",

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from twisted.application.internet import backoffPolicy
 
+from zope.interface import implementer
+
 from remotedialer._client import endpoint_for_url
+from remotedialer._interfaces import ISessionObserver
 from remotedialer._link import WebSocketLink
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
@@ -26,6 +29,7 @@ from remotedialer._websocket import TunnelClientProtocol, client_factory
 PEER_RETRY_MAX = 5.0
 
 
+@implementer(ISessionObserver)
 class PeerLink(WebSocketLink):
     """
     The link to peer C{peer_id} at C{url}, kept up (with backoff) while the

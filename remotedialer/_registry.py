@@ -10,17 +10,10 @@ clients are never offered as local ones, so a dial cannot loop between peers.
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
-
 from twisted.logger import Logger
 
+from remotedialer._interfaces import ISessionObserver
 from remotedialer._session import Session
-
-
-class SessionObserver(TypingProtocol):
-    def session_added(self, session: Session) -> None: ...
-
-    def session_removed(self, session: Session) -> None: ...
 
 
 class SessionRegistry:
@@ -31,13 +24,13 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._clients: dict[str, list[Session]] = {}
         self._peers: dict[str, list[Session]] = {}
-        self._observers: list[SessionObserver] = []
+        self._observers: list[ISessionObserver] = []
 
-    def observe(self, observer: SessionObserver) -> None:
+    def observe(self, observer: ISessionObserver) -> None:
         """Tell C{observer} of every local client session added or removed."""
         self._observers.append(observer)
 
-    def unobserve(self, observer: SessionObserver) -> None:
+    def unobserve(self, observer: ISessionObserver) -> None:
         self._observers.remove(observer)
 
     def add(self, session: Session) -> None:

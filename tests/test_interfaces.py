@@ -21,6 +21,7 @@ from remotedialer._interfaces import (
     IDialPolicy,
     IPeerObserver,
     ISession,
+    ISessionObserver,
     ISessionOwner,
     IStreamOpener,
     ITunnelAuthorizer,
@@ -43,6 +44,7 @@ class ProvidedTests(SynchronousTestCase):
         server = Server(reactor=clock, peer_id="a", peer_token="t")
         server.add_peer("b", "t", "ws://127.0.0.1:9/connect")
         self.assertTrue(verifyObject(ISessionOwner, server.peer_link("b")))
+        self.assertTrue(verifyObject(ISessionObserver, server.peer_link("b")))
 
     def test_dial_policies_and_session(self) -> None:
         self.assertTrue(verifyObject(IDialPolicy, LocalDialer(MemoryReactorClock(), allow_all)))
