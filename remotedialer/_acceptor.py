@@ -29,18 +29,32 @@ class RefuseAll:
 
 
 class Acceptor:
-    """Serves inbound Connects of one session under C{policy} (an L{IDialPolicy})."""
+    """
+    Serves inbound Connects of one session under C{policy} (an
+    L{IDialPolicy}), with at most C{max_pending} dials in progress at once.
+    """
 
     log = Logger()
 
-    def __init__(self, policy: IDialPolicy) -> None:
+    def __init__(self, policy: IDialPolicy, max_pending: int = 1024) -> None:
         self._policy = policy
+        self._max_pending = max_pending
+        #: Dials whose target is not connected yet.
+        self.pending = 0
 
     def accept(self, stream: TunnelStream, proto: str, address: str) -> None:
         """Dial C{proto}/C{address} for C{stream} and relay (or end the stream)."""
         relay = Relay()
         stream.attach(relay)
+        if self.pending >= self._max_pending:
+            stream.close_with_error(f"too many dials in progress (limit {self._max_pending})")
+            return
+        self.pending += 1
         d = defer.maybeDeferred(self._policy.endpoint_for, proto, address)
+
+        def settled(result):
+            self.pending -= 1
+            return result
 
         def connect(endpoint):
             if stream.closed:  # the far side gave up while we decided
@@ -50,6 +64,7 @@ class Acceptor:
             return relay.connect_peer(endpoint)
 
         d.addCallback(connect)
+        d.addBoth(settled)
         d.addErrback(self._dial_failed, stream, proto, address)
 
     def _dial_failed(self, failure: Failure, stream: TunnelStream, proto: str, address: str) -> None:

@@ -31,6 +31,7 @@ import attrs
 from remotedialer import _codec
 from remotedialer._codec import MalformedMessage, Message, MessageType
 from remotedialer._flow import FlowLimits, ReceiveBuffer, Verdict
+from remotedialer._limits import SessionLimits
 from remotedialer._lifecycle import (
     InvalidTransition,
     StreamInput,
@@ -52,6 +53,7 @@ __all__ = [
     "SendBlocked",
     "SessionClosed",
     "StreamEnded",
+    "TooManyStreams",
     "StreamHandle",
 ]
 
@@ -73,6 +75,10 @@ _S = StreamState
 
 class SessionClosed(Exception):
     """The session is over: no stream can be opened on it."""
+
+
+class TooManyStreams(Exception):
+    """The session already carries as many streams as its limits allow."""
 
 
 class StreamHandle:
@@ -193,11 +199,16 @@ class Multiplexer:
         is_peer: bool = False,
         message_ids: _codec.MessageIds | None = None,
         limits: FlowLimits | None = None,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         self.client_key = client_key
         self.session_key = new_session_key() if session_key is None else session_key
         self.is_peer = is_peer
         self.limits = limits if limits is not None else FlowLimits()
+        self.session_limits = session_limits if session_limits is not None else SessionLimits()
+        #: Bytes held for paused readers, over all streams (session_buffer bounds it).
+        self.buffered = 0
+        self._pausing_all = False
         self._ids = message_ids if message_ids is not None else _codec.MessageIds()
         first = CLIENT_FIRST_CONN_ID if dials_as_client else SERVER_FIRST_CONN_ID
         self._conn_ids = itertools.count(first)
@@ -243,6 +254,9 @@ class Multiplexer:
         """
         if self.closed:
             raise SessionClosed("tunnel session is closed")
+        if self._stream_count() >= self.session_limits.max_streams:
+            raise TooManyStreams(
+                f"tunnel session has {self.session_limits.max_streams} streams open (the limit)")
         conn_id = next(self._conn_ids)
         while conn_id in self.streams:
             conn_id = next(self._conn_ids)
@@ -303,6 +317,7 @@ class Multiplexer:
         """
         chunk = stream.inbound.take()
         if chunk is not None:
+            self.buffered -= len(chunk)
             return chunk
         if stream.state is _S.DRAINING:
             if not stream.inbound:
@@ -314,6 +329,7 @@ class Multiplexer:
     def discard_inbound(self, stream: StreamHandle) -> None:
         """Our reader is gone: drop its backlog and hold nothing more."""
         stream.inbound.reading = False
+        self.buffered -= stream.inbound.size
         stream.inbound.clear()
 
     def sync(self) -> None:
@@ -377,12 +393,16 @@ class Multiplexer:
     def _end(self, stream: StreamHandle, text: str, wire: bool) -> None:
         stream.state = _S.CLOSED
         stream.held.clear()
+        self.buffered -= stream.inbound.size
         stream.inbound.clear()
         self._draining.discard(stream)
         if self.streams.get(stream.conn_id) is stream:
             del self.streams[stream.conn_id]
             if wire and not self.closed:
                 self._queue_error(stream.conn_id, text)
+
+    def _stream_count(self) -> int:
+        return len(self.streams) + len(self._draining)
 
     def _register(self, conn_id: int) -> StreamHandle:
         stream = StreamHandle(conn_id, self.limits, self._sync_epoch)
@@ -440,18 +460,51 @@ class Multiplexer:
         verdict = stream.inbound.arrived(message.payload)
         if verdict is Verdict.DELIVER:
             self._events.append(DataReceived(stream, message.payload))
-        elif verdict is Verdict.SEND_PAUSE:
+            return
+        self.buffered += len(message.payload)
+        if verdict is Verdict.SEND_PAUSE:
             self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
         elif verdict is Verdict.OVER_CAP:
             text = f"receive buffer over {self.limits.hard_cap} bytes: far side ignored Pause"
             self._apply(stream, _I.OVER_CAP, text)
             self._events.append(StreamEnded(stream, text))
+        if self.buffered > self.session_limits.session_buffer // 2:
+            self._over_session_budget()
+        elif self._pausing_all:
+            self._pausing_all = False
+
+    def _over_session_budget(self) -> None:
+        """
+        Past half the session's receive budget, every stream holding data
+        is told to Pause (once per excursion); past the whole budget, the
+        streams holding the most are ended until the rest fits.
+        """
+        if not self._pausing_all:
+            self._pausing_all = True
+            for stream in self.streams.values():
+                inbound = stream.inbound
+                if inbound.size and not inbound.pause_sent:
+                    inbound.pause_sent = True
+                    self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
+        budget = self.session_limits.session_buffer
+        while self.buffered > budget:
+            largest = max(self.all_streams, key=lambda s: s.inbound.size, default=None)
+            if largest is None or not largest.inbound.size:
+                break
+            text = f"session receive buffer over {budget} bytes: far side ignored Pause"
+            self._apply(largest, _I.ABORT if largest.state is _S.DRAINING else _I.OVER_CAP, text)
+            self._events.append(StreamEnded(largest, text))
 
     def _on_connect(self, message: Message) -> None:
         conn_id = message.conn_id
         proto, address = message.connect_target()
         if conn_id in self.streams:
             self._queue_error(conn_id, f"connection id {conn_id} already in use")
+            return
+        if self._stream_count() >= self.session_limits.max_streams:
+            text = f"too many streams (limit {self.session_limits.max_streams})"
+            self._queue_error(conn_id, text)
+            self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))
             return
         stream = self._register(conn_id)
         self._events.append(ConnectRequested(stream, proto, address))

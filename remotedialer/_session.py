@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ from remotedialer._addresses import TunnelAddress, target_address
 from remotedialer._codec import MalformedMessage
 from remotedialer._flow import FlowLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession
+from remotedialer._limits import SessionLimits
 from remotedialer._mux import (
     CLIENT_FIRST_CONN_ID,
     MAX_DATA_CHUNK,
@@ -46,6 +47,7 @@ from remotedialer._mux import (
     SessionClosed,
     StreamEnded,
     StreamHandle,
+    TooManyStreams,
 )
 from remotedialer._stream import TunnelStream
 
@@ -85,6 +87,7 @@ class Session:
         drop: Callable[[], object] | None = None,
         clock: IReactorTime | None = None,
         limits: FlowLimits | None = None,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -96,10 +99,12 @@ class Session:
             is_peer=is_peer,
             message_ids=message_ids,
             limits=limits,
+            session_limits=session_limits,
         )
         self._send = send
         self._drop = drop
-        self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll())
+        self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll(),
+                                  self.mux.session_limits.max_pending_dials)
         self._listener = listener
         self._trace = trace
         self._transport_paused = False
@@ -157,6 +162,8 @@ class Session:
             handle = self.mux.open_stream(proto, address)
         except SessionClosed as e:
             raise ConnectionLost(str(e)) from None
+        except TooManyStreams as e:
+            raise ConnectError(string=str(e)) from None
         stream = self._stream(
             handle,
             host=TunnelAddress("tunnel", str(self.session_key), self.client_key),
@@ -319,6 +326,7 @@ class SessionFactory:
     clock: IReactorTime
     trace: bool = False
     limits: FlowLimits | None = None
+    session_limits: SessionLimits | None = None
 
     def session(
         self,
@@ -342,4 +350,5 @@ class SessionFactory:
             drop=protocol.drop,
             clock=self.clock,
             limits=self.limits,
+            session_limits=self.session_limits,
         )
