@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer._endpoint import TunnelEndpoint
+from remotedialer._limits import SessionLimits
 from remotedialer._link import WebSocketLink
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
@@ -114,6 +115,7 @@ class TunnelClient(WebSocketLink):
         retried, with backoff).
     @param ping_interval: seconds between our keepalive pings (Go: 5).
     @param idle_timeout: a tunnel silent this long is dead (Go: 60).
+    @param session_limits: what the tunnel may cost us (L{SessionLimits}).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class TunnelClient(WebSocketLink):
         client_key: str = "",
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -138,7 +141,8 @@ class TunnelClient(WebSocketLink):
         if not urls:
             raise ValueError("no server URL")
         headers = dict(headers or {})
-        factory = client_factory(self, urls[0], headers, reactor, ping_interval, idle_timeout)
+        factory = client_factory(self, urls[0], headers, reactor, ping_interval, idle_timeout,
+                                 session_limits)
         self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers)
         super().__init__(
             reactor,
@@ -148,7 +152,7 @@ class TunnelClient(WebSocketLink):
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._sessions = SessionFactory(reactor, trace=trace)
+        self._sessions = SessionFactory(reactor, trace=trace, session_limits=session_limits)
         self._client_key = client_key
         self._waiters: list[defer.Deferred] = []
         self._ready = False

@@ -223,6 +223,9 @@ class Multiplexer:
         self._events: list[Event] = []
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: Bytes of Errors sent in answer to the far side's mistakes
+        #: (unknown streams, refused Connects, malformed messages).
+        self.replies_sent = 0
 
     # Output.
 
@@ -240,6 +243,11 @@ class Multiplexer:
 
     def _queue_error(self, conn_id: int, text: str) -> None:
         self._queue_message(_codec.error(self._ids.next(), conn_id, text))
+
+    def _queue_reply(self, conn_id: int, text: str) -> None:
+        before = self.bytes_sent
+        self._queue_error(conn_id, text)
+        self.replies_sent += self.bytes_sent - before
 
     # Commands.
 
@@ -447,12 +455,12 @@ class Multiplexer:
             self._apply(stream, _I.ABORT, f"malformed message: {e}")
             self._events.append(StreamEnded(stream, f"malformed message: {e}"))
         else:
-            self._queue_error(conn_id, f"malformed message: {e}")
+            self._queue_reply(conn_id, f"malformed message: {e}")
 
     def _on_data(self, message: Message) -> None:
         stream = self.streams.get(message.conn_id)
         if stream is None:
-            self._queue_error(
+            self._queue_reply(
                 message.conn_id,
                 f"connection not found {self.client_key}/{self.session_key}/{message.conn_id}",
             )
@@ -499,11 +507,11 @@ class Multiplexer:
         conn_id = message.conn_id
         proto, address = message.connect_target()
         if conn_id in self.streams:
-            self._queue_error(conn_id, f"connection id {conn_id} already in use")
+            self._queue_reply(conn_id, f"connection id {conn_id} already in use")
             return
         if self._stream_count() >= self.session_limits.max_streams:
             text = f"too many streams (limit {self.session_limits.max_streams})"
-            self._queue_error(conn_id, text)
+            self._queue_reply(conn_id, text)
             self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))
             return
         stream = self._register(conn_id)

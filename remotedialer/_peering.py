@@ -42,7 +42,7 @@ class PeerLink(WebSocketLink):
             server.reactor,
             endpoint_for_url(server.reactor, url, trust_root=trust_root),
             client_factory(self, url, headers, server.reactor,
-                           server.ping_interval, server.idle_timeout),
+                           server.ping_interval, server.idle_timeout, server.session_limits),
             backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX),
         )
         self.name = f"peer:{peer_id}"

@@ -25,6 +25,7 @@ from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_ag
 from remotedialer._peering import PeerLink
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
+from remotedialer._limits import SessionLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
@@ -84,6 +85,7 @@ class Server(MultiService):
         outgoing peer links (Go: 5).
     @param idle_timeout: a tunnel or peer link silent this long is dead
         (Go: 60).
+    @param session_limits: what one session may cost (L{SessionLimits}).
     """
 
     log = Logger()
@@ -100,6 +102,7 @@ class Server(MultiService):
         trace: bool = False,
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -119,9 +122,10 @@ class Server(MultiService):
         self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
         self._peer_dialer = _PeerForwardDialer(self)
         #: Builds this server's sessions, and its peer links' sessions.
-        self.session_factory = SessionFactory(reactor, trace=trace)
+        self.session_limits = session_limits if session_limits is not None else SessionLimits()
+        self.session_factory = SessionFactory(reactor, trace=trace, session_limits=self.session_limits)
         check_keepalive(ping_interval, idle_timeout)
-        self._websocket_factory = server_factory(self, reactor, idle_timeout)
+        self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
 
     @property

@@ -150,6 +150,16 @@ class Session:
     def bytes_received(self) -> int:
         return self.mux.bytes_received
 
+    @property
+    def replies_sent(self) -> int:
+        """Bytes sent answering the far side's mistakes (see L{Multiplexer.replies_sent})."""
+        return self.mux.replies_sent
+
+    @property
+    def stream_count(self) -> int:
+        """Live streams, draining ones included."""
+        return len(self.mux.all_streams)
+
     # Dialing.
 
     def open_stream(self, proto: str, address: str) -> TunnelStream:

@@ -22,9 +22,22 @@ Keepalive, as Go's remotedialer does it (PROTOCOL.md section 1):
   - Every PING we receive is answered at once (Autobahn does that).
   - On our side any frame received counts as liveness, and a link silent
     for 60 s is dead (C{TimeoutMixin}); both numbers are options.
+
+Limits (L{SessionLimits}): a message (or frame) over C{max_message_size}
+closes the WebSocket with 1009 (Autobahn's payload limits); a message
+started and not finished within C{message_deadline} drops it; and while the
+far side does not read (our TCP send buffer is full), at most
+C{send_high_water} bytes of replies it provoked (Errors for unknown
+streams, pongs) are queued before we stop reading from it as well -- so a
+peer sending messages that provoke replies cannot make them pile up in our
+memory.  Only replies count: our own streams' writes are paused by the
+same back-pressure, and stopping to read because of them could deadlock
+two sides that both write faster than the other reads.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from autobahn.websocket import USES_NVX
 from autobahn.twisted.websocket import (
@@ -34,12 +47,15 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from remotedialer._interfaces import ISessionOwner
+from remotedialer._limits import SessionLimits
 from remotedialer._session import Session
 
 #: A link silent this long (no frame at all, pings included) is dead
@@ -47,9 +63,6 @@ from remotedialer._session import Session
 IDLE_TIMEOUT = 60.0
 #: The dialing side pings this often (Go's PingWriteInterval).
 PING_INTERVAL = 5.0
-#: Largest WebSocket message accepted.  Go writes a Data message per
-#: Write() call, which can be large (a whole request body), so be generous.
-MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 30
 
 
@@ -73,6 +86,49 @@ class TunnelLinkError(ConnectionLost):
     """The WebSocket carrying a tunnel session ended."""
 
 
+@implementer(IPushProducer)
+class _SendPressure:
+    """
+    The WebSocket's producer on its TCP transport: the transport's
+    back-pressure goes to the session (which pauses the streams writing),
+    and past the high-water mark of reply bytes queued while paused,
+    reading from the far side stops too, until the transport drains.
+    """
+
+    def __init__(self, protocol: _TunnelProtocol, session: Session, high_water: int) -> None:
+        self._protocol = protocol
+        self._session = session
+        self._high_water = high_water
+        self.paused = False
+        self.queued_while_paused = 0
+        self.reading_stopped = False
+
+    def replied(self, size: int) -> None:
+        """We queued C{size} bytes answering the far side."""
+        if self.paused and size:
+            self.queued_while_paused += size
+            if self.queued_while_paused > self._high_water and not self.reading_stopped:
+                self.reading_stopped = True
+                self._protocol.stop_reading()
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._session.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.queued_while_paused = 0
+            if self.reading_stopped:
+                self.reading_stopped = False
+                self._protocol.start_reading()
+            self._session.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._session.stopProducing()
+
+
 class _TunnelProtocol(TimeoutMixin):
     """What the server and client protocols share."""
 
@@ -81,6 +137,9 @@ class _TunnelProtocol(TimeoutMixin):
     _log = Logger()
     session: Session | None = None
     _pinger: LoopingCall | None = None
+    _pressure: _SendPressure | None = None
+    _message_deadline: Any = None
+    _completed = 0  # messages and control frames received whole
 
     def start_session(self, session: Session) -> None:
         """
@@ -91,7 +150,8 @@ class _TunnelProtocol(TimeoutMixin):
         self.session = session
         self.callLater = self.factory.reactor.callLater
         self.transport.unregisterProducer()
-        self.transport.registerProducer(session, True)
+        self._pressure = _SendPressure(self, session, self.factory.limits.send_high_water)
+        self.transport.registerProducer(self._pressure, True)
         self.setTimeout(self.factory.idle_timeout)
         interval = self.factory.ping_interval
         if interval:
@@ -106,19 +166,69 @@ class _TunnelProtocol(TimeoutMixin):
     def drop(self) -> None:
         self.dropConnection(abort=True)
 
+    def stop_reading(self) -> None:
+        self._log.warn("{session}: the far side is not reading; not reading from it until it does",
+                       session=self.session)
+        self.transport.pauseProducing()
+
+    def start_reading(self) -> None:
+        self.transport.resumeProducing()
+
     def dataReceived(self, data: bytes) -> None:
-        if self.session is not None:
-            self.resetTimeout()
+        if self.session is None:
+            super().dataReceived(data)
+            return
+        self.resetTimeout()
         super().dataReceived(data)
+        self._watch_message_deadline()
+
+    def _message_in_progress(self) -> bool:
+        return self.current_frame is not None or bool(self.inside_message)
+
+    def _watch_message_deadline(self) -> None:
+        """A message started must be finished within the deadline (see module docstring)."""
+        if not self._message_in_progress():
+            if self._message_deadline is not None:
+                self._message_deadline.cancel()
+                self._message_deadline = None
+        elif self._message_deadline is None:
+            self._message_deadline = self.callLater(
+                self.factory.limits.message_deadline, self._message_deadline_passed, self._completed)
+
+    def _message_deadline_passed(self, completed_then: int) -> None:
+        self._message_deadline = None
+        if not self._message_in_progress():
+            return
+        if self._completed != completed_then:  # others finished since: this one is new
+            self._watch_message_deadline()
+            return
+        self._log.warn("{session}: a message left unfinished for {deadline} s, closing",
+                       session=self.session, deadline=self.factory.limits.message_deadline)
+        self.dropConnection(abort=True)
+
+    def onPing(self, payload: bytes) -> None:
+        self._completed += 1
+        super().onPing(payload)
+        if self._pressure is not None:
+            self._pressure.replied(len(payload) + 2)
+
+    def onPong(self, payload: bytes) -> None:
+        self._completed += 1
+        super().onPong(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._completed += 1
         if self.session is None:
             return
         if not isBinary:
             self._log.warn("{session}: text message is a protocol error, closing", session=self.session)
             self.session.lose(Failure(TunnelLinkError("text message received")))
             return
-        self.session.message_received(payload)
+        session = self.session
+        before = session.replies_sent
+        session.message_received(payload)
+        if self._pressure is not None:
+            self._pressure.replied(session.replies_sent - before)
 
     def timeoutConnection(self) -> None:
         self._log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
@@ -127,6 +237,10 @@ class _TunnelProtocol(TimeoutMixin):
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         self.setTimeout(None)
+        if self._message_deadline is not None:
+            self._message_deadline.cancel()
+            self._message_deadline = None
+        self._pressure = None
         pinger, self._pinger = self._pinger, None
         if pinger is not None and pinger.running:
             pinger.stop()
@@ -173,13 +287,16 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
         self.factory.owner.session_closed(session)
 
 
-def _set_options(factory, **extra) -> None:
+def _set_options(factory, limits: SessionLimits) -> None:
+    factory.limits = limits
     factory.setProtocolOptions(
-        maxFramePayloadSize=MAX_MESSAGE_SIZE,
-        maxMessagePayloadSize=MAX_MESSAGE_SIZE,
+        maxFramePayloadSize=limits.max_message_size,
+        maxMessagePayloadSize=limits.max_message_size,
         openHandshakeTimeout=HANDSHAKE_TIMEOUT,
         closeHandshakeTimeout=5,
-        **extra,
+        # A protocol violation (a message over the size limit) is told to
+        # the far side with its close code (1009) before the drop.
+        failByDrop=False,
     )
 
 
@@ -195,7 +312,10 @@ def check_keepalive(ping_interval: float | None, idle_timeout: float) -> None:
 
 
 def server_factory(
-    owner: ISessionOwner, reactor, idle_timeout: float = IDLE_TIMEOUT
+    owner: ISessionOwner,
+    reactor,
+    idle_timeout: float = IDLE_TIMEOUT,
+    limits: SessionLimits | None = None,
 ) -> WebSocketServerFactory:
     """
     The WebSocket factory behind a server's tunnel resource: the accepting
@@ -208,7 +328,7 @@ def server_factory(
     factory.owner = owner
     factory.ping_interval = None
     factory.idle_timeout = idle_timeout
-    _set_options(factory)
+    _set_options(factory, limits if limits is not None else SessionLimits())
     return factory
 
 
@@ -219,6 +339,7 @@ def client_factory(
     reactor,
     ping_interval: float = PING_INTERVAL,
     idle_timeout: float = IDLE_TIMEOUT,
+    limits: SessionLimits | None = None,
 ) -> WebSocketClientFactory:
     """
     The WebSocket factory of a client (or peer link) dialing C{url}: the
@@ -231,5 +352,5 @@ def client_factory(
     factory.owner = owner
     factory.ping_interval = ping_interval
     factory.idle_timeout = idle_timeout
-    _set_options(factory)
+    _set_options(factory, limits if limits is not None else SessionLimits())
     return factory

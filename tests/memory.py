@@ -86,6 +86,7 @@ class SessionPair:
         server_dialer: FakeDialer | None = None,
         server_is_peer: bool = False,
         listener=None,
+        client_session_limits=None,
     ) -> None:
         self.from_server = Direction()
         self.from_client = Direction()
@@ -116,6 +117,7 @@ class SessionPair:
             message_ids=MessageIds(1),
             drop=lambda: self._dropped("client"),
             clock=self.clock,
+            session_limits=client_session_limits,
         )
 
     def client_sends(self, message: Message) -> None:

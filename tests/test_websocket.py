@@ -15,9 +15,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from remotedialer import nvx_active
+from remotedialer import _codec, nvx_active
+from remotedialer._limits import SessionLimits
 from remotedialer._interfaces import ISessionOwner
 from remotedialer._resource import Identity
 from remotedialer._session import Session
@@ -132,8 +135,13 @@ class WebSocketLinkTests(SynchronousTestCase):
         """The upgrade opens a session on each side, registered as the transport's producer."""
         [server_session] = self.server_owner.opened
         [client_session] = self.client_owner.opened
-        self.assertIs(self.server_io.producer, server_session)
-        self.assertIs(self.client_io.producer, client_session)
+        for io, session in ((self.server_io, server_session), (self.client_io, client_session)):
+            producer = io.producer
+            self.assertTrue(verifyObject(IPushProducer, producer))
+            producer.pauseProducing()
+            self.assertTrue(session._transport_paused)
+            producer.resumeProducing()
+            self.assertFalse(session._transport_paused)
 
     def test_client_pings_every_interval(self):
         """The client pings every 5 s with an empty payload; the server answers each at once."""
@@ -323,3 +331,104 @@ class DataDebugTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in events if "conn=" in formatEvent(e)]
         self.assertTrue(any(line.startswith("WRITE CONNECT conn=2 size=") for line in lines), lines)
         self.assertTrue(any(line.startswith("REQUEST ") for line in lines), lines)
+
+
+class WebSocketLimitsTests(SynchronousTestCase):
+    """SessionLimits at the WebSocket: message size, message deadline, reply high-water."""
+
+    def connect(self, limits: SessionLimits):
+        self.clock = MemoryReactorClock()
+        previous = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.addCleanup(setattr, txaio.config, "loop", previous)
+        self.server_owner = _Owner(self.clock)
+        self.client_owner = _Owner(self.clock)
+        sfactory = server_factory(self.server_owner, self.clock, limits=limits)
+        # The client pings rarely: a ping's bytes would complete a half-sent frame.
+        cfactory = client_factory(self.client_owner, "ws://127.0.0.1:8123/connect", {}, self.clock,
+                                  ping_interval=59.0, limits=SessionLimits())
+        addr = IPv4Address("TCP", "127.0.0.1", 8123)
+        self.server = sfactory.buildProtocol(addr)
+        self.server.identity = Identity("foo")
+        self.client = cfactory.buildProtocol(addr)
+        self.server_io = iosim.FakeTransport(self.server, isServer=True)
+        self.client_io = iosim.FakeTransport(self.client, isServer=False)
+        self.pump = iosim.connect(self.server, self.server_io, self.client, self.client_io,
+                                  greet=False, clock=self.clock)
+        self.pump.flush()
+        self.reading = []
+        self.server_io.pauseProducing = lambda: self.reading.append("stop")
+        self.server_io.resumeProducing = lambda: self.reading.append("start")
+
+    def test_message_size_at_limit(self):
+        """A message of exactly max_message_size is taken; one byte more closes with 1009."""
+        self.connect(SessionLimits(max_message_size=1000))
+        [server_session] = self.server_owner.opened
+        got = []
+        server_session.message_received = got.append
+        self.client.sendMessage(b"x" * 1000, isBinary=True)
+        self.pump.flush()
+        self.assertEqual(got, [b"x" * 1000])
+        self.client.sendMessage(b"x" * 1001, isBinary=True)
+        self.pump.flush()
+        self.assertEqual(len(got), 1)
+        self.assertEqual(self.server.localCloseCode, 1009)
+        self.clock.advance(10)
+        self.pump.flush()
+        self.assertEqual(self.server_owner.closed, [server_session])
+
+    def test_unfinished_message_dropped_at_deadline(self):
+        """A frame announced and left half-sent drops the WebSocket at the deadline, not before."""
+        self.connect(SessionLimits(message_deadline=30))
+        frame = bytearray(b"\x82\x8a" + b"\x00\x00\x00\x00" + b"0123456789")  # masked binary, 10 bytes
+        self.client_io.write(bytes(frame[:10]))  # header and 4 of the 10 bytes
+        self.pump.flush()
+        self.clock.advance(29)
+        self.pump.flush()
+        self.assertFalse(self.server_io.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.server_io.disconnecting)
+
+    def test_finished_messages_keep_deadline_away(self):
+        """A steady flow of whole messages never trips the deadline."""
+        self.connect(SessionLimits(message_deadline=30))
+        [server_session] = self.server_owner.opened
+        server_session.message_received = lambda data: None
+        for _ in range(100):
+            self.client.sendMessage(b"\x02\x00\x06", isBinary=True)
+            self.clock.advance(1)
+            self.pump.flush()
+        self.assertFalse(self.server_io.disconnecting)
+
+    def test_replies_over_high_water_stop_reading(self):
+        """
+        While the far side does not read, the replies it provokes (Errors for
+        unknown streams) count up to send_high_water; past it we stop reading
+        from it, and start again once it reads.
+        """
+        self.connect(SessionLimits(send_high_water=2000))
+        self.server_io.producer.pauseProducing()  # the far side stopped reading
+        data_for_unknown = _codec.encode_data(1, 9, b"x")
+        sent = 0
+        while not self.reading and sent < 1000:
+            self.client.sendMessage(data_for_unknown, isBinary=True)
+            self.pump.flush()
+            sent += 1
+        self.assertEqual(self.reading, ["stop"])
+        [server_session] = self.server_owner.opened
+        reply = server_session.replies_sent // sent
+        self.assertGreater(server_session.replies_sent, 2000)
+        self.assertLessEqual(server_session.replies_sent, 2000 + reply)
+        self.server_io.producer.resumeProducing()  # it reads again
+        self.assertEqual(self.reading, ["stop", "start"])
+
+    def test_own_writes_never_stop_reading(self):
+        """Our streams' own writes while the far side is slow do not stop reading (no deadlock)."""
+        self.connect(SessionLimits(send_high_water=2000))
+        [server_session] = self.server_owner.opened
+        stream = server_session.open_stream("tcp", "127.0.0.1:1")
+        self.server_io.producer.pauseProducing()
+        stream.write(b"y" * 100_000)
+        self.client.sendMessage(_codec.encode(_codec.resume(1, stream.conn_id)), isBinary=True)
+        self.pump.flush()
+        self.assertEqual(self.reading, [])
