@@ -53,6 +53,7 @@ class Verdict(enum.Enum):
     """What the multiplexer must do after a chunk arrives."""
 
     DELIVER = "deliver"  # hand it to the reader now
+    DROP = "drop"  # nobody will read it
     HOLD = "hold"  # kept in the buffer
     SEND_PAUSE = "send pause"  # kept, and the far side must be told to stop
     OVER_CAP = "over cap"  # the far side ignored Pause: end the stream
@@ -61,7 +62,7 @@ class Verdict(enum.Enum):
 class ReceiveBuffer:
     """Received bytes a paused reader has not taken yet, with their accounting."""
 
-    __slots__ = ("_chunks", "size", "reading", "pause_sent", "_limits")
+    __slots__ = ("_chunks", "size", "reading", "pause_sent", "discarding", "_limits")
 
     def __init__(self, limits: FlowLimits) -> None:
         self._chunks: deque[bytes] = deque()
@@ -71,6 +72,8 @@ class ReceiveBuffer:
         #: The reader takes data (it has not paused us).
         self.reading = True
         self.pause_sent = False
+        #: The reader is gone: what arrives is dropped, not held.
+        self.discarding = False
 
     @property
     def flow(self) -> ReceiveFlow:
@@ -85,6 +88,8 @@ class ReceiveBuffer:
 
     def arrived(self, data: bytes) -> Verdict:
         """A chunk came from the far side."""
+        if self.discarding:
+            return Verdict.DROP
         if self.reading and not self._chunks:
             return Verdict.DELIVER
         self._chunks.append(data)

@@ -337,6 +337,7 @@ class Multiplexer:
     def discard_inbound(self, stream: StreamHandle) -> None:
         """Our reader is gone: drop its backlog and hold nothing more."""
         stream.inbound.reading = False
+        stream.inbound.discarding = True
         self.buffered -= stream.inbound.size
         stream.inbound.clear()
 
@@ -469,6 +470,8 @@ class Multiplexer:
         if verdict is Verdict.DELIVER:
             self._events.append(DataReceived(stream, message.payload))
             return
+        if verdict is Verdict.DROP:
+            return
         self.buffered += len(message.payload)
         if verdict is Verdict.SEND_PAUSE:
             self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
@@ -506,6 +509,10 @@ class Multiplexer:
     def _on_connect(self, message: Message) -> None:
         conn_id = message.conn_id
         proto, address = message.connect_target()
+        if conn_id <= 0:
+            self._queue_reply(conn_id, f"bad connection id {conn_id}")
+            self._events.append(ProtocolViolation(f"Connect with bad connection id {conn_id}", conn_id))
+            return
         if conn_id in self.streams:
             self._queue_reply(conn_id, f"connection id {conn_id} already in use")
             return
