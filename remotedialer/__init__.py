@@ -9,6 +9,7 @@ each a real Twisted transport with PAUSE/RESUME back-pressure.
 Module map, from the wire up (one job each):
     _codec       wire format: messages and Go's varints
     _flow        receive-side flow accounting: when to Pause, Resume, cut off
+    _limits      what one session, or one unauthenticated request, may cost
     _lifecycle   the stream state table
     _mux         the sans-IO multiplexer: bytes in -> events out, commands -> messages
     _addresses   host:port splitting, the Twisted address of a target
@@ -21,6 +22,7 @@ Module map, from the wire up (one job each):
     _interfaces  the zope.interface plug-in points
     _websocket   Autobahn protocols binding a session to a WebSocket; keepalive
     _resource    the tunnel's twisted.web resource (auth, then upgrade)
+    _guard       a guard in front of the site: request heads complete, quick, bounded
     _registry    a server's sessions and the routing rule
     _server      the server object
     _endpoint    endpoints and Agent endpoint factory through a client
@@ -45,6 +47,7 @@ from remotedialer._endpoint import (
 )
 from remotedialer._flow import FlowLimits
 from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
+from remotedialer._guard import HeaderGuardFactory
 from remotedialer._interfaces import (
     IDialPolicy,
     IPeerObserver,
@@ -54,6 +57,7 @@ from remotedialer._interfaces import (
     IStreamOpener,
     ITunnelAuthorizer,
 )
+from remotedialer._limits import SessionLimits, UpgradeLimits
 from remotedialer._resource import (
     AuthorizationError,
     Identity,
@@ -75,6 +79,7 @@ __all__ = [
     "ClientNotConnected",
     "FlowLimits",
     "FrontDoor",
+    "HeaderGuardFactory",
     "IDialPolicy",
     "IPeerObserver",
     "ISession",
@@ -89,6 +94,7 @@ __all__ = [
     "Server",
     "Session",
     "SessionFactory",
+    "SessionLimits",
     "StreamError",
     "TunnelAddress",
     "TunnelAgentEndpointFactory",
@@ -96,6 +102,7 @@ __all__ = [
     "TunnelEndpoint",
     "TunnelResource",
     "TunnelStream",
+    "UpgradeLimits",
     "__version__",
     "allow_all",
     "allow_patterns",

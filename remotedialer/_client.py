@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer._endpoint import TunnelEndpoint
+from remotedialer._flow import FlowLimits
 from remotedialer._limits import SessionLimits
 from remotedialer._link import WebSocketLink
 from remotedialer._session import Session, SessionFactory
@@ -116,6 +117,7 @@ class TunnelClient(WebSocketLink):
     @param ping_interval: seconds between our keepalive pings (Go: 5).
     @param idle_timeout: a tunnel silent this long is dead (Go: 60).
     @param session_limits: what the tunnel may cost us (L{SessionLimits}).
+    @param flow_limits: per-stream Pause/Resume thresholds and hard cap.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class TunnelClient(WebSocketLink):
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
         session_limits: SessionLimits | None = None,
+        flow_limits: FlowLimits | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -152,7 +155,8 @@ class TunnelClient(WebSocketLink):
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._sessions = SessionFactory(reactor, trace=trace, session_limits=session_limits)
+        self._sessions = SessionFactory(reactor, trace=trace, limits=flow_limits,
+                                        session_limits=session_limits)
         self._client_key = client_key
         self._waiters: list[defer.Deferred] = []
         self._ready = False

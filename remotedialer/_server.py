@@ -25,6 +25,7 @@ from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_ag
 from remotedialer._peering import PeerLink
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
+from remotedialer._flow import FlowLimits
 from remotedialer._limits import SessionLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
 from remotedialer._session import Session, SessionFactory
@@ -86,6 +87,7 @@ class Server(MultiService):
     @param idle_timeout: a tunnel or peer link silent this long is dead
         (Go: 60).
     @param session_limits: what one session may cost (L{SessionLimits}).
+    @param flow_limits: per-stream Pause/Resume thresholds and hard cap.
     """
 
     log = Logger()
@@ -103,6 +105,7 @@ class Server(MultiService):
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
         session_limits: SessionLimits | None = None,
+        flow_limits: FlowLimits | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -123,7 +126,8 @@ class Server(MultiService):
         self._peer_dialer = _PeerForwardDialer(self)
         #: Builds this server's sessions, and its peer links' sessions.
         self.session_limits = session_limits if session_limits is not None else SessionLimits()
-        self.session_factory = SessionFactory(reactor, trace=trace, session_limits=self.session_limits)
+        self.session_factory = SessionFactory(reactor, trace=trace, limits=flow_limits,
+                                              session_limits=self.session_limits)
         check_keepalive(ping_interval, idle_timeout)
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)

@@ -29,3 +29,71 @@ def load_ca_file(flag: str, path: str):
     except Exception as e:
         raise usage.UsageError(f"--{flag} {path!r}: {e}") from None
     return trustRootFromCertificates(certificates)
+
+
+# The limits both programs take (SessionLimits, FlowLimits); the server adds
+# UpgradeLimits.  Sizes are bytes, times seconds.
+
+_SESSION_FLAGS = [
+    # (flag, SessionLimits/FlowLimits field, type, help)
+    ("max-message-size", "max_message_size", int,
+     "Largest WebSocket message accepted, bytes (bigger: close 1009)."),
+    ("message-deadline", "message_deadline", float,
+     "Seconds a started WebSocket message may take to finish."),
+    ("max-streams", "max_streams", int, "Streams open at once per tunnel session."),
+    ("max-pending-dials", "max_pending_dials", int, "Dials in progress at once per tunnel session."),
+    ("session-buffer", "session_buffer", int,
+     "Bytes held for slow readers per tunnel session (past half: Pause all; past it: end the largest)."),
+    ("send-high-water", "send_high_water", int,
+     "Bytes of replies queued to a peer that does not read, before we stop reading from it."),
+]
+_FLOW_FLAGS = [
+    ("stream-buffer", "hard_cap", int,
+     "Bytes held for one slow reader before its stream is cut (the far side ignored Pause)."),
+]
+_UPGRADE_FLAGS = [
+    ("upgrade-timeout", "timeout", float, "Seconds a connection may take to send its request head."),
+    ("max-pending-upgrades", "max_pending", int,
+     "Connections at once still sending their request head; more are closed at once."),
+    ("max-header-bytes", "header_bytes", int, "Largest request head accepted, bytes (bigger: 431)."),
+    ("max-headers", "max_headers", int, "Most header lines in a request head (more: 431)."),
+]
+
+
+def _parameters(flags, defaults) -> list:
+    return [[flag, None, getattr(defaults, field), text, kind] for flag, field, kind, text in flags]
+
+
+def limit_parameters(upgrade: bool = False) -> list:
+    """optParameters entries for the limits, with the library's defaults."""
+    from remotedialer._flow import FlowLimits
+    from remotedialer._limits import SessionLimits, UpgradeLimits
+
+    parameters = _parameters(_SESSION_FLAGS, SessionLimits()) + _parameters(_FLOW_FLAGS, FlowLimits())
+    if upgrade:
+        parameters += _parameters(_UPGRADE_FLAGS, UpgradeLimits())
+    return parameters
+
+
+def _build(cls, flags, options):
+    values = {field: options[flag] for flag, field, _kind, _text in flags}
+    try:
+        return cls(**values)
+    except ValueError as e:
+        names = ", ".join(f"--{flag}" for flag, *_ in flags)
+        raise usage.UsageError(f"{names}: {e}") from None
+
+
+def parse_limits(options, upgrade: bool = False) -> None:
+    """Check the limit options; store SessionLimits/FlowLimits (and UpgradeLimits) in C{options}."""
+    from remotedialer._flow import FlowLimits
+    from remotedialer._limits import SessionLimits, UpgradeLimits
+
+    options["session_limits"] = _build(SessionLimits, _SESSION_FLAGS, options)
+    defaults = FlowLimits()
+    if options["stream-buffer"] <= defaults.pause_threshold:
+        raise usage.UsageError(
+            f"--stream-buffer must be over the Pause threshold ({defaults.pause_threshold} bytes)")
+    options["flow_limits"] = _build(FlowLimits, _FLOW_FLAGS, options)
+    if upgrade:
+        options["upgrade_limits"] = _build(UpgradeLimits, _UPGRADE_FLAGS, options)

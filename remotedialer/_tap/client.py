@@ -11,7 +11,7 @@ from twisted.python import usage
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 from remotedialer._dialer import allow_all, allow_patterns
-from remotedialer._tap._common import data_debug, load_ca_file
+from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
 log = Logger()
@@ -27,6 +27,7 @@ class Options(usage.Options):
         ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which the tunnel is dead and redialed (Go: 60).", float],
+        *limit_parameters(),
     ]
     optFlags = [["debug", "d", "Log every tunnel message."]]
 
@@ -57,6 +58,7 @@ class Options(usage.Options):
             check_keepalive(self["ping-interval"], self["idle-timeout"])
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
+        parse_limits(self)
         self["trust_root"] = None
         if self["ca-file"]:
             self["trust_root"] = load_ca_file("ca-file", self["ca-file"])
@@ -85,4 +87,6 @@ def makeService(options: Options) -> TunnelClient:
         client_key=options["id"],
         ping_interval=options["ping-interval"],
         idle_timeout=options["idle-timeout"],
+        session_limits=options["session_limits"],
+        flow_limits=options["flow_limits"],
     )

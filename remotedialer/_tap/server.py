@@ -20,7 +20,8 @@ from twisted.web.server import Site
 
 from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
 from remotedialer._server import Server
-from remotedialer._tap._common import data_debug, load_ca_file
+from remotedialer._guard import HeaderGuardFactory
+from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
@@ -58,6 +59,7 @@ class Options(usage.Options):
          float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
+        *limit_parameters(upgrade=True),
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -75,6 +77,7 @@ class Options(usage.Options):
             check_keepalive(self["ping-interval"], self["idle-timeout"])
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
+        parse_limits(self, upgrade=True)
         self["peer_list"] = parse_peers(self["peers"])
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError("--peers needs --id and --token")
@@ -96,7 +99,8 @@ def makeService(options: Options) -> MultiService:
     server = Server(trace=data_debug(options["debug"]),
                     peer_id=options["id"], peer_token=options["token"],
                     peer_trust_root=options["peer_trust_root"],
-                    ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"])
+                    ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"],
+                    session_limits=options["session_limits"], flow_limits=options["flow_limits"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
     if options["target-insecure"]:
@@ -107,7 +111,8 @@ def makeService(options: Options) -> MultiService:
     front_door = FrontDoor(server, tls_policy=options["target_tls_policy"])
     root.putChild(b"client", front_door)
     top = MultiService()
-    strports.service(options["listen"], Site(root)).setServiceParent(top)
+    site = HeaderGuardFactory(Site(root), options["upgrade_limits"])
+    strports.service(options["listen"], site).setServiceParent(top)
     server.setServiceParent(top)
     top.server = server
     top.front_door = front_door

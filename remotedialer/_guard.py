@@ -1,0 +1,155 @@
+"""
+A guard in front of the server's web site: every connection must deliver
+the head of its first request (the tunnel upgrade, or a front-door
+request) quickly and within bounds, before anything else of ours runs.
+
+Without it a slowloris -- a connection sending one byte every few seconds
+-- is held for ever (twisted.web's idle timeout restarts on every byte),
+and enough of them exhaust file descriptors and lock real clients out.  The
+guard closes a connection whose first request head is not complete within
+C{UpgradeLimits.timeout}, answers 431 to one whose head is over
+C{header_bytes} or C{max_headers} lines, and closes new connections at once
+while C{max_pending} connections are still sending their heads.
+
+The guard holds a connection itself until the head is complete, then
+connects the site's own protocol to the real transport and hands it the
+head: TLS, HTTP/2 negotiation (the HTTP/2 preface ends with an empty line,
+and h2 applies its own limits from there) and Autobahn see the transport
+itself.  Requests after the first on a kept-alive connection are bounded by
+twisted.web's own header limits and idle timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from remotedialer._limits import UpgradeLimits
+
+__all__ = ["HeaderGuardFactory"]
+
+_HEAD_END = b"\r\n\r\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class _HeaderGuard(Protocol):
+    """
+    Holds one connection until its first request head is complete, then
+    connects the site's own protocol to the real transport (so TLS, HTTP/2
+    negotiation and Autobahn see the transport itself) and only forwards.
+    """
+
+    def __init__(self, factory: HeaderGuardFactory, addr: Any) -> None:
+        self.factory = factory
+        self._addr = addr
+        self._head = bytearray()
+        self._pending = True
+        self._deadline: Any = None
+        self._site_protocol: Any = None
+
+    def connectionMade(self) -> None:
+        self._deadline = self.factory.clock.callLater(self.factory.limits.timeout, self._too_slow)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._site_protocol is not None:
+            self._site_protocol.dataReceived(data)
+            return
+        if not self._pending:
+            return  # refused; the connection is closing
+        limits = self.factory.limits
+        start = max(0, len(self._head) - len(_HEAD_END) + 1)
+        self._head += data
+        end = self._head.find(_HEAD_END, start)
+        head_size = len(self._head) if end < 0 else end + len(_HEAD_END)
+        lines = self._head.count(b"\r\n", 0, head_size)
+        if head_size > limits.header_bytes or lines > limits.max_headers + 2:
+            self._refuse(f"request head over {limits.header_bytes} bytes or {limits.max_headers} headers")
+            return
+        if end < 0:
+            return
+        self._settled()
+        head, self._head = bytes(self._head), bytearray()
+        protocol = self.factory.wrapped.buildProtocol(self._addr)
+        if protocol is None:
+            self.transport.loseConnection()
+            return
+        self._site_protocol = protocol
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(head)
+
+    def _settled(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.factory.pending -= 1
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, reason: str) -> None:
+        self.factory.log.info("refused a request from {addr}: {reason}", addr=_address(self), reason=reason)
+        self._settled()
+        body = (reason + "\n").encode()
+        self.transport.write(_TOO_LARGE % (len(body), body))
+        self.transport.loseConnection()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.factory.log.info("closed a connection from {addr}: no complete request head within {timeout} s",
+                              addr=_address(self), timeout=self.factory.limits.timeout)
+        self._settled()
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._settled()
+        protocol, self._site_protocol = self._site_protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+
+def _address(protocol: Protocol) -> str:
+    peer = protocol.transport.getPeer()
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else "?"
+
+
+class HeaderGuardFactory(Factory):
+    """
+    Guards C{wrapped} (a twisted.web Site) as the module docstring says.
+    C{pending} is how many connections are still sending their first
+    request head.
+    """
+
+    log = Logger()
+
+    def __init__(self, wrapped: IProtocolFactory, limits: UpgradeLimits | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.wrapped = wrapped
+        self.clock = clock
+        self.limits = limits if limits is not None else UpgradeLimits()
+        self.pending = 0
+        self._refusing = False
+
+    def startFactory(self) -> None:
+        self.wrapped.doStart()
+
+    def stopFactory(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if self.pending >= self.limits.max_pending:
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn("{pending} connections are still sending their request heads (the limit): "
+                              "refusing new ones", pending=self.pending)
+            return None
+        self._refusing = False
+        self.pending += 1
+        return _HeaderGuard(self, addr)

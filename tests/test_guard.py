@@ -1,0 +1,162 @@
+"""
+The header guard in front of the server's site (remotedialer._guard), on
+StringTransport and a Clock: slowloris closed at the deadline, request heads
+over the size or header-count limit answered 431, a cap on connections still
+sending their heads; each at the limit and one past it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from remotedialer._guard import HeaderGuardFactory
+from remotedialer._limits import UpgradeLimits
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+class Site(Protocol):
+    """Stands in for the site's channel: records what it is given."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+class Recording(Factory):
+    def __init__(self) -> None:
+        self.built: list[Site] = []
+        self.started = self.stopped = 0
+
+    def buildProtocol(self, addr):
+        protocol = Site()
+        self.built.append(protocol)
+        return protocol
+
+    def doStart(self) -> None:
+        self.started += 1
+
+    def doStop(self) -> None:
+        self.stopped += 1
+
+
+def head(headers: int = 1, pad: int = 0) -> bytes:
+    lines = [b"GET /connect HTTP/1.1"] + [b"X-H%d: v" % i for i in range(headers)]
+    lines[-1] += b"x" * pad
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class GuardTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = Recording()
+
+    def guard(self, **limits) -> HeaderGuardFactory:
+        return HeaderGuardFactory(self.site, UpgradeLimits(**limits), clock=self.clock)
+
+    def connect(self, factory: HeaderGuardFactory):
+        protocol = factory.buildProtocol(ADDR)
+        if protocol is None:
+            return None, None
+        transport = StringTransport(peerAddress=ADDR)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_head_then_site(self) -> None:
+        """A complete head (even in pieces) reaches the site's protocol on the real transport."""
+        factory = self.guard()
+        protocol, transport = self.connect(factory)
+        data = head(3) + b"body"
+        protocol.dataReceived(data[:7])
+        self.assertEqual(self.site.built, [])
+        protocol.dataReceived(data[7:])
+        [site] = self.site.built
+        self.assertIs(site.transport, transport)
+        self.assertEqual(site.received, data)
+        protocol.dataReceived(b"more")
+        self.assertEqual(site.received, data + b"more")
+        self.assertEqual(factory.pending, 0)
+        protocol.connectionLost(None)
+        self.assertIsNone(site.lost)  # forwarded (None here)
+
+    def test_slowloris_closed_at_deadline(self) -> None:
+        """A byte every few seconds: still open just before the timeout, aborted at it."""
+        factory = self.guard(timeout=10)
+        protocol, transport = self.connect(factory)
+        for byte in head()[:9]:
+            protocol.dataReceived(bytes([byte]))
+            self.clock.advance(1.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(factory.pending, 0)
+        self.assertEqual(self.site.built, [])
+
+    def test_complete_head_cancels_deadline(self) -> None:
+        factory = self.guard(timeout=10)
+        protocol, transport = self.connect(factory)
+        protocol.dataReceived(head())
+        self.clock.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+    def test_header_bytes(self) -> None:
+        """A head of exactly header_bytes is taken; one byte more is answered 431 and closed."""
+        size = len(head(pad=100))
+        protocol, transport = self.connect(self.guard(header_bytes=size))
+        protocol.dataReceived(head(pad=100))
+        self.assertEqual(len(self.site.built), 1)
+        protocol, transport = self.connect(self.guard(header_bytes=size))
+        protocol.dataReceived(head(pad=101))
+        self.assertEqual(len(self.site.built), 1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "))
+        self.assertIn(b"request head over", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_endless_head_refused_early(self) -> None:
+        """A head that never ends is refused as soon as it passes the limit, not buffered on."""
+        protocol, transport = self.connect(self.guard(header_bytes=1000))
+        for _ in range(20):
+            protocol.dataReceived(b"X-Junk: " + b"j" * 92 + b"\r\n")
+            if transport.disconnecting:
+                break
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(len(protocol._head), 1100)
+
+    def test_max_headers(self) -> None:
+        """max_headers header lines are taken; one more is answered 431."""
+        protocol, transport = self.connect(self.guard(max_headers=5))
+        protocol.dataReceived(head(5))
+        self.assertEqual(len(self.site.built), 1)
+        protocol, transport = self.connect(self.guard(max_headers=5))
+        protocol.dataReceived(head(6))
+        self.assertEqual(len(self.site.built), 1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "))
+
+    def test_max_pending(self) -> None:
+        """max_pending connections may be sending heads; the next is refused until one finishes."""
+        factory = self.guard(max_pending=3)
+        held = [self.connect(factory) for _ in range(3)]
+        self.assertEqual(factory.pending, 3)
+        self.assertEqual(self.connect(factory), (None, None))
+        held[0][0].dataReceived(head())
+        protocol, _ = self.connect(factory)
+        self.assertIsNotNone(protocol)
+        held[1][0].connectionLost(None)
+        self.assertEqual(factory.pending, 2)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_site_started_and_stopped(self) -> None:
+        factory = self.guard()
+        factory.doStart()
+        factory.doStop()
+        self.assertEqual((self.site.started, self.site.stopped), (1, 1))
