@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from remotedialer._interfaces import IDialPolicy
+from remotedialer._logtext import printable
 from remotedialer._relay import Relay
 from remotedialer._stream import TunnelStream
 
@@ -71,6 +72,7 @@ class Acceptor:
         if failure.check(defer.CancelledError) or stream.closed:
             return
         reason = failure.getErrorMessage() or failure.type.__name__
-        self.log.info("stream {conn_id}: dial {proto}/{address} failed: {reason}",
-                      conn_id=stream.conn_id, proto=proto, address=address, reason=reason)
+        self.log.info("stream {conn_id}: dial {target} failed: {reason}",
+                      conn_id=stream.conn_id, target=printable(f"{proto}/{address}"),
+                      reason=printable(reason))
         stream.close_with_error(reason)

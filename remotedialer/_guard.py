@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from remotedialer._limits import UpgradeLimits
+from remotedialer._logtext import address
 
 __all__ = ["HeaderGuardFactory"]
 
@@ -113,9 +114,7 @@ class _HeaderGuard(Protocol):
 
 
 def _address(protocol: Protocol) -> str:
-    peer = protocol.transport.getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else "?"
+    return address(protocol.transport.getPeer())
 
 
 class HeaderGuardFactory(Factory):

@@ -28,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from remotedialer._interfaces import ITunnelAuthorizer
+from remotedialer._logtext import address, printable, quoted
 
 #: Headers a peer server presents on its link (PROTOCOL.md 2).
 PEER_ID_HEADER = "X-API-Tunnel-ID"
@@ -139,8 +140,10 @@ class TunnelResource(Resource):
         expected = self._peers().get(peer_id)
         if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
             return Identity(peer_id, is_peer=True)
-        self.log.warn("refused peer link claiming id {peer_id!r} from {addr}: unknown peer or wrong token",
-                      peer_id=peer_id, addr=request.getClientAddress())
+        self.log.warn("refused peer link claiming id {peer_id} from {addr}: unknown peer or wrong token",
+                      peer_id=quoted(peer_id), addr=address(request.getClientAddress()))
+        if not _printable_key(peer_id):
+            raise AuthorizationError("peer id must be printable text")
         return None
 
     @staticmethod
@@ -151,6 +154,8 @@ class TunnelResource(Resource):
             raise _Unauthorized()
         if "/" in client_key or "::" in client_key:
             raise AuthorizationError("client key must not contain '/' or '::'")
+        if not _printable_key(client_key):
+            raise AuthorizationError("client key must be printable text (no control characters)")
         if len(client_key.encode("utf-8")) > MAX_CLIENT_KEY:
             raise AuthorizationError(f"client key longer than {MAX_CLIENT_KEY} bytes")
         return Identity(client_key)
@@ -171,13 +176,18 @@ class TunnelResource(Resource):
             if not failure.check(AuthorizationError):
                 self.log.failure("authorizer failed", failure)
         self.log.info("refused tunnel from {addr}: {code} {text}",
-                      addr=request.getClientAddress(), code=code, text=text)
+                      addr=address(request.getClientAddress()), code=code, text=printable(text))
         if gone:
             return
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.write(text.encode("utf-8"))
         request.finish()
+
+
+def _printable_key(key: str) -> bool:
+    """Keys and ids end up in logs, metrics and URLs: printable text, no spaces at the ends."""
+    return key.isprintable() and key == key.strip()
 
 
 class _Unauthorized(Exception):

@@ -27,6 +27,7 @@ from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
 from remotedialer._flow import FlowLimits
 from remotedialer._limits import SessionLimits
+from remotedialer._logtext import address, printable
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
@@ -243,19 +244,19 @@ class Server(MultiService):
         )
         self.log.info("{kind} session {key}/{session_key} connected from {addr}",
                       kind="peer" if identity.is_peer else "client", key=identity.client_key,
-                      session_key=session.session_key, addr=protocol.transport.getPeer())
+                      session_key=session.session_key, addr=address(protocol.transport.getPeer()))
         self.sessions.add(session)
         return session
 
     def client_added(self, session: Session, client_key: str, session_key: int) -> None:
         """A peer announced a client (AddClient)."""
         self.log.info("peer {peer} has client {key}/{session_key}",
-                      peer=session.client_key, key=client_key, session_key=session_key)
+                      peer=session.client_key, key=printable(client_key), session_key=session_key)
 
     def client_removed(self, session: Session, client_key: str, session_key: int) -> None:
         """A peer's client went away (RemoveClient)."""
         self.log.info("peer {peer} lost client {key}/{session_key}",
-                      peer=session.client_key, key=client_key, session_key=session_key)
+                      peer=session.client_key, key=printable(client_key), session_key=session_key)
 
     def link_failed(self) -> None:
         """Only dialed WebSockets fail to open; the server's never do."""

@@ -34,6 +34,7 @@ from remotedialer._codec import MalformedMessage
 from remotedialer._flow import FlowLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession
 from remotedialer._limits import SessionLimits
+from remotedialer._logtext import Throttle, printable
 from remotedialer._mux import (
     CLIENT_FIRST_CONN_ID,
     MAX_DATA_CHUNK,
@@ -109,6 +110,7 @@ class Session:
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
+        self._violations = Throttle(clock, self.log, "protocol errors", session=self)
 
     def __repr__(self) -> str:
         kind = "peer" if self.is_peer else "client"
@@ -229,10 +231,12 @@ class Session:
 
     def _on_violation(self, event: ProtocolViolation) -> None:
         if event.fatal:
-            self.log.warn("{session}: {error}; closing the session", session=self, error=event.text)
+            self._violations.flush()
+            self.log.warn("{session}: {error}; closing the session", session=self,
+                          error=printable(event.text, 200))
             self.lose(Failure(MalformedMessage(event.text)))
         else:
-            self.log.warn("{session}: {error}", session=self, error=event.text)
+            self._violations.warn("{session}: {error}", error=printable(event.text, 200))
 
     _dispatch = {
         DataReceived: _on_data,
@@ -322,6 +326,7 @@ class Session:
         """The WebSocket is gone: every stream ends with C{reason}."""
         handles = self.mux.lose()
         self._blocked.clear()
+        self._violations.flush()
         for handle in handles:
             handle.context.session_lost(reason)
 

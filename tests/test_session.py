@@ -206,7 +206,7 @@ class DispatchTests(SynchronousTestCase):
         self.pair.client.message_received(raw)
         self.assertEqual(
             self.pair.from_client.errors(),
-            [(9, "malformed message: Connect target 'nonsense' has no '/'")],
+            [(9, 'malformed message: Connect target "nonsense" has no \'/\'')],
         )
         self.assertFalse(self.pair.client.closed)
         self.assertEqual(self.pair.client_dialer.requests, [TARGET])

@@ -1,0 +1,98 @@
+"""
+Peer-supplied text made safe for a log line: control characters escaped,
+length cut.  A client key, a peer id, a Connect target or an Error text
+comes from whoever is at the other end; logged raw, an ESC or BEL would
+reach the operator's terminal, and a 15 KB id would flood the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "printable", "quoted"]
+
+#: Longest piece of peer-supplied text put in a log line or error message.
+LOG_TEXT_LIMIT = 128
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
+    """C{text} with every non-printable character escaped, cut to C{limit} characters."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    more = len(text) - limit
+    if more > 0:
+        text = text[:limit]
+    escaped = "".join(_escape(c) for c in text) if not text.isprintable() or "\\" in text else text
+    return f"{escaped}...({more} more characters)" if more > 0 else escaped
+
+
+def quoted(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
+    """L{printable} in double quotes, for text inside a sentence."""
+    return f'"{printable(text, limit)}"'
+
+
+def address(addr: object) -> str:
+    """C{host:port} of a Twisted address (IPv4Address/IPv6Address...), never its repr."""
+    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+    if host is None:
+        return printable(str(addr)) if addr is not None else "?"
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port is not None else host
+
+
+class Throttle:
+    """
+    At most C{burst} log lines per C{window} seconds for one source (a
+    session), and then one summary line saying how many were left out: a
+    flood of bad input makes a bounded amount of log.
+    """
+
+    def __init__(self, clock: Any, log: Any, what: str, *, burst: int = 5, window: float = 10.0,
+                 **fields: object) -> None:
+        self._clock = clock
+        self._log = log
+        self._what = what
+        self._burst = burst
+        self._window = window
+        self._fields = fields
+        self._window_end = 0.0
+        self._logged = 0
+        self.suppressed = 0
+        self._summary: Any = None
+
+    def warn(self, format: str, **fields: object) -> None:
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._window_end = now + self._window
+            self._logged = 0
+        if self._logged < self._burst:
+            self._logged += 1
+            self._log.warn(format, **self._fields, **fields)
+            return
+        self.suppressed += 1
+        if self._summary is None:
+            self._summary = self._clock.callLater(self._window_end - now, self.flush)
+
+    def flush(self) -> None:
+        """Log the summary of what was left out (also called at the end of the source)."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None
+        if self.suppressed:
+            count, self.suppressed = self.suppressed, 0
+            self._log.warn("{source}: {count} more {what} in the last {window:g} s, not logged one by one",
+                           source=self._fields.get("session", ""), count=count, what=self._what,
+                           window=self._window)
