@@ -1,209 +1,174 @@
 """
-The client service on loopback: wss:// with certificate verification,
-dials from the client to the server, the on-connect hook, SyncConnections.
+The client service on the simulated network (tests/netsim.py): wss:// with
+certificate verification (real TLS, in memory), dials from the client to
+the server, the on-connect hook, retries with backoff.
 """
 
 from __future__ import annotations
 
 import os
 
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import Server, StreamError, TunnelClient, allow_all, allow_patterns
-
-from tests.support import Collector, Echo, TunnelHarness, eventually, listen_tcp, self_signed_certificate, wait
+from remotedialer import StreamError, _client, allow_patterns
+from tests.netsim import Network
+from tests.support import Collector, Echo, self_signed_certificate
 
 
-def run(coroutine):
-    return defer.Deferred.fromCoroutine(coroutine)
+class SecureTunnelTests(SynchronousTestCase):
+    """
+    Real TLS (OpenSSL memory BIOs) over the simulated network.  The client's
+    TLS layer must run on the test clock: the library wraps its endpoint
+    with wrapClientTLS without a clock (so TLS writes wait for a global
+    reactor turn), hence the patch.
+    """
 
-
-class SecureTunnelTests(TestCase):
-    timeout = 30
-
-    async def _tls_server(self):
+    def setUp(self):
+        self.net = Network(self)
+        self.patch(_client, "wrapClientTLS",
+                   lambda creator, endpoint: wrapClientTLS(creator, endpoint, clock=self.net.reactor))
         directory = self.mktemp()
         os.makedirs(directory)
-        cert, key = self_signed_certificate(directory)
-        server = Server(reactor=reactor)
-        root = Resource()
-        root.putChild(b"connect", server.resource)
-        port = await serverFromString(
-            reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(Site(root))
-        self.addCleanup(port.stopListening)
-        return server, port, cert
-
-    def _client(self, url, **kwargs):
-        client = TunnelClient(url, headers={"X-Tunnel-ID": "foo"}, reactor=reactor,
-                              connect_authorizer=allow_all, retry_policy=lambda attempt: 0.2, **kwargs)
-        client.startService()
-        self.addCleanup(client.stopService)
-        return client
+        cert_path, key_path = self_signed_certificate(directory)
+        with open(cert_path, "rb") as f:
+            cert = f.read()
+        with open(key_path, "rb") as f:
+            key = f.read()
+        self.ca = Certificate.loadPEM(cert)
+        server_options = PrivateCertificate.loadPEM(cert + key).options()
+        self.site = self.net.serve_tunnel("localhost:8443", tls=server_options)
 
     def test_wss_with_trusted_ca(self):
         """wss:// with the server's CA: the tunnel opens and carries streams."""
-
-        async def go():
-            server, port, cert = await self._tls_server()
-            with open(cert, "rb") as f:
-                ca = Certificate.loadPEM(f.read())
-            client = self._client(f"wss://localhost:{port.getHost().port}/connect",
-                                  tls_options=optionsForClientTLS("localhost", trustRoot=ca))
-            await client.when_connected()
-            target = await listen_tcp(Factory.forProtocol(Echo), self)
-            reader = Collector()
-            await server.endpoint("foo", "tcp", f"127.0.0.1:{target.getHost().port}").connect(
-                Factory.forProtocol(lambda: reader))
-            reader.transport.write(b"over TLS")
-            await eventually(lambda: reader.received == 8)
-            reader.transport.loseConnection()
-            self.assertEqual(await reader.done, b"over TLS")
-
-        return run(go())
+        net, server = self.net, self.site.server
+        self.assertTrue(self.site.url.startswith("wss://localhost:"))
+        client = net.client(self.site.url, tls_options=optionsForClientTLS("localhost", trustRoot=self.ca),
+                            retry_policy=lambda attempt: 0.2)
+        net.result(client.when_connected())
+        target = net.listen(Factory.forProtocol(Echo))
+        reader = net.connect(server.endpoint("foo", "tcp", target.address), Collector())
+        reader.transport.write(b"over TLS")
+        net.flush()
+        self.assertEqual(reader.received, 8)
+        reader.transport.loseConnection()
+        net.flush()
+        self.assertEqual(self.successResultOf(reader.done), b"over TLS")
 
     def test_wss_untrusted_certificate_refused(self):
         """Verification is on by default: a self-signed server is never connected."""
-
-        async def go():
-            server, port, _ = await self._tls_server()
-            client = self._client(f"wss://localhost:{port.getHost().port}/connect")
-            await wait(1.0)
-            self.assertIsNone(client.session)
-            self.assertEqual(server.clients(), [])
-
-        return run(go())
+        client = self.net.client(self.site.url, retry_policy=lambda attempt: 0.2)
+        self.net.run(1.0)
+        self.assertGreaterEqual(self.site.listener.accepted, 5)  # it kept trying, and was refused each time
+        self.assertIsNone(client.session)
+        self.assertEqual(self.site.server.clients(), [])
 
 
-class ClientDialTests(TestCase):
-    timeout = 30
+class ClientDialTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network(self)
 
     def test_client_dial_refused_by_default(self):
         """A client's dial to the server side is refused unless the server allows it."""
-
-        async def go():
-            harness = TunnelHarness(self)
-            await harness.start()
-            client = await harness.connect_client("foo")
-            reader = Collector()
-            client.open_stream("tcp", "127.0.0.1:1").attach(reader)
-            await reader.done
-            self.assertTrue(reader.reason.check(StreamError))
-            self.assertIn("not allowed", reader.reason.getErrorMessage())
-            self.assertTrue(harness.server.has_session("foo"))
-
-        return run(go())
+        site = self.net.serve_tunnel()
+        client = self.net.client(site.url)
+        self.net.flush()
+        reader = Collector()
+        client.open_stream("tcp", "127.0.0.1:1").attach(reader)
+        self.net.flush()
+        self.successResultOf(reader.done)
+        self.assertTrue(reader.reason.check(StreamError))
+        self.assertIn("not allowed", reader.reason.getErrorMessage())
+        self.assertTrue(site.server.has_session("foo"))
 
     def test_client_dial_allowed(self):
         """With a client-connect authorizer, the client reaches targets near the server."""
-
-        async def go():
-            target = await listen_tcp(Factory.forProtocol(Echo), self)
-            address = f"127.0.0.1:{target.getHost().port}"
-            harness = TunnelHarness(self, client_connect_authorizer=allow_patterns([f"tcp/{address}"]))
-            await harness.start()
-            client = await harness.connect_client("foo")
-            reader = Collector()
-            stream = client.open_stream("tcp", address)
-            self.assertGreaterEqual(stream.conn_id, 1 << 48)
-            stream.attach(reader)
-            stream.write(b"ping")
-            await eventually(lambda: reader.received == 4)
-            stream.loseConnection()
-            self.assertEqual(await reader.done, b"ping")
-
-        return run(go())
+        net = self.net
+        target = net.listen(Factory.forProtocol(Echo))
+        site = net.serve_tunnel(client_connect_authorizer=allow_patterns([f"tcp/{target.address}"]))
+        client = net.client(site.url)
+        net.result(client.when_connected())
+        reader = Collector()
+        stream = client.open_stream("tcp", target.address)
+        self.assertGreaterEqual(stream.conn_id, 1 << 48)
+        stream.attach(reader)
+        stream.write(b"ping")
+        net.flush()
+        self.assertEqual(reader.received, 4)
+        stream.loseConnection()
+        net.flush()
+        self.assertEqual(self.successResultOf(reader.done), b"ping")
 
 
-class OnConnectTests(TestCase):
-    timeout = 30
+class OnConnectTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network(self)
+        self.site = self.net.serve_tunnel()
 
     def test_on_connect_hook(self):
         """The hook runs with the session each time the tunnel opens."""
-
-        async def go():
-            seen = []
-            harness = TunnelHarness(self)
-            await harness.start()
-            client = await harness.connect_client("foo", on_connect=seen.append)
-            self.assertEqual(seen, [client.session])
-
-        return run(go())
+        seen = []
+        client = self.net.client(self.site.url, on_connect=seen.append, retry_policy=lambda attempt: 0.2)
+        self.net.result(client.when_connected())
+        self.assertEqual(seen, [client.session])
+        self.site.server.sessions.local_session("foo")._drop()
+        self.net.run(0.2)
+        self.assertIsNotNone(client.session)
+        self.assertEqual(seen, [seen[0], client.session])
+        self.assertIsNot(seen[1], seen[0])
 
     def test_failing_hook_drops_tunnel(self):
         """A hook that fails drops the tunnel; it is retried."""
+        calls = []
 
-        async def go():
-            calls = []
+        def hook(session):
+            calls.append(session)
+            raise RuntimeError("not ready")
 
-            def hook(session):
-                calls.append(session)
-                raise RuntimeError("not ready")
-
-            harness = TunnelHarness(self)
-            await harness.start()
-            client = TunnelClient(harness.url, headers={"X-Tunnel-ID": "foo"}, reactor=reactor,
-                                  connect_authorizer=allow_all, on_connect=hook,
-                                  retry_policy=lambda attempt: 0.1)
-            client.startService()
-            self.addCleanup(client.stopService)
-            await eventually(lambda: len(calls) >= 2)
-            self.flushLoggedErrors(RuntimeError)
-
-        return run(go())
+        client = self.net.client(self.site.url, on_connect=hook, retry_policy=lambda attempt: 0.1)
+        self.net.flush()
+        self.assertEqual(len(calls), 1)
+        self.assertIsNone(client.session)
+        self.assertFalse(self.site.server.has_session("foo"))
+        self.net.run(0.15)
+        self.assertEqual(len(calls), 2)
+        self.assertIsNot(calls[1], calls[0])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
 
-class BackoffTests(TestCase):
-    timeout = 30
+class BackoffTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network(self)
+        self.site = self.net.serve_tunnel()
 
     def test_refused_upgrade_backs_off(self):
         """A server that refuses the upgrade (401) is retried with a growing attempt count."""
+        attempts = []
 
-        async def go():
-            harness = TunnelHarness(self)
-            await harness.start()
-            attempts = []
+        def policy(attempt):
+            attempts.append(attempt)
+            return 0.05
 
-            def policy(attempt):
-                attempts.append(attempt)
-                return 0.05
-
-            client = TunnelClient(harness.url, reactor=reactor, connect_authorizer=allow_all,
-                                  retry_policy=policy)  # no X-Tunnel-ID: refused
-            client.startService()
-            self.addCleanup(client.stopService)
-            await eventually(lambda: len(attempts) >= 4)
-            self.assertEqual(attempts[:4], [1, 2, 3, 4])
-            self.assertIsNone(client.session)
-
-        return run(go())
+        client = self.net.client(self.site.url, key=None, retry_policy=policy)  # no X-Tunnel-ID: refused
+        self.net.run(0.175)
+        self.assertEqual(attempts, [1, 2, 3, 4])
+        self.assertEqual(self.site.listener.accepted, 4)
+        self.assertIsNone(client.session)
 
     def test_failing_hook_backs_off(self):
         """A tunnel dropped by a failing on-connect hook is retried with a growing attempt count."""
+        attempts = []
 
-        async def go():
-            harness = TunnelHarness(self)
-            await harness.start()
-            attempts = []
+        def policy(attempt):
+            attempts.append(attempt)
+            return 0.05
 
-            def policy(attempt):
-                attempts.append(attempt)
-                return 0.05
+        def hook(session):
+            raise RuntimeError("not ready")
 
-            def hook(session):
-                raise RuntimeError("not ready")
-
-            client = TunnelClient(harness.url, headers={"X-Tunnel-ID": "foo"}, reactor=reactor,
-                                  connect_authorizer=allow_all, on_connect=hook, retry_policy=policy)
-            client.startService()
-            self.addCleanup(client.stopService)
-            await eventually(lambda: len(attempts) >= 4)
-            self.assertEqual(attempts[:4], [1, 2, 3, 4])
-            self.flushLoggedErrors(RuntimeError)
-
-        return run(go())
+        self.net.client(self.site.url, on_connect=hook, retry_policy=policy)
+        self.net.run(0.175)
+        self.assertEqual(attempts, [1, 2, 3, 4])
+        self.flushLoggedErrors(RuntimeError)

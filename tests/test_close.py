@@ -1,21 +1,19 @@
 """
-Close and error propagation through the tunnel, both directions, on loopback.
+Close and error propagation through the tunnel, both directions, on the
+simulated network (tests/netsim.py: a target's abortConnection is a reset).
 """
 
 from __future__ import annotations
 
-import socket
-import struct
-
-from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer import StreamError, allow_patterns
-
-from tests.support import Collector, TunnelHarness, eventually, listen_tcp
-from tests.test_end_to_end import _connect, _Factory
+from tests.netsim import Network
+from tests.support import Collector
+from tests.test_end_to_end import _Factory
 
 
 class _Resetter(Protocol):
@@ -23,8 +21,6 @@ class _Resetter(Protocol):
 
     def connectionMade(self):
         self.transport.write(b"bye")
-        sock = self.transport.getHandle()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abortConnection()
 
 
@@ -34,140 +30,116 @@ class _Closer(Protocol):
         self.transport.loseConnection()
 
 
-class ClosePropagationTests(TestCase):
-    timeout = 60
+class ClosePropagationTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network(self)
 
-    async def _harness(self, **client_kwargs):
-        harness = TunnelHarness(self)
-        await harness.start()
-        client = await harness.connect_client("foo", **client_kwargs)
-        return harness, client
+    def _harness(self, **client_kwargs):
+        site = self.net.serve_tunnel()
+        client = self.net.client(site.url, **client_kwargs)
+        self.net.result(client.when_connected())
+        return site.server, client
 
-    def run_async(self, coroutine):
-        return defer.Deferred.fromCoroutine(coroutine)
+    def _dial(self, server, address, protocol):
+        return self.net.connect(server.endpoint("foo", "tcp", address), protocol)
 
     def test_refused_dial_reaches_server_side(self):
         """A dial the target's host refuses ends the stream with the far side's error."""
-
-        async def go():
-            harness, _ = await self._harness()
-            port = await listen_tcp(Factory.forProtocol(Protocol), self)
-            address = f"127.0.0.1:{port.getHost().port}"
-            await port.stopListening()
-            reader = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", address), reader)
-            await reader.done
-            self.assertTrue(reader.reason.check(StreamError))
-            self.assertIn("refused", reader.reason.getErrorMessage().lower())
-
-        return self.run_async(go())
+        server, _ = self._harness()
+        port = self.net.listen(Factory.forProtocol(Protocol))
+        port.stopListening()
+        reader = self._dial(server, port.address, Collector())
+        self.net.flush()
+        self.assertEqual(self.net.refused[port.address], 1)
+        self.assertNoResult(reader.done)
+        # HostnameEndpoint gives up when its next attempt would be due.
+        self.net.run(HostnameEndpoint._DEFAULT_ATTEMPT_DELAY)
+        self.successResultOf(reader.done)
+        self.assertTrue(reader.reason.check(StreamError))
+        self.assertIn("refused", reader.reason.getErrorMessage().lower())
 
     def test_target_reset_is_an_error(self):
         """A target that resets its connection ends the server-side stream with an error."""
-
-        async def go():
-            harness, _ = await self._harness()
-            port = await listen_tcp(Factory.forProtocol(_Resetter), self)
-            reader = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}"), reader)
-            await reader.done
-            self.assertTrue(reader.reason.check(StreamError), reader.reason)
-            self.assertFalse(reader.reason.check(ConnectionDone))
-
-        return self.run_async(go())
+        server, _ = self._harness()
+        port = self.net.listen(Factory.forProtocol(_Resetter))
+        reader = self._dial(server, port.address, Collector())
+        self.net.flush()
+        self.successResultOf(reader.done)
+        self.assertTrue(reader.reason.check(StreamError), reader.reason)
+        self.assertFalse(reader.reason.check(ConnectionDone))
 
     def test_target_clean_close(self):
         """A target that closes cleanly: its bytes arrive, then ConnectionDone."""
-
-        async def go():
-            harness, _ = await self._harness()
-            port = await listen_tcp(Factory.forProtocol(_Closer), self)
-            reader = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}"), reader)
-            data = await reader.done
-            self.assertEqual(data, b"done")
-            self.assertTrue(reader.reason.check(ConnectionDone))
-
-        return self.run_async(go())
+        server, _ = self._harness()
+        port = self.net.listen(Factory.forProtocol(_Closer))
+        reader = self._dial(server, port.address, Collector())
+        self.net.flush()
+        self.assertEqual(self.successResultOf(reader.done), b"done")
+        self.assertTrue(reader.reason.check(ConnectionDone))
 
     def test_local_lose_connection_closes_target(self):
         """loseConnection on the server side: the target sees its data, then a clean close."""
-
-        async def go():
-            harness, client = await self._harness()
-            sink = _Factory(Collector)
-            port = await listen_tcp(sink, self)
-            writer = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}"), writer)
-            writer.transport.write(b"last words")
-            writer.transport.loseConnection()
-            await eventually(lambda: sink.instances)
-            data = await sink.instances[0].done
-            self.assertEqual(data, b"last words")
-            self.assertTrue(sink.instances[0].reason.check(ConnectionDone))
-            self.assertTrue(writer.reason.check(ConnectionDone))
-            await eventually(lambda: not client.session.streams)
-
-        return self.run_async(go())
+        server, client = self._harness()
+        sink = _Factory(Collector)
+        port = self.net.listen(sink)
+        writer = self._dial(server, port.address, Collector())
+        writer.transport.write(b"last words")
+        writer.transport.loseConnection()
+        self.net.flush()
+        [target] = sink.instances
+        self.assertEqual(self.successResultOf(target.done), b"last words")
+        self.assertTrue(target.reason.check(ConnectionDone))
+        self.assertTrue(writer.reason.check(ConnectionDone))
+        self.assertEqual(client.session.streams, {})
 
     def test_local_abort_closes_target(self):
         """abortConnection on the server side closes the target's connection too."""
-
-        async def go():
-            harness, client = await self._harness()
-            sink = _Factory(Collector)
-            port = await listen_tcp(sink, self)
-            writer = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}"), writer)
-            await eventually(lambda: sink.instances)
-            writer.transport.abortConnection()
-            await sink.instances[0].done
-            self.assertTrue(writer.reason.check(StreamError))
-            await eventually(lambda: not client.session.streams)
-
-        return self.run_async(go())
+        server, client = self._harness()
+        sink = _Factory(Collector)
+        port = self.net.listen(sink)
+        writer = self._dial(server, port.address, Collector())
+        [target] = sink.instances
+        writer.transport.abortConnection()
+        self.net.flush()
+        self.successResultOf(target.done)
+        self.assertTrue(writer.reason.check(StreamError))
+        self.assertEqual(client.session.streams, {})
 
     def test_refused_connect_fails_that_stream_only(self):
         """
         A Connect the client's authorizer refuses fails that stream with an
         error; the session and a stream opened beside it live on.
         """
-
-        async def go():
-            sink = _Factory(Collector)
-            port = await listen_tcp(sink, self)
-            allowed = f"127.0.0.1:{port.getHost().port}"
-            harness, client = await self._harness(connect_authorizer=allow_patterns([f"tcp/{allowed}"]))
-            session = client.session
-            good = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", allowed), good)
-            refused = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", "127.0.0.1:1"), refused)
-            await refused.done
-            self.assertTrue(refused.reason.check(StreamError))
-            self.assertIn("not allowed", refused.reason.getErrorMessage())
-            good.transport.write(b"still here")
-            await eventually(lambda: sink.instances and sink.instances[0].received == 10)
-            self.assertIs(client.session, session)
-            self.assertTrue(harness.server.has_session("foo"))
-            good.transport.loseConnection()
-            await sink.instances[0].done
-
-        return self.run_async(go())
+        sink = _Factory(Collector)
+        port = self.net.listen(sink)
+        server, client = self._harness(connect_authorizer=allow_patterns([f"tcp/{port.address}"]))
+        session = client.session
+        good = self._dial(server, port.address, Collector())
+        refused = self._dial(server, "127.0.0.1:1", Collector())
+        self.net.flush()
+        self.successResultOf(refused.done)
+        self.assertTrue(refused.reason.check(StreamError))
+        self.assertIn("not allowed", refused.reason.getErrorMessage())
+        self.assertEqual(self.net.refused["127.0.0.1:1"], 0)  # never dialed
+        good.transport.write(b"still here")
+        self.net.flush()
+        [target] = sink.instances
+        self.assertEqual(target.received, 10)
+        self.assertIs(client.session, session)
+        self.assertTrue(server.has_session("foo"))
+        good.transport.loseConnection()
+        self.net.flush()
+        self.successResultOf(target.done)
 
     def test_tunnel_loss_ends_streams_with_error(self):
         """When the WebSocket goes, every stream on it ends with an error."""
-
-        async def go():
-            harness, client = await self._harness()
-            sink = _Factory(Collector)
-            port = await listen_tcp(sink, self)
-            reader = Collector()
-            await _connect(harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}"), reader)
-            await eventually(lambda: sink.instances)
-            harness.server.sessions.local_session("foo")._drop()
-            await reader.done
-            self.assertTrue(reader.reason.check(StreamError) or not reader.reason.check(ConnectionDone))
-            await sink.instances[0].done
-
-        return self.run_async(go())
+        server, client = self._harness()
+        sink = _Factory(Collector)
+        port = self.net.listen(sink)
+        reader = self._dial(server, port.address, Collector())
+        [target] = sink.instances
+        server.sessions.local_session("foo")._drop()
+        self.net.flush()
+        self.successResultOf(reader.done)
+        self.assertTrue(reader.reason.check(StreamError) or not reader.reason.check(ConnectionDone))
+        self.successResultOf(target.done)
