@@ -60,27 +60,29 @@ class Throttle:
     flood of bad input makes a bounded amount of log.
     """
 
-    def __init__(self, clock: Any, log: Any, what: str, *, burst: int = 5, window: float = 10.0,
-                 **fields: object) -> None:
+    def __init__(self, clock: Any, log: Any, what: str, *, burst: int = 5, window: float = 10.0) -> None:
         self._clock = clock
         self._log = log
         self._what = what
         self._burst = burst
         self._window = window
-        self._fields = fields
+        #: What the last line was about, as text (no reference to the source).
+        self._source = ""
         self._window_end = 0.0
         self._logged = 0
         self.suppressed = 0
         self._summary: Any = None
 
-    def warn(self, format: str, **fields: object) -> None:
+    def warn(self, format: str, session: object = "", **fields: object) -> None:
+        """Log C{format} (with C{session} and C{fields}), unless over the burst."""
+        self._source = str(session)
         now = self._clock.seconds()
         if now >= self._window_end:
             self._window_end = now + self._window
             self._logged = 0
         if self._logged < self._burst:
             self._logged += 1
-            self._log.warn(format, **self._fields, **fields)
+            self._log.warn(format, session=session, **fields)
             return
         self.suppressed += 1
         if self._summary is None:
@@ -94,5 +96,4 @@ class Throttle:
         if self.suppressed:
             count, self.suppressed = self.suppressed, 0
             self._log.warn("{source}: {count} more {what} in the last {window:g} s, not logged one by one",
-                           source=self._fields.get("session", ""), count=count, what=self._what,
-                           window=self._window)
+                           source=self._source, count=count, what=self._what, window=self._window)

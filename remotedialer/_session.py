@@ -110,7 +110,8 @@ class Session:
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
-        self._violations = Throttle(clock, self.log, "protocol errors", session=self)
+        # The class's logger: an instance's would refer back to the session.
+        self._violations = Throttle(clock, Session.log, "protocol errors")
 
     def __repr__(self) -> str:
         kind = "peer" if self.is_peer else "client"
@@ -205,14 +206,22 @@ class Session:
         for event in events:
             self._dispatch[type(event)](self, event)
 
+    # A stream that ended (its transport told its protocol) has no context.
+
     def _on_data(self, event: DataReceived) -> None:
-        event.stream.context.data_received(event.data)
+        stream = event.stream.context
+        if stream is not None:
+            stream.data_received(event.data)
 
     def _on_ended(self, event: StreamEnded) -> None:
-        event.stream.context.remote_ended(event.error)
+        stream = event.stream.context
+        if stream is not None:
+            stream.remote_ended(event.error)
 
     def _on_send_blocked(self, event: SendBlocked) -> None:
-        event.stream.context.remote_paused(event.blocked)
+        stream = event.stream.context
+        if stream is not None:
+            stream.remote_paused(event.blocked)
 
     def _on_connect(self, event: ConnectRequested) -> None:
         proto, address = event.proto, event.address
@@ -236,7 +245,7 @@ class Session:
                           error=printable(event.text, 200))
             self.lose(Failure(MalformedMessage(event.text)))
         else:
-            self._violations.warn("{session}: {error}", error=printable(event.text, 200))
+            self._violations.warn("{session}: {error}", session=self, error=printable(event.text, 200))
 
     _dispatch = {
         DataReceived: _on_data,
@@ -328,7 +337,8 @@ class Session:
         self._blocked.clear()
         self._violations.flush()
         for handle in handles:
-            handle.context.session_lost(reason)
+            if handle.context is not None:
+                handle.context.session_lost(reason)
 
 
 @attrs.define

@@ -144,7 +144,7 @@ class TunnelStream:
         Connect C{protocol} to this stream (calls its makeConnection).
         False if that raised: the stream is then closed with the error.
         """
-        closed_before = self._finished
+        closed_before = self._finished and self._lost_reason is not None
         self.protocol = protocol
         try:
             protocol.makeConnection(self)
@@ -363,17 +363,22 @@ class TunnelStream:
             except Exception:
                 self._log.failure("stopProducing of the producer on stream {conn_id} failed",
                                   conn_id=self.conn_id)
-        if self.protocol is not None:
-            self._schedule_connection_lost()
+        self._schedule_connection_lost()
 
     def _schedule_connection_lost(self) -> None:
         self._session.clock.callLater(0, self._connection_lost)
 
     def _connection_lost(self) -> None:
+        # Like Twisted's TCP transport, forget the protocol (and the
+        # multiplexer its handle) once told: no cycle outlives the stream.
         protocol, reason = self.protocol, self._lost_reason
-        if protocol is None or reason is None:
+        if reason is None:
             return
         self._lost_reason = None  # exactly once
+        self.handle.context = None
+        if protocol is None:
+            return
+        self.protocol = None
         try:
             protocol.connectionLost(reason)
         except Exception:

@@ -240,7 +240,10 @@ class _TunnelProtocol(TimeoutMixin):
         if self._message_deadline is not None:
             self._message_deadline.cancel()
             self._message_deadline = None
-        self._pressure = None
+        if self._pressure is not None:
+            # The transport would keep our producer, and through it the session.
+            self._pressure = None
+            self.transport.unregisterProducer()
         pinger, self._pinger = self._pinger, None
         if pinger is not None and pinger.running:
             pinger.stop()

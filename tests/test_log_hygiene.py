@@ -82,13 +82,13 @@ class FloodTests(SynchronousTestCase):
         clock = Clock()
         from twisted.logger import Logger
 
-        throttle = Throttle(clock, Logger(), "things", burst=2, window=10.0, session="s")
+        throttle = Throttle(clock, Logger(), "things", burst=2, window=10.0)
         for _ in range(5):
-            throttle.warn("thing {n}", n=1)
+            throttle.warn("thing {n}", session="s", n=1)
         self.assertEqual(len(capture.lines), 2)
         clock.advance(10)
         self.assertEqual(capture.lines[-1], "s: 3 more things in the last 10 s, not logged one by one")
-        throttle.warn("thing {n}", n=2)
+        throttle.warn("thing {n}", session="s", n=2)
         self.assertEqual(capture.lines[-1], "thing 2")
 
 

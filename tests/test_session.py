@@ -188,13 +188,14 @@ class DispatchTests(SynchronousTestCase):
 
     def test_undecodable_header_ends_session(self) -> None:
         """A message whose header does not decode ends the session and calls drop."""
-        other = self.pair.server.dial("tcp", "127.0.0.1:9", Recorder())
+        other_reader = Recorder()
+        self.pair.server.dial("tcp", "127.0.0.1:9", other_reader)
         self.pair.pump()
         self.pair.server.message_received(b"\x80")
         self.assertTrue(self.pair.server.closed)
         self.assertEqual(self.pair.drops, {"server": 1, "client": 0})
         self.pair.settle()
-        for protocol in (self.recorder, other.protocol):
+        for protocol in (self.recorder, other_reader):
             self.assertEqual(protocol.lost, 1)
             self.assertTrue(protocol.reason.check(MalformedMessage))
         self.assertEqual(self.pair.server.streams, {})
