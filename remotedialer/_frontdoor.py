@@ -41,6 +41,7 @@ from twisted.internet.ssl import CertificateOptions, VerificationError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
@@ -54,7 +55,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from remotedialer._endpoint import ClientNotConnected
+from remotedialer._endpoint import ClientNotConnected, TunnelAgentEndpointFactory
+from remotedialer._headlimit import HeadLimitedEndpointFactory
 
 #: Go's default when ?timeout= is not given.
 DEFAULT_TIMEOUT = 15.0
@@ -246,14 +248,25 @@ class FrontDoor(Resource):
 
     @param tls_policy: verifies https targets (default: the system trust
         store, C{BrowserLikePolicyForHTTPS()}).
+    @param response_head_bytes: largest response head (status line and
+        headers) read from a target; C{response_headers} the most header
+        lines.  Over either: 502 (see L{remotedialer._headlimit}).
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, server, reactor=None, tls_policy: IPolicyForHTTPS | None = None) -> None:
+    def __init__(
+        self,
+        server,
+        reactor=None,
+        tls_policy: IPolicyForHTTPS | None = None,
+        response_head_bytes: int = 64 * 1024,
+        response_headers: int = 100,
+    ) -> None:
         super().__init__()
         self._server = server
+        self._head_limits = (response_head_bytes, response_headers)
         self._reactor = reactor if reactor is not None else server.reactor
         self._pool = HTTPConnectionPool(self._reactor, persistent=False)
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
@@ -279,7 +292,9 @@ class FrontDoor(Resource):
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
                            if k.lower() not in HOP_BY_HOP})
-        agent = self._server.agent(client_key, pool=self._pool, tls_policy=self._tls_policy)
+        endpoints = HeadLimitedEndpointFactory(
+            TunnelAgentEndpointFactory(self._server, client_key, self._tls_policy), *self._head_limits)
+        agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
         body = None
         if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             body = FileBodyProducer(request.content)

@@ -735,6 +735,50 @@ class FrontDoorTests(TestCase):
 
         return run(go())
 
+    def test_endless_response_head_is_502_at_once(self):
+        """
+        A target answering with header lines without end: 502 as soon as the
+        head passes 64 KiB, not at the timeout, and the target's connection
+        is closed (nothing keeps being read and buffered).
+        """
+
+        async def go():
+            await self._setup()
+            closed = defer.Deferred()
+
+            class EndlessHead(Protocol):
+                """Header lines, 64 KiB a reactor turn, until the connection closes (or 32 MiB)."""
+
+                sent = 0
+
+                def connectionMade(self):
+                    self.transport.write(b"HTTP/1.1 200 OK\r\n")
+                    self.more()
+
+                def more(self):
+                    if self.transport.disconnecting or self.sent > 32 * MiB:
+                        return
+                    self.transport.write((b"X-A: " + b"a" * 1000 + b"\r\n") * 64)
+                    self.sent += 64 * 1007
+                    self.call = reactor.callLater(0, self.more)
+
+                def connectionLost(self, reason=None):
+                    if self.call.active():
+                        self.call.cancel()
+                    closed.callback(self.sent)
+
+            target = await listen_tcp(Factory.forProtocol(EndlessHead), self)
+            started = time.monotonic()
+            response = await treq.get(self.url("x", address=f"127.0.0.1:{target.getHost().port}"),
+                                      pool=self.pool)
+            body = await response.content()
+            self.assertLess(time.monotonic() - started, 5)
+            self.assert_reason(response, body, 502, b"response head is over 65536 bytes")
+            sent = await closed
+            self.assertLess(sent, 32 * MiB)
+
+        return run(go())
+
     # The front door ends every exchange.
 
     def test_client_gone_mid_body_aborts_slow_reader(self):

@@ -1,0 +1,106 @@
+"""
+A bound on the response heads the front door reads from targets.
+
+twisted.web's HTTP client parses a response's status line and headers with
+no limit on their total size or count, so a target (or the tunnel client in
+front of it) that answers with an endless stream of header lines would make
+the server buffer them all.  This wraps each connection the front door's
+Agent makes: the bytes before the first empty line (the head) are counted,
+and past C{head_bytes} or C{max_headers} lines the connection is aborted
+and the request fails with L{ResponseHeadTooLarge} (a 502 with that text).
+
+The front door makes one request per connection, so only the first head of
+a connection is counted; the wrapper sits above TLS, so it sees plaintext.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+__all__ = ["HeadLimitedEndpointFactory", "ResponseHeadTooLarge"]
+
+_HEAD_END = b"\r\n\r\n"
+
+
+class ResponseHeadTooLarge(ConnectionLost):
+    """The target's response head was over the front door's limits."""
+
+    def __str__(self) -> str:
+        return " ".join(str(arg) for arg in self.args)
+
+
+class _HeadLimit(ProtocolWrapper):
+    def __init__(self, factory: _HeadLimitFactory, wrapped: Any) -> None:
+        super().__init__(factory, wrapped)
+        self._seen = 0
+        self._lines = 0
+        self._tail = b""
+        self._counting = True
+        self._too_large: str | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._counting:
+            limits = self.factory
+            scan = self._tail + data
+            end = scan.find(_HEAD_END)
+            head_part = len(data) if end < 0 else end + len(_HEAD_END) - len(self._tail)
+            self._seen += head_part
+            self._lines += scan.count(b"\r\n", 0, end + 2 if end >= 0 else len(scan)) - self._tail.count(b"\r\n")
+            if self._seen > limits.head_bytes or self._lines > limits.max_headers + 1:
+                self._too_large = (f"the target's response head is over {limits.head_bytes} bytes "
+                                   f"or {limits.max_headers} headers")
+                self._counting = False
+                self.transport.abortConnection()
+                return
+            if end >= 0:
+                self._counting = False
+            else:
+                self._tail = scan[-3:]
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._too_large is not None:
+            reason = Failure(ResponseHeadTooLarge(self._too_large))
+        super().connectionLost(reason)
+
+
+class _HeadLimitFactory(WrappingFactory):
+    protocol = _HeadLimit
+
+    def __init__(self, wrapped: Any, head_bytes: int, max_headers: int) -> None:
+        super().__init__(wrapped)
+        self.head_bytes = head_bytes
+        self.max_headers = max_headers
+
+
+@implementer(IStreamClientEndpoint)
+class _HeadLimitedEndpoint:
+    def __init__(self, endpoint: IStreamClientEndpoint, head_bytes: int, max_headers: int) -> None:
+        self._endpoint = endpoint
+        self._head_bytes = head_bytes
+        self._max_headers = max_headers
+
+    def connect(self, protocolFactory: Any) -> Any:
+        factory = _HeadLimitFactory(protocolFactory, self._head_bytes, self._max_headers)
+        return self._endpoint.connect(factory).addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
+@implementer(IAgentEndpointFactory)
+class HeadLimitedEndpointFactory:
+    """Wraps C{inner}'s endpoints so that response heads are bounded (see module docstring)."""
+
+    def __init__(self, inner: IAgentEndpointFactory, head_bytes: int = 64 * 1024,
+                 max_headers: int = 100) -> None:
+        self._inner = inner
+        self._head_bytes = head_bytes
+        self._max_headers = max_headers
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        return _HeadLimitedEndpoint(self._inner.endpointForURI(uri), self._head_bytes, self._max_headers)
