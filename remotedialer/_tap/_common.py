@@ -55,8 +55,10 @@ _UPGRADE_FLAGS = [
     ("upgrade-timeout", "timeout", float, "Seconds a connection may take to send its request head."),
     ("max-pending-upgrades", "max_pending", int,
      "Connections at once still sending their request head; more are closed at once."),
-    ("max-header-bytes", "header_bytes", int, "Largest request head accepted, bytes (bigger: 431)."),
-    ("max-headers", "max_headers", int, "Most header lines in a request head (more: 431)."),
+    ("max-header-bytes", "header_bytes", int,
+     "Largest request head accepted (bigger: 431), and response head the front door reads (bigger: 502)."),
+    ("max-headers", "max_headers", int,
+     "Most header lines in a request head accepted (431) or a response head read (502)."),
 ]
 
 

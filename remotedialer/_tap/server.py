@@ -108,7 +108,9 @@ def makeService(options: Options) -> MultiService:
                  "anyone on the path to them can impersonate them")
     root = Resource()
     root.putChild(b"connect", server.resource)
-    front_door = FrontDoor(server, tls_policy=options["target_tls_policy"])
+    upgrade = options["upgrade_limits"]
+    front_door = FrontDoor(server, tls_policy=options["target_tls_policy"],
+                           response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers)
     root.putChild(b"client", front_door)
     top = MultiService()
     site = HeaderGuardFactory(Site(root), options["upgrade_limits"])
