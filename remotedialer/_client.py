@@ -55,7 +55,7 @@ def endpoint_for_url(
     if secure:
         if tls_options is None:
             tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
-        endpoint = wrapClientTLS(tls_options, endpoint)
+        endpoint = wrapClientTLS(tls_options, endpoint, clock=reactor)
     return endpoint
 
 

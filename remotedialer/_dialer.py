@@ -10,7 +10,13 @@ import fnmatch
 from typing import Callable, Iterable
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from zope.interface import implementer
@@ -75,6 +81,12 @@ class LocalDialer:
         """The endpoint for a target, authorized or not."""
         if proto in ("tcp", "tcp4", "tcp6"):
             host, port = split_host_port(address)
+            # An IP literal needs no name resolution (HostnameEndpoint would
+            # still go through the resolver's thread pool on every dial).
+            if isIPAddress(host):
+                return TCP4ClientEndpoint(self._reactor, host, port, timeout=self._timeout)
+            if isIPv6Address(host):
+                return TCP6ClientEndpoint(self._reactor, host, port, timeout=self._timeout)
             return HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
         if proto == "unix":
             return UNIXClientEndpoint(self._reactor, address, timeout=self._timeout)

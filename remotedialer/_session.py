@@ -18,11 +18,12 @@ transport drains.  Each writer overshoots by at most one chunk.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime
+from twisted.internet.task import CooperativeTask
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -89,10 +90,13 @@ class Session:
         clock: IReactorTime | None = None,
         limits: FlowLimits | None = None,
         session_limits: SessionLimits | None = None,
+        cooperate: Callable[[Iterator[None]], CooperativeTask] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+        #: Drives pull producers registered on streams (default: Twisted's cooperator).
+        self.cooperate = cooperate
         self.mux = Multiplexer(
             client_key=client_key,
             session_key=session_key,
@@ -321,6 +325,10 @@ class Session:
         """The transport is going away; connectionLost follows and ends the streams."""
 
     # Ending.
+
+    def drop(self, reason: Failure | None = None) -> None:
+        """End the session from our side: every stream ends now, the WebSocket is dropped."""
+        self.lose(reason if reason is not None else Failure(ConnectionLost("tunnel session dropped")))
 
     def lose(self, reason: Failure) -> None:
         """

@@ -233,7 +233,7 @@ class TunnelStream:
             producer.stopProducing()
             return
         if not streaming:
-            self._pull_adapter = PullToPush(producer, self)
+            self._pull_adapter = PullToPush(producer, self, self._session.cooperate)
             producer = self._pull_adapter
         self._producer = producer
         self._producer_paused = False
