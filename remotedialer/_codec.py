@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from remotedialer._logtext import quoted
+from remotedialer._logtext import cut
 
 __all__ = [
     "LEGACY_DEADLINE",
@@ -181,11 +181,11 @@ class Message:
             raise MalformedMessage("Connect target is not ASCII") from None
         proto, slash, address = text.partition("/")
         if not slash:
-            raise MalformedMessage(f"Connect target {quoted(text)} has no '/'")
+            raise MalformedMessage(f"Connect target {cut(text)} has no '/'")
         if not proto:
-            raise MalformedMessage(f"Connect target {quoted(text)} has an empty proto")
+            raise MalformedMessage(f"Connect target {cut(text)} has an empty proto")
         if not address:
-            raise MalformedMessage(f"Connect target {quoted(text)} has an empty address")
+            raise MalformedMessage(f"Connect target {cut(text)} has an empty address")
         return proto, address
 
     def error_text(self) -> str:
@@ -200,14 +200,14 @@ class Message:
             raise MalformedMessage("client/session payload is not UTF-8") from None
         client_key, slash, session = text.rpartition("/")
         if not slash:
-            raise MalformedMessage(f"client/session payload {quoted(text)} has no '/'")
+            raise MalformedMessage(f"client/session payload {cut(text)} has no '/'")
         if not client_key:
-            raise MalformedMessage(f"client/session payload {quoted(text)} has an empty client key")
+            raise MalformedMessage(f"client/session payload {cut(text)} has an empty client key")
         if not _DECIMAL.fullmatch(session):
-            raise MalformedMessage(f"session key {quoted(session)} is not a decimal integer")
+            raise MalformedMessage(f"session key {cut(session)} is not a decimal integer")
         session_key = int(session)
         if not _INT64_MIN <= session_key <= _INT64_MAX:
-            raise MalformedMessage(f"session key {quoted(session)} is outside the int64 range")
+            raise MalformedMessage(f"session key {cut(session)} is outside the int64 range")
         return client_key, session_key
 
     def conn_ids(self) -> list[int]:

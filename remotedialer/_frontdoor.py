@@ -34,6 +34,7 @@ import math
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
+from twisted.internet.error import ConnectionDone
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -181,7 +182,12 @@ class _BodyRelay(Protocol):
         request = self._exchange.request
         if not self._exchange.reader_gone and request.producer is not None:
             request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        lost = self._exchange.connection_lost
+        if reason.check(PotentialDataLoss) and lost is not None and not lost.check(ConnectionDone):
+            # A body read until the connection closed, and it closed with an
+            # error (the tunnel stream was cut): the body is not complete.
+            self.done.errback(lost)
+        elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
             self.done.errback(reason)
@@ -201,10 +207,15 @@ class _Exchange:
         self.request = request
         self.url = url
         self.reader_gone = False
+        #: Why the upstream connection ended, as its transport said.
+        self.connection_lost: Failure | None = None
         self.fetch: defer.Deferred | None = None
         self.relay: _BodyRelay | None = None
         self._abort_call = None
         request.notifyFinish().addErrback(self._reader_left)
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self.connection_lost = reason
 
     def _reader_left(self, _reason) -> None:
         # Stop fetching, or stop the body (closing the tunnel stream).
@@ -292,13 +303,14 @@ class FrontDoor(Resource):
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
                            if k.lower() not in HOP_BY_HOP})
+        exchange = _Exchange(request, url)
         endpoints = HeadLimitedEndpointFactory(
-            TunnelAgentEndpointFactory(self._server, client_key, self._tls_policy), *self._head_limits)
+            TunnelAgentEndpointFactory(self._server, client_key, self._tls_policy), *self._head_limits,
+            on_lost=exchange.upstream_lost)
         agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
         body = None
         if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             body = FileBodyProducer(request.content)
-        exchange = _Exchange(request, url)
         d = exchange.fetch = defer.maybeDeferred(agent.request, request.method, url, headers, body)
         # Agent turns a cancelled request into ResponseNeverReceived, which
         # addTimeout would not recognise as its own timeout: say so ourselves.

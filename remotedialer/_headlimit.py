@@ -15,6 +15,7 @@ a connection is counted; the wrapper sits above TLS, so it sees plaintext.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import ConnectionLost
@@ -68,39 +69,53 @@ class _HeadLimit(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:
         if self._too_large is not None:
             reason = Failure(ResponseHeadTooLarge(self._too_large))
+        if self.factory.on_lost is not None:
+            self.factory.on_lost(reason)
         super().connectionLost(reason)
 
 
 class _HeadLimitFactory(WrappingFactory):
     protocol = _HeadLimit
 
-    def __init__(self, wrapped: Any, head_bytes: int, max_headers: int) -> None:
+    def __init__(self, wrapped: Any, head_bytes: int, max_headers: int,
+                 on_lost: Callable[[Failure], object] | None = None) -> None:
         super().__init__(wrapped)
         self.head_bytes = head_bytes
         self.max_headers = max_headers
+        self.on_lost = on_lost
 
 
 @implementer(IStreamClientEndpoint)
 class _HeadLimitedEndpoint:
-    def __init__(self, endpoint: IStreamClientEndpoint, head_bytes: int, max_headers: int) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, head_bytes: int, max_headers: int,
+                 on_lost: Callable[[Failure], object] | None) -> None:
         self._endpoint = endpoint
         self._head_bytes = head_bytes
         self._max_headers = max_headers
+        self._on_lost = on_lost
 
     def connect(self, protocolFactory: Any) -> Any:
-        factory = _HeadLimitFactory(protocolFactory, self._head_bytes, self._max_headers)
+        factory = _HeadLimitFactory(protocolFactory, self._head_bytes, self._max_headers, self._on_lost)
         return self._endpoint.connect(factory).addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
 @implementer(IAgentEndpointFactory)
 class HeadLimitedEndpointFactory:
-    """Wraps C{inner}'s endpoints so that response heads are bounded (see module docstring)."""
+    """
+    Wraps C{inner}'s endpoints so that response heads are bounded (see
+    module docstring).  C{on_lost} hears why each connection really ended:
+    for a body read until the connection closes, twisted.web reports any
+    end as possible data loss, so only this tells a complete body from one
+    cut short by an error.
+    """
 
     def __init__(self, inner: IAgentEndpointFactory, head_bytes: int = 64 * 1024,
-                 max_headers: int = 100) -> None:
+                 max_headers: int = 100, on_lost: Callable[[Failure], object] | None = None) -> None:
         self._inner = inner
         self._head_bytes = head_bytes
         self._max_headers = max_headers
+        self._on_lost = on_lost
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return _HeadLimitedEndpoint(self._inner.endpointForURI(uri), self._head_bytes, self._max_headers)
+        return _HeadLimitedEndpoint(self._inner.endpointForURI(uri), self._head_bytes, self._max_headers,
+                                    self._on_lost)

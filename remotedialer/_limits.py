@@ -57,7 +57,7 @@ class SessionLimits:
     max_streams: int = attrs.field(default=16384, validator=_positive)
     max_pending_dials: int = attrs.field(default=1024, validator=_positive)
     session_buffer: int = attrs.field(default=64 * MIB, validator=_positive)
-    send_high_water: int = attrs.field(default=8 * MIB, validator=_positive)
+    send_high_water: int = attrs.field(default=4 * MIB, validator=_positive)
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "printable", "quoted"]
+__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "printable", "quoted"]
 
 #: Longest piece of peer-supplied text put in a log line or error message.
 LOG_TEXT_LIMIT = 128
@@ -40,6 +40,13 @@ def printable(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
 def quoted(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
     """L{printable} in double quotes, for text inside a sentence."""
     return f'"{printable(text, limit)}"'
+
+
+def cut(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
+    """C{text} in double quotes, cut to C{limit} characters but not escaped:
+    for messages that are escaped once, where they are logged."""
+    more = len(text) - limit
+    return f'"{text[:limit]}...({more} more characters)"' if more > 0 else f'"{text}"'
 
 
 def address(addr: object) -> str:

@@ -821,6 +821,48 @@ class FrontDoorTests(TestCase):
 
         return run(go())
 
+    def test_read_until_close_body_cut_is_not_complete(self):
+        """
+        A body with no length (read until the target closes) whose tunnel
+        stream is cut by an error: the reader must see a truncated response
+        (no last chunk), not a complete-looking one; a clean close of the
+        same body ends it properly.
+        """
+
+        async def go():
+            await self._setup()
+            targets = []
+
+            class UntilClose(Protocol):
+                def connectionMade(self):
+                    targets.append(self)
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 1000)
+
+            class Keep(RawHTTP):
+                raw = b""
+
+                def dataReceived(self, data):
+                    self.raw += data
+                    super().dataReceived(data)
+
+            port = await listen_tcp(Factory.forProtocol(UntilClose), self)
+            request = (f"GET /client/foo/http/127.0.0.1:{port.getHost().port}/x HTTP/1.1\r\n"
+                       "Host: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
+            for clean in (True, False):
+                reader = await self._raw(Keep(request))
+                await eventually(lambda: len(targets) == (1 if clean else 2), timeout=5)
+                await eventually(lambda: reader.body_bytes >= 1000, timeout=5)
+                if clean:
+                    targets[-1].transport.loseConnection()
+                else:
+                    [stream] = self._server_streams()
+                    stream.close_with_error("cut")
+                await reader.done
+                self.assertEqual(reader.status_line, b"HTTP/1.1 200 OK")
+                self.assertEqual(reader.raw.endswith(b"0\r\n\r\n"), clean, reader.raw[-20:])
+
+        return run(go())
+
 
 # HTTP/2 downstream (curl), and the tunnel path refusing HTTP/2.
 
