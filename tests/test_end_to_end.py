@@ -12,7 +12,6 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
-
 from tests.support import (
     Collector,
     Echo,
@@ -22,7 +21,6 @@ from tests.support import (
     eventually,
     listen_tcp,
     sha256_of,
-    wait,
 )
 
 MiB = 1024 * 1024
@@ -42,6 +40,19 @@ class _Factory(Factory):
 
 def _connect(endpoint, protocol):
     return endpoint.connect(Factory.forProtocol(lambda: protocol))
+
+
+class Settled:
+    """A predicate: true once C{stream}'s backlog is the same at two polls in a row."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._previous: int | None = None
+
+    def __call__(self) -> bool:
+        size = self._stream.buffered_inbound
+        previous, self._previous = self._previous, size
+        return previous == size
 
 
 class EndToEndTests(TestCase):
@@ -132,10 +143,11 @@ class BackPressureTests(TestCase):
         stream = reader.transport
         await eventually(lambda: reader.received > 0)
         stream.pauseProducing()
-        peak = 0
-        for _ in range(150):  # 3 s with the reader stopped
-            await wait(0.02)
-            peak = max(peak, stream.buffered_inbound)
+        # The far sender pauses once the backlog passes the threshold (Pause
+        # on the wire, its TCP read paused); the backlog then stops growing.
+        await eventually(lambda: source.instances[0].pauses > 0)
+        await eventually(Settled(stream), interval=0.05)
+        peak = stream.buffered_inbound
         paused_at = reader.received
         self.assertIn("PAUSE", spy.types)
         self.assertGreater(source.instances[0].pauses, 0)
@@ -169,10 +181,8 @@ class BackPressureTests(TestCase):
         await eventually(lambda: sink.instances and sink.instances[0].received > 0)
         target = sink.instances[0]
         target.transport.pauseProducing()  # the target stops reading
-        await wait(2)
+        await eventually(lambda: sender.pauses > 0 and sender.transport.handle.remote_paused)
         stopped_at = target.received
-        self.assertGreater(sender.pauses, 0)
-        self.assertTrue(sender.transport.handle.remote_paused)
         target.transport.resumeProducing()
         data = await target.done
         self.assertLess(stopped_at, payload.size)
@@ -213,7 +223,7 @@ class ConcurrencyTests(TestCase):
             protocols.append(protocol)
             await _connect(harness.server.endpoint("foo", "tcp", address), protocol)
         results = await defer.gatherResults([p.done for p in protocols])
-        for protocol, data in zip(protocols, results):
+        for protocol, data in zip(protocols, results, strict=True):
             self.assertEqual(sha256_of(data), sha256_of(protocol.payload))
         self.assertEqual(harness.server.sessions.local_session("foo").streams, {})
 
