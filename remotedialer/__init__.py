@@ -14,6 +14,7 @@ Module map, from the wire up (one job each):
     _mux         the sans-IO multiplexer: bytes in -> events out, commands -> messages
     _addresses   host:port splitting, the Twisted address of a target
     _producers   a pull producer driven as a push producer
+    _deferred    maybeDeferred, typed for callables returning a value or a Deferred
     _stream      one stream as a Twisted transport over the multiplexer
     _session     the Twisted adapter pumping one multiplexer; the session factory
     _relay       byte pipe between two transports (portforward idiom)
@@ -34,7 +35,8 @@ Module map, from the wire up (one job each):
     testing      test doubles: a tunnel in memory
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage

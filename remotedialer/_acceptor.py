@@ -11,12 +11,14 @@ text (Go drops the whole session when its authorizer says no).
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from remotedialer._deferred import maybe_deferred
 from remotedialer._interfaces import IDialPolicy
-from remotedialer._logtext import printable
+from remotedialer._logtext import failure_text, printable
 from remotedialer._relay import Relay
 from remotedialer._stream import TunnelStream
 
@@ -51,13 +53,13 @@ class Acceptor:
             stream.close_with_error(f"too many dials in progress (limit {self._max_pending})")
             return
         self.pending += 1
-        d = defer.maybeDeferred(self._policy.endpoint_for, proto, address)
+        d = maybe_deferred(self._policy.endpoint_for, proto, address)
 
-        def settled(result):
+        def settled(result: object) -> object:
             self.pending -= 1
             return result
 
-        def connect(endpoint):
+        def connect(endpoint: IStreamClientEndpoint | None) -> defer.Deferred[IProtocol] | None:
             if stream.closed:  # the far side gave up while we decided
                 return None
             if endpoint is None:
@@ -71,7 +73,7 @@ class Acceptor:
     def _dial_failed(self, failure: Failure, stream: TunnelStream, proto: str, address: str) -> None:
         if failure.check(defer.CancelledError) or stream.closed:
             return
-        reason = failure.getErrorMessage() or failure.type.__name__
+        reason = failure_text(failure)
         self.log.info("stream {conn_id}: dial {target} failed: {reason}",
                       conn_id=stream.conn_id, target=printable(f"{proto}/{address}"),
                       reason=printable(reason))

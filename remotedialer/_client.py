@@ -7,16 +7,26 @@ backoff after any loss (refused handshakes included) is Twisted's, not ours.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from remotedialer._deferred import maybe_deferred
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer._endpoint import TunnelEndpoint
 from remotedialer._flow import FlowLimits
@@ -27,15 +37,19 @@ from remotedialer._stream import TunnelStream
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
     PING_INTERVAL,
-    TunnelClientProtocol,
+    _TunnelProtocol,
     client_factory,
 )
 
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+
 def endpoint_for_url(
-    reactor,
+    reactor: IReactorTime,
     url: str,
     tls_options: IOpenSSLClientConnectionCreator | None = None,
-    trust_root=None,
+    trust_root: IOpenSSLTrustRoot | Certificate | None = None,
 ) -> IStreamClientEndpoint:
     """
     The endpoint for a C{ws://} or C{wss://} URL.  wss always verifies the
@@ -51,7 +65,7 @@ def endpoint_for_url(
         port = parts.port or (443 if secure else 80)
     except ValueError as e:
         raise ValueError(f"{url!r}: {e}") from None
-    endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
     if secure:
         if tls_options is None:
             tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
@@ -77,7 +91,15 @@ class _ServerRotation:
     server of an HA group).  Autobahn's factory is told which URL it speaks to.
     """
 
-    def __init__(self, reactor, urls: list[str], tls_options, trust_root, websocket_factory, headers) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        urls: list[str],
+        tls_options: IOpenSSLClientConnectionCreator | None,
+        trust_root: IOpenSSLTrustRoot | Certificate | None,
+        websocket_factory: WebSocketClientFactory,
+        headers: dict[str, str],
+    ) -> None:
         self._targets = [(url, endpoint_for_url(reactor, url, tls_options, trust_root)) for url in urls]
         self._index = 0
         self._factory = websocket_factory
@@ -90,12 +112,12 @@ class _ServerRotation:
     def rotate(self) -> None:
         self._index = (self._index + 1) % len(self._targets)
 
-    def connect(self, protocolFactory) -> defer.Deferred:
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         url, endpoint = self._targets[self._index]
         self._factory.setSessionParameters(url=url, headers=self._headers)
         d = endpoint.connect(protocolFactory)
 
-        def failed(failure):
+        def failed(failure: Failure) -> Failure:
             self.rotate()
             return failure
 
@@ -126,9 +148,9 @@ class TunnelClient(WebSocketLink):
         *,
         connect_authorizer: ConnectAuthorizer,
         headers: dict[str, str] | None = None,
-        reactor=None,
+        reactor: IReactorTime | None = None,
         tls_options: IOpenSSLClientConnectionCreator | None = None,
-        trust_root=None,
+        trust_root: IOpenSSLTrustRoot | Certificate | None = None,
         on_connect: Callable[[Session], object] | None = None,
         retry_policy: Callable[[int], float] | None = None,
         trace: bool = False,
@@ -139,7 +161,9 @@ class TunnelClient(WebSocketLink):
         flow_limits: FlowLimits | None = None,
     ) -> None:
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("no server URL")
@@ -158,7 +182,7 @@ class TunnelClient(WebSocketLink):
         self._sessions = SessionFactory(reactor, trace=trace, limits=flow_limits,
                                         session_limits=session_limits)
         self._client_key = client_key
-        self._waiters: list[defer.Deferred] = []
+        self._waiters: list[defer.Deferred[Session]] = []
         self._ready = False
 
     @property
@@ -166,17 +190,17 @@ class TunnelClient(WebSocketLink):
         """The server URL in use (or to be tried next)."""
         return self._rotation.url
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[None]:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(ConnectionError("client stopped"))
         return super().stopService()
 
-    def when_connected(self) -> defer.Deferred:
+    def when_connected(self) -> defer.Deferred[Session]:
         """Fires with the L{Session} once the tunnel is open (and the on-connect hook done)."""
         if self.session is not None and self._ready:
             return defer.succeed(self.session)
-        d = defer.Deferred()
+        d: defer.Deferred[Session] = defer.Deferred()
         self._waiters.append(d)
         return d
 
@@ -196,7 +220,7 @@ class TunnelClient(WebSocketLink):
 
     # The link.
 
-    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+    def make_session(self, protocol: _TunnelProtocol) -> Session:
         return self._sessions.session(
             protocol,
             client_key=self._client_key,
@@ -204,21 +228,21 @@ class TunnelClient(WebSocketLink):
             dialer=self._dialer,
         )
 
-    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
+    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
         self.log.info("tunnel to {url} open", url=self.url)
         self._ready = False
         if self._on_connect is None:
             self._ready_now(session)
             return
 
-        def hook_failed(failure):
+        def hook_failed(failure: Failure) -> None:
             # Not ready: the attempt counts as failed, so the retry backs
             # off (the drop moves on to the next server).
             self.log.failure("on-connect hook failed; dropping the tunnel", failure)
             self._failed_opens += 1
             protocol.drop()
 
-        d = defer.maybeDeferred(self._on_connect, session)
+        d = maybe_deferred(self._on_connect, session)
         d.addCallbacks(lambda _: self._ready_now(session), hook_failed)
 
     def _ready_now(self, session: Session) -> None:

@@ -333,7 +333,7 @@ def _client_payload(client_key: str, session_key: int) -> bytes:
         raise ValueError(f"client key {client_key!r} must be non-empty and without '/'")
     if not _INT64_MIN <= session_key <= _INT64_MAX:
         raise ValueError(f"session key {session_key} is outside the int64 range")
-    payload = f"{client_key}/{session_key}".encode("utf-8")
+    payload = f"{client_key}/{session_key}".encode()
     if len(payload) > MAX_CLIENT_PAYLOAD:
         raise ValueError(f"client/session payload is over {MAX_CLIENT_PAYLOAD} bytes")
     return payload

@@ -7,7 +7,7 @@ its local targets, or a server the client may dial.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -18,10 +18,10 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-
 from zope.interface import implementer
 
 from remotedialer._addresses import split_host_port
+from remotedialer._deferred import maybe_deferred
 from remotedialer._interfaces import IDialPolicy
 
 #: Go's dial timeout for the targets of Connect.
@@ -71,11 +71,13 @@ class LocalDialer:
         self._authorizer = authorizer
         self._timeout = timeout
 
-    def endpoint_for(self, proto: str, address: str) -> defer.Deferred:
-        d = defer.maybeDeferred(self._authorizer, proto, address)
-        return d.addCallback(
-            lambda allowed: self.endpoint(proto, address) if allowed else None
-        )
+    def endpoint_for(self, proto: str, address: str) -> defer.Deferred[IStreamClientEndpoint | None]:
+        d = maybe_deferred(self._authorizer, proto, address)
+
+        def decided(allowed: bool) -> IStreamClientEndpoint | None:
+            return self.endpoint(proto, address) if allowed else None
+
+        return d.addCallback(decided)
 
     def endpoint(self, proto: str, address: str) -> IStreamClientEndpoint:
         """The endpoint for a target, authorized or not."""

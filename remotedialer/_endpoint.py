@@ -11,8 +11,8 @@ from typing import Protocol as TypingProtocol
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectError, NoProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -23,7 +23,7 @@ class ClientNotConnected(ConnectError):
     """No session (local or through a peer) reaches that client."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(string=message)
+        super().__init__(string=message)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self.message = message
 
     def __str__(self) -> str:
@@ -52,7 +52,7 @@ class TunnelEndpoint:
     def __repr__(self) -> str:
         return f"<TunnelEndpoint {self._client_key}:{self._proto}/{self._address}>"
 
-    def connect(self, protocolFactory) -> defer.Deferred:
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         try:
             stream = self._opener.open_stream(self._client_key, self._proto, self._address)
         except Exception:
@@ -90,9 +90,10 @@ class TunnelAgentEndpointFactory:
         self._client_key = client_key
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
-    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
-        endpoint = TunnelEndpoint(self._opener, self._client_key, "tcp", _netloc(host, uri.port))
+        endpoint: IStreamClientEndpoint = TunnelEndpoint(
+            self._opener, self._client_key, "tcp", _netloc(host, uri.port))
         if uri.scheme == b"https":
             creator = self._tls_policy.creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)
@@ -100,7 +101,7 @@ class TunnelAgentEndpointFactory:
 
 
 def tunnel_agent(
-    reactor,
+    reactor: IReactorTime,
     opener: StreamOpener,
     client_key: str,
     pool: HTTPConnectionPool | None = None,
@@ -108,4 +109,5 @@ def tunnel_agent(
 ) -> Agent:
     """An Agent whose requests all go through C{client_key}'s tunnel."""
     factory = TunnelAgentEndpointFactory(opener, client_key, tls_policy)
-    return Agent.usingEndpointFactory(reactor, factory, pool=pool)
+    agent: Agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
+    return agent

@@ -31,13 +31,19 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NoReturn
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.error import ConnectionDone
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions, VerificationError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,13 +57,20 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from remotedialer._deferred import maybe_deferred
 from remotedialer._endpoint import ClientNotConnected, TunnelAgentEndpointFactory
 from remotedialer._headlimit import HeadLimitedEndpointFactory
+from remotedialer._logtext import failure_text
+
+if TYPE_CHECKING:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from remotedialer._server import Server
 
 #: Go's default when ?timeout= is not given.
 DEFAULT_TIMEOUT = 15.0
@@ -92,7 +105,7 @@ class _UnverifiedCreator:
         text = hostname.decode("ascii", "replace")
         self._server_name = None if isIPAddress(text) or isIPv6Address(text) else hostname
 
-    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         if self._server_name is not None:
@@ -135,21 +148,32 @@ def describe_failure(failure: Failure) -> str | None:
             text = "the target's answer is not valid HTTP"
         return text or None
     if failure.check(SSL.Error):
-        errors = failure.value.args[0] if failure.value.args else []
-        details = [e[-1] for e in errors if isinstance(e, tuple) and e and e[-1]] if isinstance(errors, list) else []
+        value = failure.value
+        errors = value.args[0] if value is not None and value.args else []
+        details = []
+        if isinstance(errors, list):
+            details = [e[-1] for e in errors if isinstance(e, tuple) and e and e[-1]]
         return "TLS handshake failed: " + (", ".join(details) or "no reason given")
     if failure.check(VerificationError):
         return "TLS handshake failed: the certificate is not for this host"
     if failure.check(*_READABLE):
-        return " ".join((failure.getErrorMessage() or failure.type.__name__).split())
+        return " ".join(failure_text(failure).split())
     return None
 
 
 # One exchange.
 
 
+class _BodyProtocol(Protocol):
+    """A protocol for a response body (C{IResponse.deliverBody})."""
+
+    # deliverBody connects the protocol to an IPushProducer, not an
+    # ITransport, which Protocol's own annotation cannot allow for.
+    transport: IPushProducer  # type: ignore[assignment]
+
+
 @implementer(IPushProducer)
-class _BodyRelay(Protocol):
+class _BodyRelay(_BodyProtocol):
     """
     Streams an upstream response body into the downstream request, and is
     the request's producer: pause and resume go to the upstream transport,
@@ -159,7 +183,7 @@ class _BodyRelay(Protocol):
 
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
-        self.done: defer.Deferred = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
         self._exchange.request.registerProducer(self, True)
@@ -178,7 +202,7 @@ class _BodyRelay(Protocol):
         self._exchange.reader_gone = True
         self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         request = self._exchange.request
         if not self._exchange.reader_gone and request.producer is not None:
             request.unregisterProducer()
@@ -193,7 +217,7 @@ class _BodyRelay(Protocol):
             self.done.errback(reason)
 
 
-class _Discard(Protocol):
+class _Discard(_BodyProtocol):
     """A body nobody will read: stop it (which closes its tunnel stream)."""
 
     def connectionMade(self) -> None:
@@ -203,21 +227,21 @@ class _Discard(Protocol):
 class _Exchange:
     """One front-door request: its fetch, its body relay, whether its reader left."""
 
-    def __init__(self, request, url: bytes) -> None:
+    def __init__(self, request: Request, url: bytes) -> None:
         self.request = request
         self.url = url
         self.reader_gone = False
         #: Why the upstream connection ended, as its transport said.
         self.connection_lost: Failure | None = None
-        self.fetch: defer.Deferred | None = None
+        self.fetch: defer.Deferred[IResponse] | None = None
         self.relay: _BodyRelay | None = None
-        self._abort_call = None
+        self._abort_call: IDelayedCall | None = None
         request.notifyFinish().addErrback(self._reader_left)
 
     def upstream_lost(self, reason: Failure) -> None:
         self.connection_lost = reason
 
-    def _reader_left(self, _reason) -> None:
+    def _reader_left(self, _reason: Failure) -> None:
         # Stop fetching, or stop the body (closing the tunnel stream).
         self.reader_gone = True
         if self._abort_call is not None and self._abort_call.active():
@@ -227,7 +251,7 @@ class _Exchange:
         elif self.fetch is not None:
             self.fetch.cancel()
 
-    def cut_short(self, reactor) -> None:
+    def cut_short(self, reactor: IReactorTime) -> None:
         """
         End a response whose head is sent so that the reader sees a
         truncated body, and soon: an HTTP/2 stream is reset (a clean end
@@ -249,7 +273,7 @@ class _Exchange:
         self._abort_call = reactor.callLater(ABORT_GRACE, channel.forceAbortClient)
 
 
-def _timed_out(result, timeout: float):
+def _timed_out(result: object, timeout: float) -> NoReturn:
     raise defer.TimeoutError(f"no response within {timeout:g} s")
 
 
@@ -269,23 +293,25 @@ class FrontDoor(Resource):
 
     def __init__(
         self,
-        server,
-        reactor=None,
+        server: Server,
+        reactor: IReactorTime | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
         response_head_bytes: int = 64 * 1024,
         response_headers: int = 100,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._server = server
         self._head_limits = (response_head_bytes, response_headers)
         self._reactor = reactor if reactor is not None else server.reactor
         self._pool = HTTPConnectionPool(self._reactor, persistent=False)
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
-    def render(self, request):
-        parts = request.postpath
+    def render(self, request: Request) -> bytes | int:
+        parts = request.postpath or []  # (a list, while rendering)
         if len(parts) < 3 or not all(parts[:3]):
-            return self._text(request, 404, "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]")
+            return self._text(
+                request, 404, "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]"
+            )
         client_key, scheme, host = (p.decode("utf-8", "replace") for p in parts[:3])
         if scheme not in ("http", "https"):
             return self._text(request, 400, "unsupported scheme (use http or https)")
@@ -294,11 +320,13 @@ class FrontDoor(Resource):
         except ValueError:
             timeout = math.nan
         if not 0 < timeout <= MAX_TIMEOUT:
-            return self._text(request, 400, f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT:g}")
+            return self._text(
+                request, 400, f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT:g}"
+            )
         # The path as the client sent it (postpath is already unquoted, and
         # unquoting %3F or %2F would change what the target is asked for).
         raw_path, _, query = request.uri.partition(b"?")
-        path = b"/".join(raw_path.split(b"/")[1 + len(request.prepath) + 3:])
+        path = b"/".join(raw_path.split(b"/")[1 + len(request.prepath or []) + 3:])
         kept = b"&".join(q for q in query.split(b"&") if q and not q.startswith(b"timeout="))
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
@@ -311,7 +339,7 @@ class FrontDoor(Resource):
         body = None
         if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             body = FileBodyProducer(request.content)
-        d = exchange.fetch = defer.maybeDeferred(agent.request, request.method, url, headers, body)
+        d = exchange.fetch = maybe_deferred(agent.request, request.method, url, headers, body)
         # Agent turns a cancelled request into ResponseNeverReceived, which
         # addTimeout would not recognise as its own timeout: say so ourselves.
         d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
@@ -319,7 +347,7 @@ class FrontDoor(Resource):
         d.addErrback(self._failed, exchange)
         return NOT_DONE_YET
 
-    def _respond(self, response, exchange: _Exchange) -> defer.Deferred | None:
+    def _respond(self, response: IResponse, exchange: _Exchange) -> defer.Deferred[None] | None:
         request = exchange.request
         if exchange.reader_gone:
             response.deliverBody(_Discard())
@@ -361,7 +389,7 @@ class FrontDoor(Resource):
         request.finish()
 
     @staticmethod
-    def _text(request, code: int, text: str) -> bytes:
+    def _text(request: Request, code: int, text: str) -> bytes:
         """Set an error status; the one-line text/plain body to send."""
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

@@ -21,11 +21,11 @@ twisted.web's own header limits and idle timeout.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPFactory
 
 from remotedialer._limits import UpgradeLimits
 from remotedialer._logtext import address
@@ -46,13 +46,15 @@ class _HeaderGuard(Protocol):
     negotiation and Autobahn see the transport itself) and only forwards.
     """
 
-    def __init__(self, factory: HeaderGuardFactory, addr: Any) -> None:
+    transport: ITCPTransport  # the listening port's connection (TCP or TLS)
+
+    def __init__(self, factory: HeaderGuardFactory, addr: IAddress | None) -> None:
         self.factory = factory
         self._addr = addr
         self._head = bytearray()
         self._pending = True
-        self._deadline: Any = None
-        self._site_protocol: Any = None
+        self._deadline: IDelayedCall | None = None
+        self._site_protocol: IProtocol | None = None
 
     def connectionMade(self) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.limits.timeout, self._too_slow)
@@ -106,14 +108,14 @@ class _HeaderGuard(Protocol):
         self._settled()
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._settled()
         protocol, self._site_protocol = self._site_protocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
 
 
-def _address(protocol: Protocol) -> str:
+def _address(protocol: _HeaderGuard) -> str:
     return address(protocol.transport.getPeer())
 
 
@@ -126,12 +128,14 @@ class HeaderGuardFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, wrapped: IProtocolFactory, limits: UpgradeLimits | None = None,
+    def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
                  clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = reactor
         self.wrapped = wrapped
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self.limits = limits if limits is not None else UpgradeLimits()
         self.pending = 0
         self._refusing = False
@@ -142,7 +146,7 @@ class HeaderGuardFactory(Factory):
     def stopFactory(self) -> None:
         self.wrapped.doStop()
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if self.pending >= self.limits.max_pending:
             if not self._refusing:
                 self._refusing = True

@@ -16,14 +16,19 @@ a connection is counted; the wrapper sits above TLS, so it sees plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from remotedialer._interfaces import IFlowTransport
 
 __all__ = ["HeadLimitedEndpointFactory", "ResponseHeadTooLarge"]
 
@@ -38,7 +43,10 @@ class ResponseHeadTooLarge(ConnectionLost):
 
 
 class _HeadLimit(ProtocolWrapper):
-    def __init__(self, factory: _HeadLimitFactory, wrapped: Any) -> None:
+    factory: _HeadLimitFactory
+    transport: IFlowTransport  # a TunnelStream, or TLS over one
+
+    def __init__(self, factory: _HeadLimitFactory, wrapped: IProtocol) -> None:
         super().__init__(factory, wrapped)
         self._seen = 0
         self._lines = 0
@@ -53,7 +61,8 @@ class _HeadLimit(ProtocolWrapper):
             end = scan.find(_HEAD_END)
             head_part = len(data) if end < 0 else end + len(_HEAD_END) - len(self._tail)
             self._seen += head_part
-            self._lines += scan.count(b"\r\n", 0, end + 2 if end >= 0 else len(scan)) - self._tail.count(b"\r\n")
+            head_end = end + 2 if end >= 0 else len(scan)
+            self._lines += scan.count(b"\r\n", 0, head_end) - self._tail.count(b"\r\n")
             if self._seen > limits.head_bytes or self._lines > limits.max_headers + 1:
                 self._too_large = (f"the target's response head is over {limits.head_bytes} bytes "
                                    f"or {limits.max_headers} headers")
@@ -64,22 +73,22 @@ class _HeadLimit(ProtocolWrapper):
                 self._counting = False
             else:
                 self._tail = scan[-3:]
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._too_large is not None:
             reason = Failure(ResponseHeadTooLarge(self._too_large))
         if self.factory.on_lost is not None:
             self.factory.on_lost(reason)
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
 
 
-class _HeadLimitFactory(WrappingFactory):
+class _HeadLimitFactory(WrappingFactory[_HeadLimit]):
     protocol = _HeadLimit
 
-    def __init__(self, wrapped: Any, head_bytes: int, max_headers: int,
+    def __init__(self, wrapped: IProtocolFactory, head_bytes: int, max_headers: int,
                  on_lost: Callable[[Failure], object] | None = None) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self.head_bytes = head_bytes
         self.max_headers = max_headers
         self.on_lost = on_lost
@@ -94,9 +103,13 @@ class _HeadLimitedEndpoint:
         self._max_headers = max_headers
         self._on_lost = on_lost
 
-    def connect(self, protocolFactory: Any) -> Any:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = _HeadLimitFactory(protocolFactory, self._head_bytes, self._max_headers, self._on_lost)
-        return self._endpoint.connect(factory).addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+        def unwrapped(wrapper: IProtocol) -> IProtocol:
+            return cast(_HeadLimit, wrapper).wrappedProtocol  # what our factory built
+
+        return self._endpoint.connect(factory).addCallback(unwrapped)
 
 
 @implementer(IAgentEndpointFactory)
@@ -116,6 +129,6 @@ class HeadLimitedEndpointFactory:
         self._max_headers = max_headers
         self._on_lost = on_lost
 
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return _HeadLimitedEndpoint(self._inner.endpointForURI(uri), self._head_bytes, self._max_headers,
                                     self._on_lost)

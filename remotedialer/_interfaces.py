@@ -7,10 +7,23 @@ client class behind it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint, ITransport
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from remotedialer._resource import Identity
+    from remotedialer._session import Session
+    from remotedialer._stream import TunnelStream
+    from remotedialer._websocket import _TunnelProtocol
 
 __all__ = [
     "IDialPolicy",
+    "IFlowTransport",
     "IPeerObserver",
     "ISessionObserver",
     "ISessionOwner",
@@ -22,7 +35,7 @@ __all__ = [
 class ITunnelAuthorizer(Interface):
     """Decides who a tunnel upgrade request comes from (PROTOCOL.md section 2)."""
 
-    def authorize(request):
+    def authorize(request: IRequest) -> str | Deferred[str | None] | None:
         """
         The client key of C{request} (an IRequest), None to refuse with 401
         C{failed authentication}, or raise L{AuthorizationError} to refuse
@@ -33,7 +46,9 @@ class ITunnelAuthorizer(Interface):
 class IDialPolicy(Interface):
     """Answers the far side's Connect: where may it dial, and how."""
 
-    def endpoint_for(proto, address):
+    def endpoint_for(
+        proto: str, address: str
+    ) -> IStreamClientEndpoint | Deferred[IStreamClientEndpoint | None] | None:
         """
         The IStreamClientEndpoint reaching C{proto}/C{address}, or None if
         that target is not allowed.  May raise, or return a Deferred; a
@@ -44,7 +59,7 @@ class IDialPolicy(Interface):
 class IStreamOpener(Interface):
     """Opens streams to targets behind a client (a server, or a client's own tunnel)."""
 
-    def open_stream(client_key, proto, address):
+    def open_stream(client_key: str, proto: str, address: str) -> TunnelStream:
         """
         A new L{TunnelStream} to C{proto}/C{address} as seen from
         C{client_key}; raises L{ClientNotConnected} if no session reaches it.
@@ -54,37 +69,37 @@ class IStreamOpener(Interface):
 class ISessionOwner(Interface):
     """What a tunnel WebSocket tells as it opens and closes (a server, a client, a peer link)."""
 
-    def session_opened(protocol, identity):
+    def session_opened(protocol: _TunnelProtocol, identity: Identity | None) -> Session:
         """
         The WebSocket C{protocol} is open: build and return its L{Session}.
         C{identity} is the L{Identity} the upgrade settled (None on the
         dialing side).
         """
 
-    def session_closed(session):
+    def session_closed(session: Session) -> None:
         """C{session}'s WebSocket is gone (its streams have ended)."""
 
-    def link_failed():
+    def link_failed() -> None:
         """A dialed WebSocket ended without a usable tunnel (refused upgrade)."""
 
 
 class ISessionObserver(Interface):
     """Hears of a server's local client sessions (peer links announce them)."""
 
-    def session_added(session):
+    def session_added(session: Session) -> None:
         """A client session was added."""
 
-    def session_removed(session):
+    def session_removed(session: Session) -> None:
         """A client session was removed."""
 
 
 class IPeerObserver(Interface):
     """Hears what peer sessions announce (AddClient / RemoveClient)."""
 
-    def client_added(session, client_key, session_key):
+    def client_added(session: Session, client_key: str, session_key: int) -> None:
         """Peer C{session} has client C{client_key}/C{session_key} behind it."""
 
-    def client_removed(session, client_key, session_key):
+    def client_removed(session: Session, client_key: str, session_key: int) -> None:
         """Peer C{session} no longer has C{client_key}/C{session_key}."""
 
 
@@ -96,11 +111,26 @@ class ISession(Interface):
     is_peer = Attribute("the far side is a peer server")
     closed = Attribute("the session has ended")
 
-    def open_stream(proto, address):
+    def open_stream(proto: str, address: str) -> TunnelStream:
         """A new stream to C{proto}/C{address} on the far side."""
 
-    def message_received(data):
+    def message_received(data: bytes) -> None:
         """One binary WebSocket message arrived."""
 
-    def connection_lost(reason):
+    def connection_lost(reason: Failure) -> None:
         """The WebSocket is gone; every stream ends with C{reason}."""
+
+
+class IFlowTransport(ITransport, IConsumer, IPushProducer):
+    """
+    A connection's transport as the protocols here use it, and as Twisted's
+    TCP and TLS transports, L{TunnelStream} and the test doubles' transports
+    all are: a transport, the consumer a relayed producer is registered on,
+    and a push producer (pausing it stops delivery to its protocol).
+
+    A type for annotations only: Twisted declares no such combination, so
+    nothing provides it by declaration.
+    """
+
+    def abortConnection() -> None:
+        """Close at once, dropping unsent bytes (as C{ITCPTransport.abortConnection})."""

@@ -13,6 +13,8 @@ cap) is L{remotedialer._flow.FlowLimits}.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import attrs
 
 __all__ = ["SessionLimits", "UpgradeLimits"]
@@ -21,7 +23,10 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+_Number = TypeVar("_Number", bound=float)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be over 0, not {value!r}")
 

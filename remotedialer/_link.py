@@ -10,20 +10,23 @@ retry policy is given the count of links that failed to open.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from remotedialer._interfaces import ISessionOwner
-
 from remotedialer._session import Session
-from remotedialer._websocket import TunnelClientProtocol
+from remotedialer._websocket import TunnelClientFactory, _TunnelProtocol
+
+if TYPE_CHECKING:
+    from remotedialer._resource import Identity
 
 #: The dialing side hears which streams we hold this often (Go: 60 s).
 SYNC_INTERVAL = 60
@@ -41,9 +44,9 @@ class WebSocketLink(Service):
 
     def __init__(
         self,
-        reactor,
+        reactor: IReactorTime,
         endpoint: IStreamClientEndpoint,
-        websocket_factory,
+        websocket_factory: TunnelClientFactory,
         retry_policy: Callable[[int], float],
     ) -> None:
         self.reactor = reactor
@@ -52,11 +55,11 @@ class WebSocketLink(Service):
         self._retry_policy = retry_policy
         self._failed_opens = 0
         self._service: ClientService | None = None
-        self._protocol: TunnelClientProtocol | None = None
+        self._protocol: _TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._service = ClientService(
             self._endpoint,
             self._factory,
@@ -65,8 +68,8 @@ class WebSocketLink(Service):
         )
         self._service.startService()
 
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()
@@ -75,10 +78,10 @@ class WebSocketLink(Service):
 
     # For subclasses.
 
-    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+    def make_session(self, protocol: _TunnelProtocol) -> Session:
         raise NotImplementedError
 
-    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
+    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
         """The tunnel is open."""
 
     def link_closed(self, session: Session) -> None:
@@ -90,7 +93,7 @@ class WebSocketLink(Service):
 
     # ISessionOwner: called by the WebSocket protocol.
 
-    def session_opened(self, protocol: TunnelClientProtocol, identity: object = None) -> Session:
+    def session_opened(self, protocol: _TunnelProtocol, identity: Identity | None = None) -> Session:
         session = self.make_session(protocol)
         self.session = session
         self._protocol = protocol

@@ -7,9 +7,11 @@ reach the operator's terminal, and a 15 KB id would flood the log.
 
 from __future__ import annotations
 
-from typing import Any
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "printable", "quoted"]
+__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "failure_text", "printable", "quoted"]
 
 #: Longest piece of peer-supplied text put in a log line or error message.
 LOG_TEXT_LIMIT = 128
@@ -60,6 +62,14 @@ def address(addr: object) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
+def failure_text(failure: Failure) -> str:
+    """A failure's message, or its exception's class name when the message is empty."""
+    message = failure.getErrorMessage()
+    if message or failure.type is None:  # (a Failure always has a type)
+        return message
+    return failure.type.__name__
+
+
 class Throttle:
     """
     At most C{burst} log lines per C{window} seconds for one source (a
@@ -67,7 +77,9 @@ class Throttle:
     flood of bad input makes a bounded amount of log.
     """
 
-    def __init__(self, clock: Any, log: Any, what: str, *, burst: int = 5, window: float = 10.0) -> None:
+    def __init__(
+        self, clock: IReactorTime, log: Logger, what: str, *, burst: int = 5, window: float = 10.0
+    ) -> None:
         self._clock = clock
         self._log = log
         self._what = what
@@ -78,7 +90,7 @@ class Throttle:
         self._window_end = 0.0
         self._logged = 0
         self.suppressed = 0
-        self._summary: Any = None
+        self._summary: IDelayedCall | None = None
 
     def warn(self, format: str, session: object = "", **fields: object) -> None:
         """Log C{format} (with C{session} and C{fields}), unless over the burst."""

@@ -31,7 +31,6 @@ import attrs
 from remotedialer import _codec
 from remotedialer._codec import MalformedMessage, Message, MessageType
 from remotedialer._flow import FlowLimits, ReceiveBuffer, Verdict
-from remotedialer._limits import SessionLimits
 from remotedialer._lifecycle import (
     InvalidTransition,
     StreamInput,
@@ -39,6 +38,7 @@ from remotedialer._lifecycle import (
     Wire,
     transition,
 )
+from remotedialer._limits import SessionLimits
 
 __all__ = [
     "CLIENT_FIRST_CONN_ID",
@@ -99,7 +99,7 @@ class StreamHandle:
         #: SyncConnections received before this stream existed (it is
         #: pruned only once it has missed a whole interval).
         self.sync_epoch = sync_epoch
-        self.context: Any = None
+        self.context: Any = None  # the adapter's own object: opaque here
 
     def __repr__(self) -> str:
         return f"<StreamHandle {self.conn_id} {self.state.value}>"

@@ -14,8 +14,10 @@ it -- is the incoming peer session's, which the registry routes to.
 
 from __future__ import annotations
 
-from twisted.application.internet import backoffPolicy
+from typing import TYPE_CHECKING
 
+from twisted.application.internet import backoffPolicy
+from twisted.internet.ssl import Certificate
 from zope.interface import implementer
 
 from remotedialer._client import endpoint_for_url
@@ -23,7 +25,12 @@ from remotedialer._interfaces import ISessionObserver
 from remotedialer._link import WebSocketLink
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
-from remotedialer._websocket import TunnelClientProtocol, client_factory
+from remotedialer._websocket import _TunnelProtocol, client_factory
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+    from remotedialer._server import Server
 
 #: Go retries a peer every 5 s; we back off up to that.
 PEER_RETRY_MAX = 5.0
@@ -36,7 +43,16 @@ class PeerLink(WebSocketLink):
     service runs.
     """
 
-    def __init__(self, server, peer_id: str, token: str, url: str, trust_root=None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        peer_id: str,
+        token: str,
+        url: str,
+        trust_root: IOpenSSLTrustRoot | Certificate | None = None,
+    ) -> None:
+        # Peering needs both (Server.add_peer checks).
+        assert server.peer_id is not None and server.peer_token is not None
         headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
         super().__init__(
             server.reactor,
@@ -73,7 +89,7 @@ class PeerLink(WebSocketLink):
 
     # The link.
 
-    def make_session(self, protocol: TunnelClientProtocol) -> Session:
+    def make_session(self, protocol: _TunnelProtocol) -> Session:
         return self.server.session_factory.session(
             protocol,
             client_key=self.peer_id,
@@ -81,7 +97,7 @@ class PeerLink(WebSocketLink):
             dialer=self.server.peer_dialer,
         )
 
-    def link_opened(self, session: Session, protocol: TunnelClientProtocol) -> None:
+    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
         self.log.info("peer {peer}: link open", peer=self.peer_id)
         self._failed_opens = 0
         for local in self.server.sessions.local_sessions():

@@ -36,12 +36,12 @@ class PullToPush:
         self,
         producer: IPullProducer,
         consumer: IConsumer,
-        cooperate: Callable[[Iterator[None]], CooperativeTask] | None = None,
+        cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
     ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._cooperate = cooperate
-        self._task: CooperativeTask | None = None
+        self._task: CooperativeTask[Iterator[None]] | None = None
         self._paused = False
 
     def _pull(self) -> Iterator[None]:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from remotedialer._interfaces import IFlowTransport
+from remotedialer._logtext import failure_text
 
-def close_like(transport, reason: Failure) -> None:
+
+def close_like(transport: IFlowTransport, reason: Failure) -> None:
     """
     Close C{transport} the way its partner closed: cleanly after a clean
     close, at once (with the reason, where the transport can carry one)
@@ -25,8 +28,8 @@ def close_like(transport, reason: Failure) -> None:
     """
     if reason.check(ConnectionDone):
         transport.loseConnection()
-    elif hasattr(transport, "close_with_error"):
-        transport.close_with_error(reason.getErrorMessage() or reason.type.__name__)
+    elif hasattr(transport, "close_with_error"):  # a TunnelStream
+        transport.close_with_error(failure_text(reason))
     else:
         transport.abortConnection()
 
@@ -40,7 +43,7 @@ class _PausesOnly:
     closes the partner cleanly or with the error, as the case is.
     """
 
-    def __init__(self, transport) -> None:
+    def __init__(self, transport: IFlowTransport) -> None:
         self.transport = transport
 
     def pauseProducing(self) -> None:
@@ -59,9 +62,11 @@ class Relay(Protocol):
     holds its data (paused) until L{connect_peer} has connected the second.
     """
 
+    transport: IFlowTransport  # once connected: a TCP connection's, or a TunnelStream
+
     def __init__(self, peer: Relay | None = None) -> None:
         self.peer = peer
-        self._connecting: Deferred | None = None
+        self._connecting: Deferred[IProtocol] | None = None
         self._lost = False
 
     def connectionMade(self) -> None:
@@ -77,12 +82,12 @@ class Relay(Protocol):
         self.peer.transport.registerProducer(_PausesOnly(self.transport), True)
         self.peer.transport.resumeProducing()
 
-    def connect_peer(self, endpoint: IStreamClientEndpoint) -> Deferred:
+    def connect_peer(self, endpoint: IStreamClientEndpoint) -> Deferred[IProtocol]:
         """Connect the second half through C{endpoint}."""
         factory = Factory.forProtocol(lambda: Relay(self))
         d = self._connecting = endpoint.connect(factory)
 
-        def connected(result):
+        def connected(result: IProtocol | Failure) -> IProtocol | Failure:
             self._connecting = None
             return result
 
@@ -92,7 +97,7 @@ class Relay(Protocol):
         if self.peer is not None:  # None once the other side is gone
             self.peer.transport.write(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         if self._connecting is not None:
             self._connecting.cancel()

@@ -15,20 +15,26 @@ refused with 400 at once, as Go refuses a request that is no upgrade.
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import attr
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from remotedialer._deferred import maybe_deferred
 from remotedialer._interfaces import ITunnelAuthorizer
 from remotedialer._logtext import address, printable, quoted
+
+if TYPE_CHECKING:
+    from remotedialer._websocket import TunnelServerFactory, TunnelServerProtocol
 
 #: Headers a peer server presents on its link (PROTOCOL.md 2).
 PEER_ID_HEADER = "X-API-Tunnel-ID"
@@ -41,7 +47,7 @@ CLIENT_ID_HEADER = "X-Tunnel-ID"
 MAX_CLIENT_KEY = 80
 
 #: A tunnel authorizer as a plain callable; an L{ITunnelAuthorizer} works too.
-Authorizer = Callable[[IRequest], "str | None | defer.Deferred[str | None]"]
+Authorizer = Callable[[IRequest], "str | defer.Deferred[str | None] | None"]
 
 
 class AuthorizationError(Exception):
@@ -59,7 +65,7 @@ class _CallableAuthorizer:
     def __init__(self, function: Authorizer) -> None:
         self._function = function
 
-    def authorize(self, request: IRequest):
+    def authorize(self, request: IRequest) -> str | defer.Deferred[str | None] | None:
         return self._function(request)
 
 
@@ -83,13 +89,13 @@ class Identity:
 class _IdentifiedFactory:
     """Hands the identity to the protocol WebSocketResource builds."""
 
-    def __init__(self, factory, identity: Identity) -> None:
+    def __init__(self, factory: TunnelServerFactory, identity: Identity) -> None:
         self._factory = factory
         self._identity = identity
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         protocol = self._factory.buildProtocol(addr)
-        protocol.identity = self._identity
+        cast("TunnelServerProtocol", protocol).identity = self._identity  # the factory's protocol
         return protocol
 
 
@@ -101,16 +107,16 @@ class TunnelResource(Resource):
 
     def __init__(
         self,
-        websocket_factory,
-        authorizer: Authorizer,
+        websocket_factory: TunnelServerFactory,
+        authorizer: ITunnelAuthorizer | Authorizer,
         peers: Callable[[], dict[str, str]],
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._factory = websocket_factory
         self._authorizer = as_tunnel_authorizer(authorizer)
         self._peers = peers
 
-    def render(self, request: IRequest):
+    def render(self, request: Request) -> bytes | int:
         if request.clientproto != b"HTTP/1.1":
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -120,19 +126,19 @@ class TunnelResource(Resource):
         # the request (HTTP/2 has no channel transport to look at).
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        d = defer.maybeDeferred(self._identify, request)
+        d = maybe_deferred(self._identify, request)
         d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request, gone), errbackArgs=(request, gone))
         d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
         return NOT_DONE_YET
 
-    def _identify(self, request: IRequest):
+    def _identify(self, request: Request) -> Identity | defer.Deferred[Identity]:
         peer = self._peer_identity(request)
         if peer is not None:
             return peer
-        d = defer.maybeDeferred(self._authorizer.authorize, request)
+        d = maybe_deferred(self._authorizer.authorize, request)
         return d.addCallback(self._client_identity)
 
-    def _peer_identity(self, request: IRequest) -> Identity | None:
+    def _peer_identity(self, request: Request) -> Identity | None:
         peer_id = request.getHeader(PEER_ID_HEADER)
         token = request.getHeader(PEER_TOKEN_HEADER)
         if not peer_id or not token:
@@ -147,7 +153,7 @@ class TunnelResource(Resource):
         return None
 
     @staticmethod
-    def _client_identity(client_key) -> Identity:
+    def _client_identity(client_key: str | bytes | None) -> Identity:
         if isinstance(client_key, bytes):
             client_key = client_key.decode("utf-8", "replace")
         if not client_key:
@@ -160,7 +166,7 @@ class TunnelResource(Resource):
             raise AuthorizationError(f"client key longer than {MAX_CLIENT_KEY} bytes")
         return Identity(client_key)
 
-    def _upgrade(self, identity: Identity, request: IRequest, gone: list) -> None:
+    def _upgrade(self, identity: Identity, request: Request, gone: list[Failure]) -> None:
         if gone:
             return  # the client went away while we authorized it
         body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
@@ -168,7 +174,7 @@ class TunnelResource(Resource):
             request.write(body)
             request.finish()
 
-    def _refuse(self, failure: Failure, request: IRequest, gone: list) -> None:
+    def _refuse(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if failure.check(_Unauthorized):
             code, text = 401, "failed authentication"
         else:

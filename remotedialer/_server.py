@@ -10,34 +10,41 @@ needs it started (attach it to your application, or call startService).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import MultiService
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer, deny_all
 from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
+from remotedialer._flow import FlowLimits
+from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
+from remotedialer._limits import SessionLimits
+from remotedialer._logtext import address, printable
 from remotedialer._peering import PeerLink
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
-from remotedialer._flow import FlowLimits
-from remotedialer._limits import SessionLimits
-from remotedialer._logtext import address, printable
-from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
     PING_INTERVAL,
-    TunnelServerProtocol,
+    _TunnelProtocol,
     check_keepalive,
     server_factory,
 )
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 #: Proto prefix separator for dials forwarded to a peer (PROTOCOL.md 5).
 PEER_PROTO_SEPARATOR = "::"
@@ -97,21 +104,23 @@ class Server(MultiService):
         self,
         authorizer: Authorizer = header_authorizer,
         *,
-        reactor=None,
+        reactor: IReactorTime | None = None,
         client_connect_authorizer: ConnectAuthorizer = deny_all,
         peer_id: str | None = None,
         peer_token: str | None = None,
-        peer_trust_root=None,
+        peer_trust_root: IOpenSSLTrustRoot | Certificate | None = None,
         trace: bool = False,
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
         session_limits: SessionLimits | None = None,
         flow_limits: FlowLimits | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor: IReactorTime = reactor
         self.sessions = SessionRegistry()
         self.peer_id = peer_id
         self.peer_token = peer_token
@@ -167,7 +176,7 @@ class Server(MultiService):
         client_key: str,
         pool: HTTPConnectionPool | None = None,
         tls_policy: IPolicyForHTTPS | None = None,
-    ):
+    ) -> Agent:
         """A twisted.web Agent (wrap it in treq.client.HTTPClient for treq) through C{client_key}."""
         return tunnel_agent(self.reactor, self, client_key, pool=pool, tls_policy=tls_policy)
 
@@ -198,14 +207,14 @@ class Server(MultiService):
         link = PeerLink(self, peer_id, token, url, self._peer_trust_root)
         self._peer_tokens[peer_id] = token
         self._peer_links[peer_id] = link
-        link.setServiceParent(self)
+        link.setServiceParent(self)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
 
     def remove_peer(self, peer_id: str) -> None:
         """Stop peering with C{peer_id}: its links (both ways) are torn down."""
         self._peer_tokens.pop(peer_id, None)
         link = self._peer_links.pop(peer_id, None)
         if link is not None:
-            link.disownServiceParent()
+            link.disownServiceParent()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
         for session in self.sessions.peer_sessions():
             if session.client_key == peer_id:
                 session.lose(Failure(ConnectionLost(f"peer {peer_id} removed")))
@@ -223,7 +232,7 @@ class Server(MultiService):
         """Serves a peer's Connect C{<clientKey>::<proto>} through our own local sessions."""
         return self._peer_dialer
 
-    def http_client(self, client_key: str, tls_policy: IPolicyForHTTPS | None = None):
+    def http_client(self, client_key: str, tls_policy: IPolicyForHTTPS | None = None) -> HTTPClient:
         """
         A C{treq.client.HTTPClient} whose requests go through C{client_key}'s
         tunnel (https verified by C{tls_policy}, default the system trust store).
@@ -234,7 +243,8 @@ class Server(MultiService):
 
     # ISessionOwner: called by the WebSocket protocol.
 
-    def session_opened(self, protocol: TunnelServerProtocol, identity: Identity) -> Session:
+    def session_opened(self, protocol: _TunnelProtocol, identity: Identity | None) -> Session:
+        assert identity is not None  # the accepting side: the resource settled it
         session = self.session_factory.session(
             protocol,
             client_key=identity.client_key,

@@ -19,10 +19,11 @@ transport drains.  Each writer overshoots by at most one chunk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 from twisted.internet.error import ConnectError, ConnectionLost
-from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocol, IPushProducer, IReactorTime
 from twisted.internet.task import CooperativeTask
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,6 +53,9 @@ from remotedialer._mux import (
     TooManyStreams,
 )
 from remotedialer._stream import TunnelStream
+
+if TYPE_CHECKING:
+    from remotedialer._websocket import _TunnelProtocol
 
 __all__ = [
     "CLIENT_FIRST_CONN_ID",
@@ -90,11 +94,13 @@ class Session:
         clock: IReactorTime | None = None,
         limits: FlowLimits | None = None,
         session_limits: SessionLimits | None = None,
-        cooperate: Callable[[Iterator[None]], CooperativeTask] | None = None,
+        cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.clock: IReactorTime = clock
         #: Drives pull producers registered on streams (default: Twisted's cooperator).
         self.cooperate = cooperate
         self.mux = Multiplexer(
@@ -196,7 +202,7 @@ class Session:
         stream.attach(protocol)
         return stream
 
-    def _stream(self, handle: StreamHandle, host, peer, target: str) -> TunnelStream:
+    def _stream(self, handle: StreamHandle, host: IAddress, peer: IAddress, target: str) -> TunnelStream:
         return TunnelStream(self, handle, host=host, peer=peer, target=target)
 
     # Messages in.
@@ -251,7 +257,8 @@ class Session:
         else:
             self._violations.warn("{session}: {error}", session=self, error=printable(event.text, 200))
 
-    _dispatch = {
+    # Each handler takes the event type it is filed under (no type says that).
+    _dispatch: ClassVar[dict[type, Callable[[Session, Any], None]]] = {
         DataReceived: _on_data,
         StreamEnded: _on_ended,
         SendBlocked: _on_send_blocked,
@@ -363,7 +370,7 @@ class SessionFactory:
 
     def session(
         self,
-        protocol,
+        protocol: _TunnelProtocol,
         *,
         client_key: str,
         dials_as_client: bool = False,

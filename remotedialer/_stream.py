@@ -30,13 +30,16 @@ Closing, as a TCP transport closes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IProducer,
     IProtocol,
+    IPullProducer,
     IPushProducer,
     ITransport,
 )
@@ -119,7 +122,7 @@ class TunnelStream:
         self._keep_alive = False
         # Send side mechanics.
         self._transport_blocked = False
-        self._producer: Any = None
+        self._producer: IPushProducer | None = None
         self._producer_paused = False
         self._pull_adapter: PullToPush | None = None
 
@@ -162,7 +165,7 @@ class TunnelStream:
         if self.handle.state is StreamState.OPEN and data:
             self._session.stream_write(self, data)
 
-    def writeSequence(self, iovec) -> None:
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))
 
     def loseConnection(self) -> None:
@@ -223,7 +226,7 @@ class TunnelStream:
 
     # IConsumer: a producer (e.g. a relayed TCP connection) writes to us.
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(
                 f"Cannot register producer {producer!r}, "
@@ -232,10 +235,12 @@ class TunnelStream:
         if self._finished:
             producer.stopProducing()
             return
+        # Which kind of producer it is, only C{streaming} says (no type can).
         if not streaming:
-            self._pull_adapter = PullToPush(producer, self, self._session.cooperate)
+            pull = cast(IPullProducer, producer)
+            self._pull_adapter = PullToPush(pull, self, self._session.cooperate)
             producer = self._pull_adapter
-        self._producer = producer
+        self._producer = cast(IPushProducer, producer)
         self._producer_paused = False
         if self._pull_adapter is not None:
             self._pull_adapter.start()
@@ -304,6 +309,7 @@ class TunnelStream:
 
     def _deliver(self, data: bytes) -> None:
         try:
+            assert self.protocol is not None, "no protocol attached"
             self.protocol.dataReceived(data)
         except Exception:
             self._protocol_failed()

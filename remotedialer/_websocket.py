@@ -37,26 +37,44 @@ two sides that both write faster than the other reads.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from autobahn.websocket import USES_NVX
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket import USES_NVX
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from remotedialer._interfaces import ISessionOwner
+from remotedialer._interfaces import IFlowTransport, ISessionOwner
 from remotedialer._limits import SessionLimits
 from remotedialer._session import Session
+
+if TYPE_CHECKING:
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    from remotedialer._resource import Identity
+
+    class _WebSocket(  # type: ignore[misc]  # Autobahn's own bases disagree (peer...)
+        TimeoutMixin, WebSocketAdapterProtocol, WebSocketProtocol
+    ):
+        """
+        For the checker only: L{_TunnelProtocol} as the Autobahn protocol it
+        is always mixed into (the Twisted adapter and the WebSocket machine).
+        """
+
+else:
+    _WebSocket = TimeoutMixin
 
 #: A link silent this long (no frame at all, pings included) is dead
 #: (Go's PingWaitDuration).
@@ -129,16 +147,50 @@ class _SendPressure:
         self._session.stopProducing()
 
 
-class _TunnelProtocol(TimeoutMixin):
+# The factories are Autobahn's own, with what the tunnel protocols read from
+# them set on them (by server_factory and client_factory).  The checker sees
+# those attributes declared on a subclass; at run time the names are
+# Autobahn's classes, so the factories are exactly what they always were.
+# (Declared in each class, not in a shared base: Autobahn's factories do not
+# take another base class under the checker; their own bases disagree.)
+
+if TYPE_CHECKING:
+
+    class TunnelServerFactory(WebSocketServerFactory):
+        """The WebSocket factory behind a server's tunnel resource (see L{server_factory})."""
+
+        reactor: IReactorTime
+        owner: ISessionOwner
+        ping_interval: float | None
+        idle_timeout: float
+        limits: SessionLimits
+
+    class TunnelClientFactory(WebSocketClientFactory):
+        """The WebSocket factory of a client or a peer link (see L{client_factory})."""
+
+        reactor: IReactorTime
+        owner: ISessionOwner
+        ping_interval: float | None
+        idle_timeout: float
+        limits: SessionLimits
+
+else:
+    TunnelServerFactory = WebSocketServerFactory
+    TunnelClientFactory = WebSocketClientFactory
+
+
+class _TunnelProtocol(_WebSocket):
     """What the server and client protocols share."""
 
     # Not "log": that would shadow Autobahn's own (txaio) logger, whose
     # debug calls on every frame are no-ops only while it is in charge.
     _log = Logger()
+    factory: TunnelServerFactory | TunnelClientFactory
+    transport: IFlowTransport  # the WebSocket's TCP (or TLS) transport
     session: Session | None = None
     _pinger: LoopingCall | None = None
     _pressure: _SendPressure | None = None
-    _message_deadline: Any = None
+    _message_deadline: IDelayedCall | None = None
     _completed = 0  # messages and control frames received whole
 
     def start_session(self, session: Session) -> None:
@@ -148,20 +200,26 @@ class _TunnelProtocol(TimeoutMixin):
         before the session takes its place.
         """
         self.session = session
-        self.callLater = self.factory.reactor.callLater
         self.transport.unregisterProducer()
         self._pressure = _SendPressure(self, session, self.factory.limits.send_high_water)
         self.transport.registerProducer(self._pressure, True)
-        self.setTimeout(self.factory.idle_timeout)
+        self.setTimeout(self.factory.idle_timeout)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         interval = self.factory.ping_interval
         if interval:
             self._pinger = LoopingCall(self.sendPing)
             self._pinger.clock = self.factory.reactor
             self._pinger.start(interval, now=False)
 
+    def callLater(self, period: float, func: Callable[..., object], *args: object) -> IDelayedCall:
+        """
+        The timer of TimeoutMixin (the idle timeout) and of the message
+        deadline, on the factory's reactor rather than the global one.
+        """
+        return self.factory.reactor.callLater(period, func, *args)
+
     def send_binary(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(data, isBinary=True)
+            self.sendMessage(data, isBinary=True)  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
 
     def drop(self) -> None:
         self.dropConnection(abort=True)
@@ -178,7 +236,7 @@ class _TunnelProtocol(TimeoutMixin):
         if self.session is None:
             super().dataReceived(data)
             return
-        self.resetTimeout()
+        self.resetTimeout()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         super().dataReceived(data)
         self._watch_message_deadline()
 
@@ -235,8 +293,8 @@ class _TunnelProtocol(TimeoutMixin):
                       timeout=self.factory.idle_timeout)
         self.dropConnection(abort=True)
 
-    def onClose(self, wasClean: bool, code, reason) -> None:
-        self.setTimeout(None)
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.setTimeout(None)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         if self._message_deadline is not None:
             self._message_deadline.cancel()
             self._message_deadline = None
@@ -257,13 +315,13 @@ class _TunnelProtocol(TimeoutMixin):
         """Tell the owner (server or client) the session is over."""
 
 
-class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):
+class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):  # type: ignore[misc]  # as _WebSocket
     """
     The server end of a tunnel.  C{identity} (client key, peer flag) was
     settled by the resource before the upgrade; the owner builds the session.
     """
 
-    identity = None
+    identity: Identity | None = None
 
     def onOpen(self) -> None:
         self.start_session(self.factory.owner.session_opened(self, self.identity))
@@ -272,13 +330,15 @@ class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):
         self.factory.owner.session_closed(session)
 
 
-class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
+class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: ignore[misc]  # as _WebSocket
     """The client end of a tunnel (also a server's outgoing peer link)."""
+
+    factory: TunnelClientFactory
 
     def onOpen(self) -> None:
         self.start_session(self.factory.owner.session_opened(self, None))
 
-    def onClose(self, wasClean: bool, code, reason) -> None:
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
@@ -290,7 +350,7 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):
         self.factory.owner.session_closed(session)
 
 
-def _set_options(factory, limits: SessionLimits) -> None:
+def _set_options(factory: TunnelServerFactory | TunnelClientFactory, limits: SessionLimits) -> None:
     factory.limits = limits
     factory.setProtocolOptions(
         maxFramePayloadSize=limits.max_message_size,
@@ -316,17 +376,17 @@ def check_keepalive(ping_interval: float | None, idle_timeout: float) -> None:
 
 def server_factory(
     owner: ISessionOwner,
-    reactor,
+    reactor: IReactorTime,
     idle_timeout: float = IDLE_TIMEOUT,
     limits: SessionLimits | None = None,
-) -> WebSocketServerFactory:
+) -> TunnelServerFactory:
     """
     The WebSocket factory behind a server's tunnel resource: the accepting
     side never pings (as Go), it answers pings and watches for silence.
     """
     check_keepalive(None, idle_timeout)
     _warn_without_nvx()
-    factory = WebSocketServerFactory(reactor=reactor)
+    factory = TunnelServerFactory(reactor=reactor)  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
     factory.protocol = TunnelServerProtocol
     factory.owner = owner
     factory.ping_interval = None
@@ -339,18 +399,19 @@ def client_factory(
     owner: ISessionOwner,
     url: str,
     headers: dict[str, str],
-    reactor,
+    reactor: IReactorTime,
     ping_interval: float = PING_INTERVAL,
     idle_timeout: float = IDLE_TIMEOUT,
     limits: SessionLimits | None = None,
-) -> WebSocketClientFactory:
+) -> TunnelClientFactory:
     """
     The WebSocket factory of a client (or peer link) dialing C{url}: the
     dialing side pings every C{ping_interval} seconds.
     """
     check_keepalive(ping_interval, idle_timeout)
     _warn_without_nvx()
-    factory = WebSocketClientFactory(url, headers=headers, reactor=reactor)
+    factory = TunnelClientFactory(  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
+        url, headers=headers, reactor=reactor)
     factory.protocol = TunnelClientProtocol
     factory.owner = owner
     factory.ping_interval = ping_interval

@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -61,8 +62,11 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone, Connection
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IDelayedCall,
+    IProducer,
     IProtocol,
     IProtocolFactory,
+    IPullProducer,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -83,6 +87,9 @@ from remotedialer._flow import FlowLimits
 from remotedialer._interfaces import IDialPolicy, IStreamOpener
 from remotedialer._session import Session
 from remotedialer._stream import TunnelStream
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = [
     "MemoryTarget",
@@ -161,8 +168,8 @@ class MemoryTransport:
         self._outgoing_size = 0
         # Our protocol takes data (it has not paused us).
         self._reading = True
-        self._read_call = None
-        self._producer: Any = None
+        self._read_call: IDelayedCall | None = None
+        self._producer: IProducer | None = None
         self._streaming = False
         self._producer_paused = False
         self._no_delay = False
@@ -177,9 +184,13 @@ class MemoryTransport:
         return self._outgoing_size
 
     @property
-    def producer(self):
+    def producer(self) -> IProducer | None:
         """The producer registered on this transport, if any."""
         return self._producer
+
+    def _far_end(self) -> MemoryTransport:
+        assert self.other is not None, "not connected (see connect_in_memory)"
+        return self.other
 
     # ITransport
 
@@ -188,7 +199,7 @@ class MemoryTransport:
             return
         self._outgoing.append(bytes(data))
         self._outgoing_size += len(data)
-        self.other._schedule_read()
+        self._far_end()._schedule_read()
         if (
             self._outgoing_size > BUFFER_SIZE
             and self._producer is not None
@@ -196,9 +207,9 @@ class MemoryTransport:
             and not self._producer_paused
         ):
             self._producer_paused = True
-            self._producer.pauseProducing()
+            cast(IPushProducer, self._producer).pauseProducing()  # streaming: a push producer
 
-    def writeSequence(self, iovec) -> None:
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))
 
     def loseConnection(self) -> None:
@@ -253,7 +264,7 @@ class MemoryTransport:
 
     # IConsumer
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(
                 f"Cannot register producer {producer!r}, "
@@ -266,7 +277,7 @@ class MemoryTransport:
         self._streaming = bool(streaming)
         self._producer_paused = False
         if not streaming:
-            producer.resumeProducing()
+            cast(IPullProducer, producer).resumeProducing()
 
     def unregisterProducer(self) -> None:
         self._producer = None
@@ -283,11 +294,12 @@ class MemoryTransport:
     def _read(self) -> None:
         """Hand our protocol one read's worth of what the far end wrote."""
         self._read_call = None
-        other = self.other
+        other = self._far_end()
         if self.disconnected or not self._reading or not other._outgoing_size:
             return
         chunk = other._take(READ_SIZE)
         try:
+            assert self.protocol is not None, "not connected (see connect_in_memory)"
             self.protocol.dataReceived(chunk)
         except Exception:
             failure = Failure()
@@ -319,7 +331,7 @@ class MemoryTransport:
         producer = self._producer
         if producer is not None and (not self._streaming or self._producer_paused):
             self._producer_paused = False
-            producer.resumeProducing()
+            cast("IPushProducer | IPullProducer", producer).resumeProducing()
         elif self.disconnecting:
             self._close(Failure(ConnectionDone()), Failure(ConnectionDone()))
 
@@ -327,7 +339,7 @@ class MemoryTransport:
         """Both ends are closed now; their protocols hear it from the clock."""
         if self.disconnected:
             return
-        for transport, reason in ((self, mine), (self.other, theirs)):
+        for transport, reason in ((self, mine), (self._far_end(), theirs)):
             transport.disconnected = True
             transport.disconnecting = False
             transport._outgoing.clear()
@@ -345,6 +357,7 @@ class MemoryTransport:
 
     def _connection_lost(self, reason: Failure) -> None:
         try:
+            assert self.protocol is not None, "not connected (see connect_in_memory)"
             self.protocol.connectionLost(reason)
         except Exception:
             _log.failure("connectionLost of {protocol} failed", protocol=self.protocol)
@@ -397,19 +410,19 @@ class MemoryTarget:
 class _TargetEndpoint:
     """What the client's dial policy hands its relay: connects (next turn) to a L{MemoryTarget}."""
 
-    def __init__(self, clock: IReactorTime, target: MemoryTarget, ports) -> None:
+    def __init__(self, clock: IReactorTime, target: MemoryTarget, ports: Iterator[int]) -> None:
         self._clock = clock
         self._target = target
         self._ports = ports
 
-    def connect(self, protocolFactory) -> Deferred:
-        call = None
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        call: IDelayedCall | None = None
 
-        def cancel(d: Deferred) -> None:
+        def cancel(d: Deferred[IProtocol]) -> None:
             if call is not None and call.active():
                 call.cancel()
 
-        d = Deferred(cancel)
+        d: Deferred[IProtocol] = Deferred(cancel)
 
         def connected() -> None:
             target = self._target
@@ -417,6 +430,7 @@ class _TargetEndpoint:
             client_address = IPv4Address("TCP", "127.0.0.1", next(self._ports))
             server = target.factory.buildProtocol(client_address)
             client = protocolFactory.buildProtocol(server_address)
+            assert client is not None  # the client's relay factory always builds one
             if server is None:  # the target accepts and closes at once
                 server = _Closer()
             else:
@@ -428,19 +442,23 @@ class _TargetEndpoint:
         return d
 
 
+@implementer(IProtocol)
 class _Closer:
     """The protocol of a target whose factory refused a connection: it closes at once."""
 
-    transport = None
+    transport: ITransport | None = None
 
-    def makeConnection(self, transport) -> None:
+    def makeConnection(self, transport: ITransport) -> None:
         self.transport = transport
         transport.loseConnection()
+
+    def connectionMade(self) -> None:
+        pass  # (not called: makeConnection has closed already)
 
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         pass
 
 
@@ -470,7 +488,7 @@ class _Wire:
         self._tunnel = tunnel
         self._sender = sender
         self._queue: deque[bytes] = deque()
-        self._call = None
+        self._call: IDelayedCall | None = None
         self.receiver: Session | None = None
 
     def send(self, data: bytes) -> None:
@@ -490,6 +508,7 @@ class _Wire:
         for _ in range(len(self._queue)):
             if not self._tunnel.connected:
                 return
+            assert self.receiver is not None  # MemoryTunnel sets it as it builds the sessions
             self.receiver.message_received(self._queue.popleft())
 
     def cut(self) -> None:
@@ -503,7 +522,7 @@ class _Wire:
 class _BytesBodyProducer:
     """A request body written all at once (treq's default producer runs on the global cooperator)."""
 
-    def __init__(self, data) -> None:
+    def __init__(self, data: str | bytes | bytearray | memoryview | BinaryIO) -> None:
         if isinstance(data, str):
             data = data.encode("utf-8")
         elif not isinstance(data, (bytes, bytearray, memoryview)):
@@ -511,7 +530,7 @@ class _BytesBodyProducer:
         self._body = bytes(data)
         self.length = len(self._body)
 
-    def startProducing(self, consumer) -> Deferred:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._body)
         return succeed(None)
 
@@ -631,7 +650,7 @@ class MemoryTunnel:
         """
         return tunnel_agent(self.clock, self, self.client_key, pool=pool, tls_policy=tls_policy)
 
-    def http_client(self, tls_policy: IPolicyForHTTPS | None = None):
+    def http_client(self, tls_policy: IPolicyForHTTPS | None = None) -> HTTPClient:
         """
         A C{treq.client.HTTPClient} over L{agent} (as C{Server.http_client}),
         whose C{data=}/C{json=} bodies are written at once, so they move

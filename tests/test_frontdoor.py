@@ -33,7 +33,6 @@ from remotedialer import Server, TunnelClient, allow_all, allow_patterns
 from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
 from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
 from remotedialer._tap._common import load_ca_file
-
 from tests.support import eventually, listen_tcp, wait
 
 MiB = 1024 * 1024
@@ -74,7 +73,7 @@ def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     os.makedirs(directory, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     ca = (
@@ -85,9 +84,10 @@ def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                     decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -104,7 +104,8 @@ def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     paths = tuple(os.path.join(directory, f) for f in ("ca.pem", "leaf.pem", "leaf-key.pem"))
@@ -113,14 +114,17 @@ def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
         leaf.public_bytes(serialization.Encoding.PEM),
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                           serialization.NoEncryption()),
-    ]):
+    ], strict=True):
         with open(path, "wb") as f:
             f.write(data)
     return paths
 
 
 def tls_server_options(leaf_path: str, key_path: str):
-    """Server TLS options for a leaf certificate and its key (Site over them offers h2 when h2 is installed)."""
+    """
+    Server TLS options for a leaf certificate and its key (Site over them
+    offers h2 when h2 is installed).
+    """
     with open(leaf_path, "rb") as f, open(key_path, "rb") as g:
         return PrivateCertificate.loadPEM(f.read() + g.read()).options()
 
@@ -389,7 +393,9 @@ class FrontDoorTests(TestCase):
         await eventually(lambda: self.server.has_session("foo"))
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
-    def url(self, path: str, client_key: str = "foo", scheme: str = "http", address: str | None = None) -> str:
+    def url(
+        self, path: str, client_key: str = "foo", scheme: str = "http", address: str | None = None
+    ) -> str:
         address = address or self.target.address
         return f"http://127.0.0.1:{self.front.getHost().port}/client/{client_key}/{scheme}/{address}/{path}"
 
@@ -568,7 +574,8 @@ class FrontDoorTests(TestCase):
             self.assertGreater(peak, PAUSE_THRESHOLD)  # the stream buffered, and sent Pause
             self.assertLess(peak, HARD_CAP)
             self.assertGreater(producer.pauses, 0)
-            self.assertEqual(produced_mid, produced_at_2s, "target kept producing while the reader was paused")
+            self.assertEqual(produced_mid, produced_at_2s,
+                             "target kept producing while the reader was paused")
             self.assertLess(produced_at_2s, 64 * MiB)
             self.assertEqual(reader.body_bytes, 0)
             reader.transport.resumeProducing()
@@ -729,7 +736,8 @@ class FrontDoorTests(TestCase):
                     self.transport.write(b"SSH-2.0-OpenSSH_9.2\r\n")
 
             banner = await listen_tcp(Factory.forProtocol(Banner), self)
-            response = await treq.get(self.url("x", address=f"127.0.0.1:{banner.getHost().port}"), pool=self.pool)
+            banner_address = f"127.0.0.1:{banner.getHost().port}"
+            response = await treq.get(self.url("x", address=banner_address), pool=self.pool)
             body = await response.content()
             self.assert_reason(response, body, 502, b"not valid HTTP")
 
@@ -850,8 +858,10 @@ class FrontDoorTests(TestCase):
                        "Host: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
             for clean in (True, False):
                 reader = await self._raw(Keep(request))
-                await eventually(lambda: len(targets) == (1 if clean else 2), timeout=5)
-                await eventually(lambda: reader.body_bytes >= 1000, timeout=5)
+                # Each predicate is awaited before the loop moves on: bind the
+                # current values anyway, as B023 asks.
+                await eventually(lambda clean=clean: len(targets) == (1 if clean else 2), timeout=5)
+                await eventually(lambda reader=reader: reader.body_bytes >= 1000, timeout=5)
                 if clean:
                     targets[-1].transport.loseConnection()
                 else:
@@ -914,7 +924,7 @@ class FrontDoorHTTP2Tests(TestCase):
                 "--write-out", "%{http_code} %{http_version} %{content_type}", *extra,
                 f"https://127.0.0.1:{self.front.getHost().port}{path}"]
         out, err, code = await utils.getProcessOutputAndValue(self.curl, argv, env={})
-        status, version, content_type = (out.decode().split(" ", 2) + ["", ""])[:3]
+        status, version, content_type = [*out.decode().split(" ", 2), "", ""][:3]
         body = b""
         if os.path.exists(body_path):
             with open(body_path, "rb") as f:
@@ -926,7 +936,8 @@ class FrontDoorHTTP2Tests(TestCase):
 
         async def go():
             await self._setup()
-            status, body, _, version, code = await self.curl_h2(f"/client/foo/http/{self.target.address}/hello")
+            path = f"/client/foo/http/{self.target.address}/hello"
+            status, body, _, version, code = await self.curl_h2(path)
             self.assertEqual((status, version, code, body), (200, "2", 0, b"hello through the front door"))
 
         return run(go())
@@ -950,7 +961,8 @@ class FrontDoorHTTP2Tests(TestCase):
         async def go():
             await self._setup()
             started = time.monotonic()
-            status, body, _, version, code = await self.curl_h2(f"/client/foo/http/{self.target.address}/short")
+            path = f"/client/foo/http/{self.target.address}/short"
+            status, body, _, version, code = await self.curl_h2(path)
             self.assertLess(time.monotonic() - started, 5.0)
             self.assertNotIn(code, (0, 28))  # 28: curl's own timeout, i.e. the front door hung
             self.assertLess(len(body), 1000)

@@ -24,7 +24,6 @@ from remotedialer._interfaces import ISessionOwner
 from remotedialer._resource import Identity
 from remotedialer._session import Session
 from remotedialer._websocket import client_factory, server_factory
-
 from tests.memory import FakeDialer, Recorder
 
 

@@ -282,7 +282,8 @@ class GoInteropCase(TestCase):
 
     async def py_server(self, name: str, *args: str) -> tuple[Program, int]:
         port = free_port()
-        program = self.twistd(name, "remotedialer-server", "--listen", f"tcp:{port}:interface=127.0.0.1", *args)
+        program = self.twistd(
+            name, "remotedialer-server", "--listen", f"tcp:{port}:interface=127.0.0.1", *args)
         await self.listening(program, port)
         return program, port
 
@@ -347,7 +348,9 @@ class GoInteropCase(TestCase):
         result.elapsed = time.monotonic() - result._start
         return result
 
-    async def watch(self, front_port: int, key: str, target_port: int, seconds: int, max_timeout=None) -> Result:
+    async def watch(
+        self, front_port: int, key: str, target_port: int, seconds: int, max_timeout=None
+    ) -> Result:
         """The watch for C{seconds} lines.  Go's front door timeout covers the whole body: leave room."""
         timeout = seconds + 60 if max_timeout is None else min(seconds + 60, max_timeout)
         return await self.get(self.url(front_port, key, target_port, f"watch/{seconds}", timeout))

@@ -27,7 +27,6 @@ from remotedialer._interfaces import (
     ITunnelAuthorizer,
 )
 from remotedialer._resource import as_tunnel_authorizer
-
 from tests.memory import SessionPair
 
 

@@ -24,7 +24,6 @@ from remotedialer._mux import (
     TooManyStreams,
 )
 from remotedialer._session import Session
-
 from tests.memory import Direction, FakeDialer, Recorder, SessionPair
 
 FLOW = FlowLimits(pause_threshold=1000, resume_threshold=100, hard_cap=4000)

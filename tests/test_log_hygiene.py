@@ -15,7 +15,6 @@ from remotedialer import _codec
 from remotedialer._logtext import LOG_TEXT_LIMIT, Throttle, address, printable
 from remotedialer._resource import TunnelResource, header_authorizer
 from remotedialer._session import Session
-
 from tests.memory import Direction
 
 

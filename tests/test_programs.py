@@ -18,25 +18,23 @@ import sys
 
 import treq
 import twisted.plugins
-from twisted.internet import defer, reactor
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
-from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data, File
-
 from zope.interface import implementer
 
 from remotedialer._frontdoor import InsecureTLSPolicy
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
-
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait
 from tests.test_frontdoor import listen_tls, make_ca
 
@@ -269,7 +267,8 @@ class MakeServiceTests(TestCase):
             await eventually(lambda: top.server.has_session("bar"))
 
             pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/{target_address}/hello", pool=pool)
+            response = await treq.get(
+                f"http://127.0.0.1:{port}/client/bar/http/{target_address}/hello", pool=pool)
             self.assertEqual((response.code, await response.content()), (200, b"hello from the target"))
             refused = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/127.0.0.1:{port}/", pool=pool)
             await refused.content()
@@ -328,11 +327,13 @@ class MakeServiceTests(TestCase):
             top, port = await start_server_program(
                 self, ["--listen", "tcp:0:interface=127.0.0.1", "--target-ca-file", ca])
             client = start_client_program(self, [
-                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "tls", "--allow", f"tcp/{target_address}"])
+                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "tls",
+                "--allow", f"tcp/{target_address}"])
             await client.when_connected()
             await eventually(lambda: top.server.has_session("tls"))
             pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(f"http://127.0.0.1:{port}/client/tls/https/{target_address}/hello", pool=pool)
+            response = await treq.get(
+                f"http://127.0.0.1:{port}/client/tls/https/{target_address}/hello", pool=pool)
             self.assertEqual((response.code, await response.content()), (200, b"hello over https"))
             await client.stopService()
             await eventually(lambda: not top.server.has_session("tls"))
@@ -360,11 +361,13 @@ class MakeServiceTests(TestCase):
                         and e["log_level"].name == "warn" and "--target-insecure" in e.get("log_format", "")]
             self.assertEqual(len(warnings), 1, events)
             client = start_client_program(self, [
-                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "lax", "--allow", f"tcp/{target_address}"])
+                "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "lax",
+                "--allow", f"tcp/{target_address}"])
             await client.when_connected()
             await eventually(lambda: top.server.has_session("lax"))
             pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(f"http://127.0.0.1:{port}/client/lax/https/{target_address}/hello", pool=pool)
+            response = await treq.get(
+                f"http://127.0.0.1:{port}/client/lax/https/{target_address}/hello", pool=pool)
             self.assertEqual((response.code, await response.content()), (200, b"hello, self-signed"))
             await client.stopService()
             await eventually(lambda: not top.server.has_session("lax"))
@@ -398,14 +401,18 @@ def twistd_argv() -> list[str]:
 
 def program_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CATTLE_TUNNEL_DATA_DEBUG"}
-    installed = os.path.exists(os.path.join(os.path.dirname(twisted.plugins.__file__), "remotedialer_plugins.py"))
+    plugins = os.path.dirname(twisted.plugins.__file__)
+    installed = os.path.exists(os.path.join(plugins, "remotedialer_plugins.py"))
     if not installed:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
     return env
 
 
 class Program(ProcessProtocol):
-    """A subprocess whose output is collected; C{ended} fires with its exit code (None: killed by a signal)."""
+    """
+    A subprocess whose output is collected; C{ended} fires with its exit
+    code (None: killed by a signal).
+    """
 
     def __init__(self) -> None:
         self.out = b""
@@ -512,10 +519,12 @@ class SubprocessTests(TestCase):
             target = await listen_tcp(Site(File(directory)), self)
             target_address = f"127.0.0.1:{target.getHost().port}"
 
-            server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--listen", "tcp:0:interface=127.0.0.1")
-            await eventually(lambda: re.search(rb"Site starting on (\d+)", server.out) or not server.running,
+            server = self.spawn(
+                "-n", "--pidfile=", "remotedialer-server", "--listen", "tcp:0:interface=127.0.0.1")
+            # The listening factory is the header guard in front of the Site.
+            await eventually(lambda: re.search(rb"starting on (\d+)", server.out) or not server.running,
                              timeout=30)
-            found = re.search(rb"Site starting on (\d+)", server.out)
+            found = re.search(rb"starting on (\d+)", server.out)
             self.assertIsNotNone(found, server.out + server.err)
             port = int(found.group(1))
 

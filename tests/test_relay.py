@@ -6,10 +6,10 @@ plain transports, a tunnel stream and a transport, and two tunnel streams.
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -19,7 +19,6 @@ from remotedialer._codec import MessageType
 from remotedialer._relay import Relay
 from remotedialer._session import Session
 from remotedialer._stream import EOF, StreamError
-
 from tests.memory import (
     TARGET,
     Direction,

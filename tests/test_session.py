@@ -15,16 +15,15 @@ from remotedialer import _codec
 from remotedialer._codec import MalformedMessage, Message, MessageIds, MessageType
 from remotedialer._session import CLIENT_FIRST_CONN_ID, MAX_DATA_CHUNK, Session
 from remotedialer._stream import StreamError
-
 from tests.memory import (
     CLIENT_KEY,
     CLIENT_SESSION_KEY,
+    TARGET,
     Direction,
     FakeDialer,
     FakeProducer,
     Recorder,
     SessionPair,
-    TARGET,
     inject,
 )
 

@@ -27,7 +27,6 @@ from remotedialer._stream import (
     StreamError,
     TunnelAddress,
 )
-
 from tests.memory import (
     CLIENT_KEY,
     SERVER_SESSION_KEY,

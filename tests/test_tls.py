@@ -24,7 +24,6 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from remotedialer import TunnelClient, allow_all
-
 from tests.support import Collector, Echo, TunnelHarness, eventually, self_signed_certificate
 
 
@@ -114,7 +113,10 @@ class TLSThroughTunnelTests(TestCase):
         return run(go())
 
     def test_treq_agent_with_tls_policy(self):
-        """Server.http_client (treq over the tunnel agent) with a policy trusting the test CA: an HTTPS GET."""
+        """
+        Server.http_client (treq over the tunnel agent) with a policy trusting
+        the test CA: an HTTPS GET.
+        """
 
         async def go():
             harness, _ = await self._harness()

@@ -9,19 +9,18 @@ from __future__ import annotations
 import os
 
 import txaio
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-
-from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from remotedialer import _codec, nvx_active
-from remotedialer._limits import SessionLimits
 from remotedialer._interfaces import ISessionOwner
+from remotedialer._limits import SessionLimits
 from remotedialer._resource import Identity
 from remotedialer._session import Session
 from remotedialer._websocket import (
@@ -327,7 +326,8 @@ class DataDebugTests(SynchronousTestCase):
         sent = []
         session = Session(sent.append, client_key="foo", trace=True)
         session.open_stream("tcp", "127.0.0.1:8125")
-        session.message_received(sent[0].replace(b"\x04\x04", b"\x04\x06", 1))  # the Connect, retyped as an Error for stream 2
+        # The Connect, retyped as an Error for stream 2.
+        session.message_received(sent[0].replace(b"\x04\x04", b"\x04\x06", 1))
         lines = [formatEvent(e) for e in events if "conn=" in formatEvent(e)]
         self.assertTrue(any(line.startswith("WRITE CONNECT conn=2 size=") for line in lines), lines)
         self.assertTrue(any(line.startswith("REQUEST ") for line in lines), lines)

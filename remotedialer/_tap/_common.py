@@ -1,9 +1,20 @@
 """What both programs share: the data-debug switch Go users know, CA files."""
 
+from __future__ import annotations
+
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.python import usage
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+_T = TypeVar("_T")
+#: (flag, SessionLimits/FlowLimits/UpgradeLimits field, type, help)
+_Flag = tuple[str, str, type[int] | type[float], str]
 
 #: Go's switch for logging every message (PROTOCOL.md 8).
 DATA_DEBUG_ENV = "CATTLE_TUNNEL_DATA_DEBUG"
@@ -14,7 +25,7 @@ def data_debug(flag: bool) -> bool:
     return flag or os.environ.get(DATA_DEBUG_ENV, "").lower() == "true"
 
 
-def load_ca_file(flag: str, path: str):
+def load_ca_file(flag: str, path: str) -> IOpenSSLTrustRoot:
     """
     A trust root of every certificate in the PEM file at C{path} (a bundle
     may hold several); a bad file is a usage error naming C{flag}.
@@ -28,14 +39,14 @@ def load_ca_file(flag: str, path: str):
             raise ValueError("no PEM certificate in it")
     except Exception as e:
         raise usage.UsageError(f"--{flag} {path!r}: {e}") from None
-    return trustRootFromCertificates(certificates)
+    trust_root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)
+    return trust_root
 
 
 # The limits both programs take (SessionLimits, FlowLimits); the server adds
 # UpgradeLimits.  Sizes are bytes, times seconds.
 
-_SESSION_FLAGS = [
-    # (flag, SessionLimits/FlowLimits field, type, help)
+_SESSION_FLAGS: list[_Flag] = [
     ("max-message-size", "max_message_size", int,
      "Largest WebSocket message accepted, bytes (bigger: close 1009)."),
     ("message-deadline", "message_deadline", float,
@@ -47,11 +58,11 @@ _SESSION_FLAGS = [
     ("send-high-water", "send_high_water", int,
      "Bytes of replies queued to a peer that does not read, before we stop reading from it."),
 ]
-_FLOW_FLAGS = [
+_FLOW_FLAGS: list[_Flag] = [
     ("stream-buffer", "hard_cap", int,
      "Bytes held for one slow reader before its stream is cut (the far side ignored Pause)."),
 ]
-_UPGRADE_FLAGS = [
+_UPGRADE_FLAGS: list[_Flag] = [
     ("upgrade-timeout", "timeout", float, "Seconds a connection may take to send its request head."),
     ("max-pending-upgrades", "max_pending", int,
      "Connections at once still sending their request head; more are closed at once."),
@@ -62,11 +73,11 @@ _UPGRADE_FLAGS = [
 ]
 
 
-def _parameters(flags, defaults) -> list:
+def _parameters(flags: list[_Flag], defaults: object) -> list[list[object]]:
     return [[flag, None, getattr(defaults, field), text, kind] for flag, field, kind, text in flags]
 
 
-def limit_parameters(upgrade: bool = False) -> list:
+def limit_parameters(upgrade: bool = False) -> list[list[object]]:
     """optParameters entries for the limits, with the library's defaults."""
     from remotedialer._flow import FlowLimits
     from remotedialer._limits import SessionLimits, UpgradeLimits
@@ -77,7 +88,7 @@ def limit_parameters(upgrade: bool = False) -> list:
     return parameters
 
 
-def _build(cls, flags, options):
+def _build(cls: Callable[..., _T], flags: list[_Flag], options: usage.Options) -> _T:
     values = {field: options[flag] for flag, field, _kind, _text in flags}
     try:
         return cls(**values)
@@ -86,7 +97,7 @@ def _build(cls, flags, options):
         raise usage.UsageError(f"{names}: {e}") from None
 
 
-def parse_limits(options, upgrade: bool = False) -> None:
+def parse_limits(options: usage.Options, upgrade: bool = False) -> None:
     """Check the limit options; store SessionLimits/FlowLimits (and UpgradeLimits) in C{options}."""
     from remotedialer._flow import FlowLimits
     from remotedialer._limits import SessionLimits, UpgradeLimits

@@ -9,16 +9,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from remotedialer._client import TunnelClient, endpoint_for_url
-from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 from remotedialer._dialer import allow_all, allow_patterns
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
 log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow PATTERN ...] [--ca-file PEM] [--debug]"
+    synopsis = (
+        "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow PATTERN ...] "
+        "[--ca-file PEM] [--debug]"
+    )
     optParameters = [
         ["connect", "c", DEFAULT_CONNECT,
          "Tunnel URL of the server (ws:// or wss://); several, comma-separated, for failover."],
@@ -32,7 +35,7 @@ class Options(usage.Options):
     optFlags = [["debug", "d", "Log every tunnel message."]]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self["headers"] = {}
         self["allow"] = []
 
@@ -44,7 +47,12 @@ class Options(usage.Options):
         self["headers"][name.strip()] = text.strip()
 
     def opt_allow(self, pattern: str) -> None:
-        """Allow dials to targets matching proto/host:port pattern, e.g. 'tcp/127.0.0.1:*' (repeatable; default: all)."""
+        # The docstring is the --allow help, kept one line (a multi-line
+        # docstring's indentation would show in it): one literal in two parts.
+        (
+            "Allow dials to targets matching proto/host:port pattern, e.g. 'tcp/127.0.0.1:*' "
+            "(repeatable; default: all)."
+        )
         if "/" not in pattern:
             raise usage.UsageError(f"--allow {pattern!r} is not proto/host:port (e.g. tcp/10.0.0.1:443)")
         self["allow"].append(pattern)

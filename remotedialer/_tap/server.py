@@ -19,8 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
-from remotedialer._server import Server
 from remotedialer._guard import HeaderGuardFactory
+from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -55,8 +55,8 @@ class Options(usage.Options):
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
         ["target-ca-file", None, None,
          "PEM CA certificates to verify the front door's https targets with (default: system trust store)."],
-        ["ping-interval", None, PING_INTERVAL, "Seconds between the keepalive pings of our peer links (Go: 5).",
-         float],
+        ["ping-interval", None, PING_INTERVAL,
+         "Seconds between the keepalive pings of our peer links (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
         *limit_parameters(upgrade=True),
@@ -95,7 +95,17 @@ class Options(usage.Options):
             self["target_tls_policy"] = BrowserLikePolicyForHTTPS()
 
 
-def makeService(options: Options) -> MultiService:
+class ServerProgram(MultiService):
+    """
+    The program's service: the listening site and the L{Server}, with both
+    the server and its front door at hand (tests reach them).
+    """
+
+    server: Server
+    front_door: FrontDoor
+
+
+def makeService(options: Options) -> ServerProgram:
     server = Server(trace=data_debug(options["debug"]),
                     peer_id=options["id"], peer_token=options["token"],
                     peer_trust_root=options["peer_trust_root"],
@@ -112,10 +122,10 @@ def makeService(options: Options) -> MultiService:
     front_door = FrontDoor(server, tls_policy=options["target_tls_policy"],
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers)
     root.putChild(b"client", front_door)
-    top = MultiService()
+    top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     site = HeaderGuardFactory(Site(root), options["upgrade_limits"])
     strports.service(options["listen"], site).setServiceParent(top)
-    server.setServiceParent(top)
+    server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
     return top
