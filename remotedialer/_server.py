@@ -121,7 +121,9 @@ class Server(MultiService):
 
             reactor = global_reactor
         self.reactor: IReactorTime = reactor
-        self.sessions = SessionRegistry()
+        # Clients ping about as often as we would: a session silent for three
+        # of those intervals, while a newer one of its key is not, is half-open.
+        self.sessions = SessionRegistry(fresh_for=3 * ping_interval)
         self.peer_id = peer_id
         self.peer_token = peer_token
         self.trace = trace
@@ -138,7 +140,11 @@ class Server(MultiService):
         self.session_limits = session_limits if session_limits is not None else SessionLimits()
         self.session_factory = SessionFactory(reactor, trace=trace, limits=flow_limits,
                                               session_limits=self.session_limits)
-        check_keepalive(ping_interval, idle_timeout)
+        # The ping interval must be under the idle timeout only where we ping
+        # (peer links, checked as one is added).
+        check_keepalive(None, idle_timeout)
+        if not ping_interval > 0:
+            raise ValueError(f"ping interval must be over 0 s, not {ping_interval}")
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
 

@@ -103,6 +103,8 @@ class Session:
         self.clock: IReactorTime = clock
         #: Drives pull producers registered on streams (default: Twisted's cooperator).
         self.cooperate = cooperate
+        #: When the far side was last heard from (any frame; see L{heard_from}).
+        self.last_heard: float = clock.seconds()
         self.mux = Multiplexer(
             client_key=client_key,
             session_key=session_key,
@@ -206,6 +208,10 @@ class Session:
         return TunnelStream(self, handle, host=host, peer=peer, target=target)
 
     # Messages in.
+
+    def heard_from(self) -> None:
+        """The WebSocket received something (a frame, a ping): the far side is alive."""
+        self.last_heard = self.clock.seconds()
 
     def message_received(self, data: bytes) -> None:
         """Handle one binary WebSocket message."""

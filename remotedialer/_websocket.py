@@ -237,6 +237,7 @@ class _TunnelProtocol(_WebSocket):
             super().dataReceived(data)
             return
         self.resetTimeout()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        self.session.heard_from()
         super().dataReceived(data)
         self._watch_message_deadline()
 
@@ -355,7 +356,9 @@ def _set_options(factory: TunnelServerFactory | TunnelClientFactory, limits: Ses
     factory.setProtocolOptions(
         maxFramePayloadSize=limits.max_message_size,
         maxMessagePayloadSize=limits.max_message_size,
-        openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+        # An upgrade that gets no answer is a silent link too: give up on it
+        # as soon as on an open one (a client then redials).
+        openHandshakeTimeout=min(HANDSHAKE_TIMEOUT, factory.idle_timeout),
         closeHandshakeTimeout=5,
         # A protocol violation (a message over the size limit) is told to
         # the far side with its close code (1009) before the drop.

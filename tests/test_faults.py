@@ -515,10 +515,6 @@ class HalfOpenTests(FaultTestCase):
 
         return run(go())
 
-    test_new_dials_use_the_new_session_at_once.todo = (
-        "BUG half-open routing: Server.open_stream routes a dial to the client's OLDEST live "
-        "session (SessionRegistry.local_session); while the old one is half-open the dial is lost "
-        "until the server's idle timeout ends that session")
 
     def test_half_open_session_ends_within_server_timeout(self):
         """
@@ -563,10 +559,6 @@ class ReconnectIntoBlackHoleTests(FaultTestCase):
 
         return run(go())
 
-    test_silent_server_during_the_opening_handshake.todo = (
-        "BUG handshake timeout: a reconnect whose upgrade gets no answer waits Autobahn's "
-        "openHandshakeTimeout, fixed at HANDSHAKE_TIMEOUT = 30 s (remotedialer/_websocket.py), "
-        "whatever idle_timeout is: the client is back ~30 s after the path heals, not ~1 s")
 
 
 # The real programs as subprocesses.

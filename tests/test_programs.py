@@ -120,6 +120,11 @@ class ServerOptionsTests(TestCase):
 
 
 class ServerKeepaliveOptionsTests(TestCase):
+    def test_idle_timeout_alone(self):
+        """Without peers the server never pings: a short idle timeout needs no --ping-interval."""
+        options = parse(server_tap.Options, ["--idle-timeout", "2"])
+        self.assertEqual(server_tap.makeService(options).server.idle_timeout, 2.0)
+
     def test_defaults_and_values(self):
         options = parse(server_tap.Options, [])
         self.assertEqual((options["ping-interval"], options["idle-timeout"]), (5.0, 60.0))
@@ -128,7 +133,9 @@ class ServerKeepaliveOptionsTests(TestCase):
         self.assertEqual((server.ping_interval, server.idle_timeout), (3.0, 45.0))
 
     def test_bad(self):
-        for argv in (["--ping-interval", "61"], ["--idle-timeout", "0"], ["--ping-interval", "x"]):
+        peers = ["--id", "a", "--token", "t", "--peers", "b:t:ws://127.0.0.1:9/connect"]
+        for argv in (["--ping-interval", "61", *peers], ["--idle-timeout", "0"], ["--ping-interval", "x"],
+                     ["--ping-interval", "0"]):
             with self.assertRaises(usage.UsageError) as caught:
                 parse(server_tap.Options, argv)
             self.assertNotIn("\n", str(caught.exception))

@@ -295,7 +295,10 @@ class GoServerKeepaliveTests(SynchronousTestCase):
         server.add_peer("b", "t", "ws://127.0.0.1:9/connect")
         factory = server.peer_link("b")._factory
         self.assertEqual((factory.ping_interval, factory.idle_timeout), (3.0, 30.0))
-        self.assertRaises(ValueError, Server, reactor=self.clock, ping_interval=60.0)
+        self.assertRaises(ValueError, Server, reactor=self.clock, ping_interval=0.0)
+        # Pinging slower than the idle timeout matters only where we ping: peer links.
+        slow = Server(reactor=self.clock, peer_id="a", peer_token="t", ping_interval=60.0)
+        self.assertRaises(ValueError, slow.add_peer, "b", "t", "ws://127.0.0.1:9/connect")
 
 
 class NVXTests(SynchronousTestCase):

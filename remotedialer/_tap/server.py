@@ -74,7 +74,10 @@ class Options(usage.Options):
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {self['listen']!r}: {e}") from None
         try:
-            check_keepalive(self["ping-interval"], self["idle-timeout"])
+            # Only peer links ping: without peers the interval just has to be sane.
+            check_keepalive(self["ping-interval"] if self["peers"] else None, self["idle-timeout"])
+            if not self["ping-interval"] > 0:
+                raise ValueError(f"ping interval must be over 0 s, not {self['ping-interval']}")
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
