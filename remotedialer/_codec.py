@@ -3,7 +3,7 @@ Encoding and decoding of remotedialer messages.
 
 Every remotedialer message is one binary WebSocket message, laid out exactly as
 Go's rancher/remotedialer lays it out, so that Python and Go ends can talk to each
-other (see PROTOCOL.md, section 3)::
+other (see docs/protocol.md, section 3)::
 
     id        varint   message id (receivers ignore it)
     connID    varint   stream id, 0 for session-level messages

@@ -26,7 +26,7 @@ MIB = 1024 * KIB
 @attrs.frozen
 class FlowLimits:
     """
-    The thresholds of PROTOCOL.md section 4.  Go's are 2 MiB / 256 KiB; the
+    The thresholds of docs/protocol.md section 4.  Go's are 2 MiB / 256 KiB; the
     hard cap is well above Pause because an obedient sender still has
     socket buffers' worth of data in flight when our Pause reaches it (up
     to ~6 MiB measured on loopback alone).

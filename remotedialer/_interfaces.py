@@ -33,7 +33,7 @@ __all__ = [
 
 
 class ITunnelAuthorizer(Interface):
-    """Decides who a tunnel upgrade request comes from (PROTOCOL.md section 2)."""
+    """Decides who a tunnel upgrade request comes from (docs/protocol.md section 2)."""
 
     def authorize(request: IRequest) -> str | Deferred[str | None] | None:
         """

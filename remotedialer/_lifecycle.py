@@ -3,7 +3,7 @@ The lifecycle of one tunnel stream as an explicit state machine: one table
 of C{(state, input) -> (next state, what to tell the far side)}, in the
 manner of h2's stream state machine.
 
-There is no half-close on the wire (PROTOCOL.md section 4): a stream is
+There is no half-close on the wire (docs/protocol.md section 4): a stream is
 OPEN until one side sends Error (C{EOF} for a clean close).  Two states
 exist only on our side:
 

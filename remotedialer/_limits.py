@@ -4,7 +4,7 @@ What one tunnel session may cost us, whatever the far side sends.
 A server faces the internet and every agent can send it anything; a client
 faces whatever its server sends.  Each number here bounds memory, file
 descriptors or work that a single peer could otherwise grow without end
-(PROTOCOL.md's "Recommended" notes); going over one ends the offending
+(docs/protocol.md, "Where we do better than Go"); going over one ends the offending
 stream or session with a clear error, and the rest keep working.
 
 Per-stream flow control (Pause/Resume thresholds and the per-stream hard

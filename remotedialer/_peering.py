@@ -1,5 +1,5 @@
 """
-HA peering: the outgoing link from this server to one peer (PROTOCOL.md 5).
+HA peering: the outgoing link from this server to one peer (docs/protocol.md section 5).
 
 Each server keeps a client WebSocket open to every peer, authenticated with
 its own peer id and token.  Over that link it announces its local client

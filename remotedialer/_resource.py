@@ -36,7 +36,7 @@ from remotedialer._logtext import address, printable, quoted
 if TYPE_CHECKING:
     from remotedialer._websocket import TunnelServerFactory, TunnelServerProtocol
 
-#: Headers a peer server presents on its link (PROTOCOL.md 2).
+#: Headers a peer server presents on its link (docs/protocol.md section 2).
 PEER_ID_HEADER = "X-API-Tunnel-ID"
 PEER_TOKEN_HEADER = "X-API-Tunnel-Token"
 #: The example authorizer's header.

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from treq.client import HTTPClient
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-#: Proto prefix separator for dials forwarded to a peer (PROTOCOL.md 5).
+#: Proto prefix separator for dials forwarded to a peer (docs/protocol.md section 5).
 PEER_PROTO_SEPARATOR = "::"
 
 

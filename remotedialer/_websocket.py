@@ -7,7 +7,7 @@ a full send buffer pauses the streams), and keep the link alive the way Go
 does.  Everything else is the session's.  They know their owner (server,
 client or peer link) only as an L{ISessionOwner}, the factory's C{owner}.
 
-Keepalive, as Go's remotedialer does it (PROTOCOL.md section 1):
+Keepalive, as Go's remotedialer does it (docs/protocol.md section 1):
 
   - Only the dialing side pings: a client, and a server's outgoing peer
     link, send a PING with an B{empty} payload every 5 s

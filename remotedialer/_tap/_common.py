@@ -16,7 +16,7 @@ _T = TypeVar("_T")
 #: (flag, SessionLimits/FlowLimits/UpgradeLimits field, type, help)
 _Flag = tuple[str, str, type[int] | type[float], str]
 
-#: Go's switch for logging every message (PROTOCOL.md 8).
+#: Go's switch for logging every message (docs/protocol.md section 8).
 DATA_DEBUG_ENV = "CATTLE_TUNNEL_DATA_DEBUG"
 
 
