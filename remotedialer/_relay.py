@@ -85,6 +85,7 @@ class Relay(Protocol):
     def connect_peer(self, endpoint: IStreamClientEndpoint) -> Deferred[IProtocol]:
         """Connect the second half through C{endpoint}."""
         factory = Factory.forProtocol(lambda: Relay(self))
+        factory.noisy = False  # no "Starting factory <...>" line for every dial
         d = self._connecting = endpoint.connect(factory)
 
         def connected(result: IProtocol | Failure) -> IProtocol | Failure:

@@ -9,6 +9,7 @@ import hashlib
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
@@ -65,10 +66,20 @@ class EndToEndTests(TestCase):
 
     @defer.inlineCallbacks
     def test_echo_through_tunnel(self):
-        """Bytes written to a tunnel stream reach the target and come back."""
+        """
+        Bytes written to a tunnel stream reach the target and come back; the
+        dial logs nothing per connection (no "Starting factory <repr>" lines).
+        """
         harness = yield defer.Deferred.fromCoroutine(self._setup())
         yield defer.Deferred.fromCoroutine(harness.connect_client("foo"))
         port = yield defer.Deferred.fromCoroutine(listen_tcp(Factory.forProtocol(Echo), self))
+        lines: list[str] = []
+
+        def observe(event):
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         collector = Collector()
         endpoint = harness.server.endpoint("foo", "tcp", f"127.0.0.1:{port.getHost().port}")
         yield _connect(endpoint, collector)
@@ -78,6 +89,7 @@ class EndToEndTests(TestCase):
         data = yield collector.done
         self.assertEqual(data, b"hello tunnel")
         self.assertTrue(collector.reason.check(ConnectionDone))
+        self.assertEqual([line for line in lines if "object at 0x" in line], [])
 
     async def _transfer(self, size: int, direction: str):
         harness = await self._setup()
