@@ -31,7 +31,9 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import unquote
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
@@ -271,6 +273,24 @@ class _Exchange:
             return
         request.loseConnection()
         self._abort_call = reactor.callLater(ABORT_GRACE, channel.forceAbortClient)
+
+
+def refuse_unknown_client(server: Any, prefix: bytes = b"/client/") -> Callable[[bytes, bytes], Any]:
+    """
+    A L{HeaderGuardFactory} C{early} hook for a front door at C{prefix}: a
+    request with a body for a client no route reaches is answered 500 (Go's
+    text) before its body is read, instead of after spooling all of it.
+    """
+
+    def early(method: bytes, path: bytes) -> tuple[int, str] | None:
+        if not path.startswith(prefix):
+            return None
+        key = unquote(path[len(prefix):].split(b"/", 1)[0].split(b"?", 1)[0].decode("utf-8", "replace"))
+        if not key or server.reaches(key):
+            return None
+        return 500, f"failed to find Session for client {key}"
+
+    return early
 
 
 def _timed_out(result: object, timeout: float) -> NoReturn:

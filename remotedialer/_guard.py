@@ -21,14 +21,16 @@ twisted.web's own header limits and idle timeout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPFactory
+from twisted.web.http import RESPONSES, HTTPFactory
 
 from remotedialer._limits import UpgradeLimits
-from remotedialer._logtext import address
+from remotedialer._logtext import address, printable
 
 __all__ = ["HeaderGuardFactory"]
 
@@ -78,6 +80,10 @@ class _HeaderGuard(Protocol):
             return
         self._settled()
         head, self._head = bytes(self._head), bytearray()
+        answer = self.factory.answer_early(head[:end]) if self.factory.early is not None else None
+        if answer is not None:
+            self._answer(*answer)
+            return
         protocol = self.factory.wrapped.buildProtocol(self._addr)
         if protocol is None:
             self.transport.loseConnection()
@@ -99,6 +105,17 @@ class _HeaderGuard(Protocol):
         self._settled()
         body = (reason + "\n").encode()
         self.transport.write(_TOO_LARGE % (len(body), body))
+        self.transport.loseConnection()
+
+    def _answer(self, code: int, text: str) -> None:
+        """Answer now, before the body is read, and close (the body is never taken in)."""
+        self.factory.log.info("answered {code} to a request from {addr} before its body: {text}",
+                              code=code, addr=_address(self), text=printable(text))
+        body = (" ".join(text.split()) + "\n").encode()
+        phrase = RESPONSES.get(code, b"Error")
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (code, phrase, len(body), body))
         self.transport.loseConnection()
 
     def _too_slow(self) -> None:
@@ -129,7 +146,8 @@ class HeaderGuardFactory(Factory):
     log = Logger()
 
     def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 early: Callable[[bytes, bytes], tuple[int, str] | None] | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -139,6 +157,27 @@ class HeaderGuardFactory(Factory):
         self.limits = limits if limits is not None else UpgradeLimits()
         self.pending = 0
         self._refusing = False
+        #: C{early(method, path)} may answer a request that carries a body
+        #: before the body is read: C{(status, text)}, or None to go on.
+        self.early = early
+
+    def answer_early(self, head: bytes) -> tuple[int, str] | None:
+        """The early answer for a request head with a body, if C{early} has one."""
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        if len(request_line) != 3 or self.early is None:
+            return None
+        has_body = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip()
+            if name == b"content-length" and value not in (b"", b"0"):
+                has_body = True
+            elif name == b"transfer-encoding":
+                has_body = True
+        if not has_body:
+            return None
+        return self.early(request_line[0], request_line[1])
 
     def startFactory(self) -> None:
         self.wrapped.doStart()

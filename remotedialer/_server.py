@@ -189,6 +189,10 @@ class Server(MultiService):
     def has_session(self, client_key: str) -> bool:
         return self.sessions.local_session(client_key) is not None
 
+    def reaches(self, client_key: str) -> bool:
+        """A dial for C{client_key} has a route: a local session, or a peer that announced it."""
+        return self.has_session(client_key) or self.sessions.peer_session_for(client_key) is not None
+
     def clients(self) -> list[str]:
         """Client keys connected to this server."""
         return self.sessions.clients()

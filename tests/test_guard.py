@@ -160,3 +160,45 @@ class GuardTests(SynchronousTestCase):
         factory.doStart()
         factory.doStop()
         self.assertEqual((self.site.started, self.site.stopped), (1, 1))
+
+
+class EarlyAnswerTests(SynchronousTestCase):
+    """A request with a body for a client nobody reaches is answered before its body is read."""
+
+    def setUp(self) -> None:
+        from remotedialer._frontdoor import refuse_unknown_client
+
+        class Server:
+            def reaches(self, key: str) -> bool:
+                return key == "known"
+
+        self.site = Recording()
+        self.factory = HeaderGuardFactory(self.site, clock=Clock(), early=refuse_unknown_client(Server()))
+
+    def send(self, head: bytes):
+        protocol = self.factory.buildProtocol(ADDR)
+        transport = StringTransport(peerAddress=ADDR)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head + b"x" * 1000)  # the start of a large body
+        return transport
+
+    def test_unknown_client_post_answered_before_body(self) -> None:
+        transport = self.send(b"POST /client/evil%2Fone/http/10.0.0.1/x HTTP/1.1\r\n"
+                              b"Content-Length: 67108864\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 Internal Server Error\r\n"))
+        self.assertIn(b"failed to find Session for client evil/one\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.site.built, [])  # the site never saw it, nor a byte of the body
+
+    def test_chunked_body_too(self) -> None:
+        transport = self.send(b"PUT /client/nobody/http/h/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 "))
+
+    def test_known_client_or_no_body_or_other_path_goes_on(self) -> None:
+        for head in (b"POST /client/known/http/h/x HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                     b"GET /client/nobody/http/h/x HTTP/1.1\r\n\r\n",
+                     b"POST /client/nobody/http/h/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                     b"POST /connect HTTP/1.1\r\nContent-Length: 5\r\n\r\n"):
+            transport = self.send(head)
+            self.assertEqual(transport.value(), b"", head)
+        self.assertEqual(len(self.site.built), 4)

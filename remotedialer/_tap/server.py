@@ -18,7 +18,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
+from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
@@ -126,7 +126,7 @@ def makeService(options: Options) -> ServerProgram:
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers)
     root.putChild(b"client", front_door)
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    site = HeaderGuardFactory(Site(root), options["upgrade_limits"])
+    site = HeaderGuardFactory(Site(root), options["upgrade_limits"], early=refuse_unknown_client(server))
     strports.service(options["listen"], site).setServiceParent(top)
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
