@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from remotedialer._auth import Credentials
     from remotedialer._resource import Identity
     from remotedialer._session import Session
     from remotedialer._stream import TunnelStream
@@ -35,11 +36,15 @@ __all__ = [
 class ITunnelAuthorizer(Interface):
     """Decides who a tunnel upgrade request comes from (docs/protocol.md section 2)."""
 
-    def authorize(request: IRequest) -> str | Deferred[str | None] | None:
+    def authorize(
+        request: IRequest,
+    ) -> str | Credentials | Deferred[str | Credentials | None] | None:
         """
-        The client key of C{request} (an IRequest), None to refuse with 401
-        C{failed authentication}, or raise L{AuthorizationError} to refuse
-        with 400 and its text.  May return a Deferred of the same.
+        The client key of C{request} (an IRequest) -- or L{Credentials}, the
+        key and a fingerprint of what proved it, for the one-key-one-owner
+        rule -- None to refuse with 401 C{failed authentication}, or raise
+        L{AuthorizationError} to refuse with 400 and its text.  May return a
+        Deferred of the same.
         """
 
 

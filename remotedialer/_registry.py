@@ -74,7 +74,7 @@ class SessionRegistry:
         The oldest live session of C{client_key} that was heard from lately;
         if none was, the one heard from last (see module docstring).
         """
-        live = [s for s in self._clients.get(client_key, ()) if not s.closed]
+        live = [s for s in self._clients.get(client_key, ()) if not s.closed and not s.superseded]
         if len(live) <= 1:
             return live[0] if live else None
         now = live[0].clock.seconds()
@@ -89,6 +89,10 @@ class SessionRegistry:
                 if not session.closed and client_key in session.remote_clients:
                     return session
         return None
+
+    def local_sessions_of(self, client_key: str) -> list[Session]:
+        """The local sessions of C{client_key}, oldest first."""
+        return list(self._clients.get(client_key, ()))
 
     def local_sessions(self) -> list[Session]:
         return [s for sessions in self._clients.values() for s in sessions]

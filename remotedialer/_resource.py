@@ -29,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from remotedialer._auth import Credentials
 from remotedialer._deferred import maybe_deferred
 from remotedialer._interfaces import ITunnelAuthorizer
 from remotedialer._logtext import address, printable, quoted
@@ -47,7 +48,7 @@ CLIENT_ID_HEADER = "X-Tunnel-ID"
 MAX_CLIENT_KEY = 80
 
 #: A tunnel authorizer as a plain callable; an L{ITunnelAuthorizer} works too.
-Authorizer = Callable[[IRequest], "str | defer.Deferred[str | None] | None"]
+Authorizer = Callable[[IRequest], "str | Credentials | defer.Deferred[str | Credentials | None] | None"]
 
 
 class AuthorizationError(Exception):
@@ -65,7 +66,9 @@ class _CallableAuthorizer:
     def __init__(self, function: Authorizer) -> None:
         self._function = function
 
-    def authorize(self, request: IRequest) -> str | defer.Deferred[str | None] | None:
+    def authorize(
+        self, request: IRequest,
+    ) -> str | Credentials | defer.Deferred[str | Credentials | None] | None:
         return self._function(request)
 
 
@@ -80,10 +83,15 @@ def as_tunnel_authorizer(authorizer: ITunnelAuthorizer | Authorizer) -> ITunnelA
 
 @attr.frozen
 class Identity:
-    """Who is at the other end of a tunnel, settled before the upgrade."""
+    """
+    Who is at the other end of a tunnel, settled before the upgrade.
+    C{fingerprint} names the credential that proved the key (None: the
+    authorizer vouched for the key alone).
+    """
 
     client_key: str
     is_peer: bool = False
+    fingerprint: str | None = None
 
 
 class _IdentifiedFactory:
@@ -110,11 +118,15 @@ class TunnelResource(Resource):
         websocket_factory: TunnelServerFactory,
         authorizer: ITunnelAuthorizer | Authorizer,
         peers: Callable[[], dict[str, str]],
+        owner_conflict: Callable[[Identity], str | None] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._factory = websocket_factory
         self._authorizer = as_tunnel_authorizer(authorizer)
         self._peers = peers
+        #: Why C{identity} may not connect now (its key is held with another
+        #: credential), or None: the server's one-key-one-owner rule.
+        self._owner_conflict = owner_conflict
 
     def render(self, request: Request) -> bytes | int:
         if request.clientproto != b"HTTP/1.1":
@@ -136,7 +148,13 @@ class TunnelResource(Resource):
         if peer is not None:
             return peer
         d = maybe_deferred(self._authorizer.authorize, request)
-        return d.addCallback(self._client_identity)
+        return d.addCallback(self._client_identity).addCallback(self._check_owner)
+
+    def _check_owner(self, identity: Identity) -> Identity:
+        conflict = self._owner_conflict(identity) if self._owner_conflict is not None else None
+        if conflict is not None:
+            raise _Conflict(conflict)
+        return identity
 
     def _peer_identity(self, request: Request) -> Identity | None:
         peer_id = request.getHeader(PEER_ID_HEADER)
@@ -153,7 +171,13 @@ class TunnelResource(Resource):
         return None
 
     @staticmethod
-    def _client_identity(client_key: str | bytes | None) -> Identity:
+    def _client_identity(answer: Credentials | str | bytes | None) -> Identity:
+        fingerprint = None
+        client_key: str | bytes | None
+        if isinstance(answer, Credentials):
+            client_key, fingerprint = answer.client_key, answer.fingerprint
+        else:
+            client_key = answer
         if isinstance(client_key, bytes):
             client_key = client_key.decode("utf-8", "replace")
         if not client_key:
@@ -164,7 +188,7 @@ class TunnelResource(Resource):
             raise AuthorizationError("client key must be printable text (no control characters)")
         if len(client_key.encode("utf-8")) > MAX_CLIENT_KEY:
             raise AuthorizationError(f"client key longer than {MAX_CLIENT_KEY} bytes")
-        return Identity(client_key)
+        return Identity(client_key, fingerprint=fingerprint)
 
     def _upgrade(self, identity: Identity, request: Request, gone: list[Failure]) -> None:
         if gone:
@@ -177,6 +201,8 @@ class TunnelResource(Resource):
     def _refuse(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if failure.check(_Unauthorized):
             code, text = 401, "failed authentication"
+        elif failure.check(_Conflict):
+            code, text = 409, failure.getErrorMessage()
         else:
             code, text = 400, failure.getErrorMessage()
             if not failure.check(AuthorizationError):
@@ -198,3 +224,7 @@ def _printable_key(key: str) -> bool:
 
 class _Unauthorized(Exception):
     """The authorizer said no."""
+
+
+class _Conflict(Exception):
+    """The key is connected with another credential."""

@@ -146,7 +146,8 @@ class Server(MultiService):
         if not ping_interval > 0:
             raise ValueError(f"ping interval must be over 0 s, not {ping_interval}")
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
-        self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens)
+        self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens,
+                                        self._owner_conflict)
 
     @property
     def resource(self) -> IResource:
@@ -262,11 +263,37 @@ class Server(MultiService):
             dialer=self._peer_dialer if identity.is_peer else self._client_dialer,
             listener=self if identity.is_peer else None,
         )
+        session.fingerprint = identity.fingerprint
         self.log.info("{kind} session {key}/{session_key} connected from {addr}",
                       kind="peer" if identity.is_peer else "client", key=identity.client_key,
                       session_key=session.session_key, addr=address(protocol.transport.getPeer()))
+        if not identity.is_peer:
+            self._take_over(session)
         self.sessions.add(session)
         return session
+
+    def _owner_conflict(self, identity: Identity) -> str | None:
+        """
+        One key, one owner: a key held by a live session that another
+        credential proved is not given to this one (the same credential, or
+        an authorizer that vouches for keys alone, may take over).
+        """
+        if identity.is_peer or identity.fingerprint is None:
+            return None
+        for session in self.sessions.local_sessions_of(identity.client_key):
+            if not session.closed and session.fingerprint not in (None, identity.fingerprint):
+                self.log.warn("refused client {key}: connected already with other credentials",
+                              key=printable(identity.client_key))
+                return f"client key {identity.client_key} is connected with other credentials"
+        return None
+
+    def _take_over(self, session: Session) -> None:
+        """The newest session of an owner gets the dials; the older ones drain and end."""
+        for old in self.sessions.local_sessions_of(session.client_key):
+            if not old.closed and not old.superseded:
+                self.log.info("client {key}: session {new} replaces {old} (it ends once its streams have)",
+                              key=session.client_key, new=session.session_key, old=old.session_key)
+                old.supersede()
 
     def client_added(self, session: Session, client_key: str, session_key: int) -> None:
         """A peer announced a client (AddClient)."""

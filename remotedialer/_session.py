@@ -105,6 +105,11 @@ class Session:
         self.cooperate = cooperate
         #: When the far side was last heard from (any frame; see L{heard_from}).
         self.last_heard: float = clock.seconds()
+        #: The credential that proved the client key (None: not known).
+        self.fingerprint: str | None = None
+        #: A newer session of the same owner took over: no new dials come
+        #: here, and the session ends once its streams have.
+        self.superseded = False
         self.mux = Multiplexer(
             client_key=client_key,
             session_key=session_key,
@@ -322,6 +327,17 @@ class Session:
     def stream_ended(self, stream: TunnelStream) -> None:
         """Called by a stream as it ends."""
         self._blocked.pop(stream.conn_id, None)
+        if self.superseded and not self.mux.closed:
+            self.clock.callLater(0, self._end_if_drained)
+
+    def supersede(self) -> None:
+        """A newer session of the same owner replaces this one: drain, then end."""
+        self.superseded = True
+        self._end_if_drained()
+
+    def _end_if_drained(self) -> None:
+        if self.superseded and not self.mux.closed and not self.mux.all_streams:
+            self.drop(Failure(ConnectionLost("replaced by a newer session of the same client")))
 
     # IPushProducer: the WebSocket's TCP transport pushes back.
 

@@ -1,0 +1,192 @@
+"""
+Client authentication and one key, one owner, on the in-memory network:
+per-client tokens (a clients file of token hashes, Bearer tokens), a
+client reconnecting with the same credential replacing its old session, a
+stranger with another credential refused, and mutual TLS identities.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import SynchronousTestCase
+
+from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token, read_secret
+from tests.netsim import Network
+from tests.support import Collector, Echo
+
+
+def clients_file(testcase: SynchronousTestCase, entries: dict[str, str]) -> str:
+    path = testcase.mktemp()
+    with open(path, "w") as f:
+        f.write("# client id, sha256 of its token\n\n")
+        for client_id, token in entries.items():
+            f.write(f"{client_id} sha256:{hash_token(token)}\n")
+    return path
+
+
+class TokenFileTests(SynchronousTestCase):
+    def test_parse_and_reload(self) -> None:
+        path = clients_file(self, {"foo": "s3cret"})
+        authorizer = TokenAuthorizer(path)
+        with open(path, "a") as f:
+            f.write(f"bar {hash_token('other')}\n")  # the sha256: prefix is optional
+        self.assertEqual(authorizer.reload(), 2)
+
+    def test_bad_lines_name_the_line(self) -> None:
+        for text, fragment in (("foo sha256:1234\n", "line 1"),
+                               (f"foo {hash_token('a')}\nfoo {hash_token('b')}\n", "listed twice")):
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(text)
+            with self.assertRaises(ValueError) as caught:
+                TokenAuthorizer(path)
+            self.assertIn(fragment, str(caught.exception))
+
+    def test_bad_reload_keeps_previous_table(self) -> None:
+        path = clients_file(self, {"foo": "s3cret"})
+        authorizer = TokenAuthorizer(path)
+        with open(path, "w") as f:
+            f.write("garbage\n")
+        self.assertRaises(ValueError, authorizer.reload)
+        self.assertEqual(len(authorizer._digests), 1)
+
+    def test_read_secret(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("  tok3n \nignored\n")
+        self.assertEqual(read_secret(path), "tok3n")
+
+
+class TokenAuthTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.net = Network(self)
+        path = clients_file(self, {"foo": "s3cret", "bar": "b4r"})
+        self.site = self.net.serve_tunnel(authorizer=TokenAuthorizer(path))
+        self.server = self.site.server
+
+    def connect(self, key: str, token: str | None):
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        client = self.net.client(self.site.url, key, headers=headers)
+        self.net.run(0.5)
+        return client
+
+    def test_right_token(self) -> None:
+        self.connect("foo", "s3cret")
+        self.assertEqual(self.server.clients(), ["foo"])
+
+    def test_wrong_missing_or_other_clients_token_refused(self) -> None:
+        for key, token in (("foo", "wrong"), ("foo", None), ("foo", "b4r"), ("nobody", "s3cret")):
+            self.connect(key, token)
+        self.assertEqual(self.server.clients(), [])
+
+    def test_same_credential_replaces_old_session(self) -> None:
+        """A reconnect with the same token takes the key at once; the old session ends once drained."""
+        echo = self.net.listen(Factory.forProtocol(Echo))
+        first = self.connect("foo", "s3cret")
+        [old] = self.server.sessions.local_sessions_of("foo")
+        reader = Collector()
+        self.net.connect(self.server.endpoint("foo", "tcp", echo.address), reader)
+        self.connect("foo", "s3cret")  # a second client process with the same token
+        sessions = self.server.sessions.local_sessions_of("foo")
+        self.assertEqual(len(sessions), 2)
+        new = sessions[1]
+        self.assertTrue(old.superseded)
+        self.assertIs(self.server.sessions.local_session("foo"), new)
+        self.assertFalse(old.closed)  # its stream is still going
+        reader.transport.write(b"still here")
+        self.net.flush()
+        self.assertEqual(b"".join(reader.chunks), b"still here")
+        reader.transport.loseConnection()
+        self.net.run(0.1)
+        self.assertTrue(old.closed)
+        self.assertEqual(self.server.sessions.local_sessions_of("foo"), [new])
+        del first
+
+    def test_other_credential_for_live_key_refused(self) -> None:
+        """
+        A session for a live key proved by another credential is refused
+        (409, logged); the owner's session is untouched.
+        """
+        path = clients_file(self, {"foo": "s3cret"})
+        authorizer = TokenAuthorizer(path)
+        calls = []
+
+        class TwoTokens:
+            """A stand-in for two credentials valid for one key (e.g. a rotated token)."""
+
+            def authorize(self, request):
+                calls.append(request)
+                token = request.getHeader("Authorization")
+                if token == "Bearer s3cret":
+                    return authorizer.authorize(request)
+                if token == "Bearer rotated":
+                    return Credentials("foo", "token:rotated")
+                return None
+
+        from zope.interface import directlyProvides
+
+        from remotedialer import ITunnelAuthorizer
+
+        two = TwoTokens()
+        directlyProvides(two, ITunnelAuthorizer)
+        site = self.net.serve_tunnel(authorizer=two)
+        self.net.client(site.url, "foo", headers={"Authorization": "Bearer s3cret"})
+        self.net.run(0.5)
+        [owner] = site.server.sessions.local_sessions_of("foo")
+        self.net.client(site.url, "foo", headers={"Authorization": "Bearer rotated"})
+        self.net.run(0.5)
+        self.assertEqual(site.server.sessions.local_sessions_of("foo"), [owner])
+        self.assertFalse(owner.superseded or owner.closed)
+
+
+class InsecureNewestWinsTests(SynchronousTestCase):
+    def test_newest_wins(self) -> None:
+        """With the header authorizer (any client), the newest session of a key takes over."""
+        net = Network(self)
+        site = net.serve_tunnel()
+        net.client(site.url, "foo")
+        net.run(0.5)
+        [old] = site.server.sessions.local_sessions_of("foo")
+        net.client(site.url, "foo")
+        net.run(0.5)
+        self.assertTrue(old.closed)  # it carried no stream
+        [new] = site.server.sessions.local_sessions_of("foo")
+        self.assertIsNot(new, old)
+
+
+class CertificateAuthorizerTests(SynchronousTestCase):
+    def test_identity_from_certificate(self) -> None:
+        from OpenSSL import crypto
+        from twisted.internet.interfaces import ISSLTransport
+        from zope.interface import implementer
+
+        from tests.support import self_signed_certificate
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert_path, _ = self_signed_certificate(directory, hostname="agent-7")
+        with open(cert_path, "rb") as f:
+            certificate = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
+
+        @implementer(ISSLTransport)
+        class TLS:
+            def __init__(self, peer):
+                self.peer = peer
+
+            def getPeerCertificate(self):
+                return self.peer
+
+        class Request:
+            def __init__(self, transport):
+                self.transport = transport
+
+            def getHeader(self, name):
+                return b"forged"  # never consulted
+
+        credentials = CertificateAuthorizer().authorize(Request(TLS(certificate)))
+        self.assertEqual(credentials.client_key, "agent-7")
+        self.assertTrue(credentials.fingerprint.startswith("cert:"))
+        self.assertIsNone(CertificateAuthorizer().authorize(Request(TLS(None))))
+        self.assertIsNone(CertificateAuthorizer().authorize(Request(object())))
