@@ -35,7 +35,16 @@ from zope.interface import implementer
 
 from remotedialer._interfaces import ITunnelAuthorizer
 
-__all__ = ["CertificateAuthorizer", "Credentials", "TokenAuthorizer", "hash_token", "read_secret"]
+__all__ = [
+    "CertificateAuthorizer",
+    "Credentials",
+    "TokenAuthorizer",
+    "hash_token",
+    "load_token_hashes",
+    "read_secret",
+    "secret_from",
+    "token_matches",
+]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -156,6 +165,35 @@ class CertificateAuthorizer:
         if not names or not isinstance(names[0], str):
             return None
         return Credentials(names[0], "cert:" + cert.fingerprint(hashes.SHA256()).hex()[:16])
+
+
+def load_token_hashes(path: str) -> frozenset[bytes]:
+    """
+    A tokens file: one C{sha256:<hex>} per line, optionally after a label
+    (C{alice sha256:...}); C{#} comments and blank lines are skipped.
+    """
+    digests = set()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            digest = line.split()[-1].removeprefix("sha256:").lower()
+            if not _HEX64.fullmatch(digest):
+                raise ValueError(f"{path} line {number}: not '[label] sha256:<64 hex digits>'")
+            digests.add(bytes.fromhex(digest))
+    if not digests:
+        raise ValueError(f"{path}: no token hashes in it")
+    return frozenset(digests)
+
+
+def token_matches(token: bytes, digests: frozenset[bytes]) -> bool:
+    """C{token}'s SHA-256 is one of C{digests}, compared in constant time against each."""
+    presented = hashlib.sha256(token).digest()
+    found = False
+    for digest in digests:
+        found |= hmac.compare_digest(presented, digest)
+    return found
 
 
 def secret_from(path: str | None, env: str | None) -> str | None:

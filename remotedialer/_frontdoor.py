@@ -30,11 +30,13 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote
 
+import attrs
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -64,6 +66,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from remotedialer._addresses import split_host_port
+from remotedialer._auth import token_matches
 from remotedialer._deferred import maybe_deferred
 from remotedialer._endpoint import ClientNotConnected, TunnelAgentEndpointFactory
 from remotedialer._headlimit import HeadLimitedEndpointFactory
@@ -297,6 +301,70 @@ def _timed_out(result: object, timeout: float) -> NoReturn:
     raise defer.TimeoutError(f"no response within {timeout:g} s")
 
 
+_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+#: Credentials of the caller, not of the target: kept from the target
+#: unless FrontDoorAccess.forward_credentials.
+CREDENTIAL_HEADERS = {b"authorization", b"cookie"}
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class FrontDoorAccess:
+    """
+    Who may use the front door, and what it passes on.
+
+    By default only loopback callers are answered (a front door on the
+    tunnel's listener is otherwise an open proxy into every client's
+    network).  With C{token_hashes}, a caller anywhere presenting
+    C{Proxy-Authorization: Bearer <token>} whose SHA-256 is listed is
+    answered; with C{open}, anyone.  The caller's C{Authorization} and
+    C{Cookie} are not sent to targets unless C{forward_credentials}.
+    Targets that are this server's own listeners (C{own_ports} on a
+    loopback host) are refused, so the front door cannot be nested into
+    itself.
+    """
+
+    token_hashes: frozenset[bytes] | None = None
+    open: bool = False
+    forward_credentials: bool = False
+    own_ports: frozenset[int] = frozenset()
+
+    def refusal(self, request: Request) -> tuple[int, str] | None:
+        """Why C{request} may not pass (status, one line), or None."""
+        if self.token_hashes is not None:
+            value = request.getHeader(b"Proxy-Authorization") or b""
+            scheme, _, token = value.partition(b" ")
+            token = token.strip()
+            if scheme.lower() == b"bearer" and token and token_matches(token, self.token_hashes):
+                return None
+            return 407, "front door: a valid Proxy-Authorization: Bearer token is required"
+        if self.open:
+            return None
+        caller = request.getClientAddress()
+        host = getattr(caller, "host", None)
+        if isinstance(host, str) and _is_loopback(host):
+            return None
+        return 403, ("front door: only loopback callers are answered "
+                     "(configure front-door tokens, or open it)")
+
+    def nested(self, host_port: str) -> bool:
+        """C{host:port} is one of this server's own listeners."""
+        try:
+            host, port = split_host_port(host_port)
+        except ValueError:
+            return False
+        return port in self.own_ports and _is_loopback(host)
+
+
 class FrontDoor(Resource):
     """
     The ``/client/`` resource of a server (see module docstring).
@@ -306,6 +374,8 @@ class FrontDoor(Resource):
     @param response_head_bytes: largest response head (status line and
         headers) read from a target; C{response_headers} the most header
         lines.  Over either: 502 (see L{remotedialer._headlimit}).
+    @param access: who may use it (L{FrontDoorAccess}; default: loopback
+        callers only, credentials not forwarded).
     """
 
     isLeaf = True
@@ -318,15 +388,22 @@ class FrontDoor(Resource):
         tls_policy: IPolicyForHTTPS | None = None,
         response_head_bytes: int = 64 * 1024,
         response_headers: int = 100,
+        access: FrontDoorAccess | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._server = server
+        self._access = access if access is not None else FrontDoorAccess()
         self._head_limits = (response_head_bytes, response_headers)
         self._reactor = reactor if reactor is not None else server.reactor
         self._pool = HTTPConnectionPool(self._reactor, persistent=False)
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
     def render(self, request: Request) -> bytes | int:
+        refusal = self._access.refusal(request)
+        if refusal is not None:
+            if refusal[0] == 407:
+                request.setHeader(b"Proxy-Authenticate", b"Bearer")
+            return self._text(request, *refusal)
         parts = request.postpath or []  # (a list, while rendering)
         if len(parts) < 3 or not all(parts[:3]):
             return self._text(
@@ -349,8 +426,11 @@ class FrontDoor(Resource):
         path = b"/".join(raw_path.split(b"/")[1 + len(request.prepath or []) + 3:])
         kept = b"&".join(q for q in query.split(b"&") if q and not q.startswith(b"timeout="))
         url = f"{scheme}://{host}/".encode() + path + (b"?" + kept if kept else b"")
+        if self._access.nested(host):
+            return self._text(request, 403, "front door: the target is this server's own listener")
+        dropped = HOP_BY_HOP if self._access.forward_credentials else HOP_BY_HOP | CREDENTIAL_HEADERS
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
-                           if k.lower() not in HOP_BY_HOP})
+                           if k.lower() not in dropped})
         exchange = _Exchange(request, url)
         endpoints = HeadLimitedEndpointFactory(
             TunnelAgentEndpointFactory(self._server, client_key, self._tls_policy), *self._head_limits,

@@ -284,6 +284,17 @@ BIG = 32 * MiB
 HUGE = 256 * MiB
 
 
+class Credentials(Resource):
+    """Says which of the caller's credential headers reached the target."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        seen = [name for name in (b"authorization", b"cookie", b"x-other")
+                if request.getHeader(name) is not None]
+        return b",".join(seen)
+
+
 class Target:
     def __init__(self) -> None:
         self.root = Resource()
@@ -294,7 +305,7 @@ class Target:
         for name, resource in [(b"hello", Hello()), (b"gone", Gone()), (b"big", self.big),
                                (b"huge", self.huge), (b"endless", self.endless),
                                (b"hang", self.hang), (b"echo", EchoSha()),
-                               (b"short", Short()), (b"uri", Uri())]:
+                               (b"short", Short()), (b"uri", Uri()), (b"credentials", Credentials())]:
             self.root.putChild(name, resource)
         self.port = None
 
@@ -784,6 +795,18 @@ class FrontDoorTests(TestCase):
             self.assert_reason(response, body, 502, b"response head is over 65536 bytes")
             sent = await closed
             self.assertLess(sent, 32 * MiB)
+
+        return run(go())
+
+    def test_caller_credentials_not_forwarded(self):
+        """Authorization and Cookie are the caller's: not sent to the target (other headers are)."""
+
+        async def go():
+            await self._setup()
+            response = await treq.get(self.url("credentials"), pool=self.pool,
+                                      headers={"Authorization": "Bearer caller", "Cookie": "s=1",
+                                               "X-Other": "kept"})
+            self.assertEqual(await response.content(), b"x-other")
 
         return run(go())
 
