@@ -407,7 +407,9 @@ class Context:
     @contextmanager
     def server(self, name: str, *flags: str):
         port = free_port()
-        argv = twistd_argv("remotedialer-server", "--listen", f"tcp:{port}:interface={HOST}", *flags)
+        # The probes claim client keys as attackers would: any client is let in.
+        argv = twistd_argv("remotedialer-server", "--listen", f"tcp:{port}:interface={HOST}",
+                           "--insecure-any-client", *flags)
         with Rig(self.logdir) as rig:
             child = rig.start(name, argv, control=False)
             self.children.append(child)

@@ -174,7 +174,8 @@ class ProgramRig(Rig):
             self.relay_port = self.relay.ready()["port"]
         self.server_port = free_port()
         self.server = self.start("server", twistd_argv(
-            "remotedialer-server", "--listen", f"tcp:{self.server_port}:interface=127.0.0.1"), control=False)
+            "remotedialer-server", "--listen", f"tcp:{self.server_port}:interface=127.0.0.1",
+            "--insecure-any-client"), control=False)
         # The client starts once the server listens (else it waits out a reconnect backoff).
         wait_for("the server listening", lambda: port_open(self.server_port), 20, self)
         self.client = self.start("client", twistd_argv(

@@ -26,13 +26,24 @@ stop() {
 trap stop EXIT
 stop; sleep 0.5
 
+# Client "foo" authenticates with a token of its own: the server keeps only
+# its SHA-256 (clients file), the client reads it from a file.
+if [ ! -s "$RUN/foo.token" ]; then
+  (umask 077; .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(32))" > "$RUN/foo.token")
+fi
+.venv/bin/python - "$RUN/foo.token" "$RUN/clients" <<'PY'
+import hashlib, sys
+token = open(sys.argv[1]).readline().strip()
+open(sys.argv[2], "w").write(f"foo sha256:{hashlib.sha256(token.encode()).hexdigest()}\n")
+PY
+
 .venv/bin/twistd --pidfile "$RUN/server.pid" --logfile "$RUN/server.log" \
-  remotedialer-server --listen "tcp:$SERVER_PORT:interface=127.0.0.1"
+  remotedialer-server --listen "tcp:$SERVER_PORT:interface=127.0.0.1" --clients-file "$RUN/clients"
 .venv/bin/twistd --pidfile "$RUN/demo.pid" --logfile "$RUN/demo.log" \
   web --listen "tcp:$DEMO_PORT:interface=127.0.0.1" --path demo
 .venv/bin/twistd --pidfile "$RUN/client.pid" --logfile "$RUN/client.log" \
   remotedialer-client --connect "ws://127.0.0.1:$SERVER_PORT/connect" --id foo \
-  --allow "tcp/127.0.0.1:$DEMO_PORT"
+  --token-file "$RUN/foo.token" --allow "tcp/127.0.0.1:$DEMO_PORT"
 
 URL="http://127.0.0.1:$SERVER_PORT/client/foo/http/127.0.0.1:$DEMO_PORT/hello.txt"
 echo "server :$SERVER_PORT, demo service :$DEMO_PORT, client 'foo' (logs in $RUN/)"

@@ -684,7 +684,7 @@ class ProgramTests(FaultTestCase):
 
     async def start_server(self, port: int = 0) -> tuple[Program, int]:
         server = self.spawn("remotedialer-server", "--listen", f"tcp:{port}:interface=127.0.0.1",
-                            *PROGRAM_KEEPALIVE)
+                            "--insecure-any-client", *PROGRAM_KEEPALIVE)
         pattern = rb"starting on (\d+)"  # the listening factory: the guard or the Site
         await eventually(lambda: re.search(pattern, server.out) or not server.running, timeout=20)
         found = re.search(pattern, server.out)

@@ -283,7 +283,8 @@ class GoInteropCase(TestCase):
     async def py_server(self, name: str, *args: str) -> tuple[Program, int]:
         port = free_port()
         program = self.twistd(
-            name, "remotedialer-server", "--listen", f"tcp:{port}:interface=127.0.0.1", *args)
+            name, "remotedialer-server", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--insecure-any-client", *args)  # Go's example client sends no credential
         await self.listening(program, port)
         return program, port
 
@@ -437,7 +438,8 @@ class PythonPeerLinkGoServerTests(GoInteropCase):
                                        "-id", "a", "-token", "token-a",
                                        "-peers", f"b:token-b:ws://127.0.0.1:{b_port}/connect"])
         await self.listening(a, a_port)
-        b = self.twistd("py-server-b", "remotedialer-server", "--listen", f"tcp:{b_port}:interface=127.0.0.1",
+        b = self.twistd("py-server-b", "remotedialer-server", "--insecure-any-client",
+                        "--listen", f"tcp:{b_port}:interface=127.0.0.1",
                         "--id", "b", "--token", "token-b", "--peers", f"a:token-a:ws://127.0.0.1:{a_port}/connect")
         await self.listening(b, b_port)
         client = self.go_client("go-client", b_port, "goclient")

@@ -33,6 +33,7 @@ from twisted.web.static import Data, File
 from zope.interface import implementer
 
 from remotedialer._frontdoor import InsecureTLSPolicy
+from remotedialer._auth import hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait
@@ -45,7 +46,14 @@ def run(coroutine):
     return defer.Deferred.fromCoroutine(coroutine)
 
 
-def parse(options_class, argv):
+#: The server program refuses to start without a client authentication
+#: method; option tests not about authentication use Go's any-client mode.
+_AUTH_FLAGS = ("--clients-file", "--client-ca-file", "--insecure-any-client")
+
+
+def parse(options_class, argv, *, auth: bool = True):
+    if options_class is server_tap.Options and auth and not any(a in _AUTH_FLAGS for a in argv):
+        argv = ["--insecure-any-client", *argv]
     options = options_class()
     options.parseOptions(argv)
     return options
@@ -87,8 +95,8 @@ class ServerOptionsTests(TestCase):
         self._bad(["--listen", "tcp:notaport"], "--listen 'tcp:notaport'")
 
     def test_peers_need_id_and_token(self):
-        self._bad(["--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
-        self._bad(["--id", "me", "--peers", "a:t:ws://h/connect"], "--peers needs --id and --token")
+        self._bad(["--peers", "a:t:ws://h/connect"], "--peers needs --id and a peer token")
+        self._bad(["--id", "me", "--peers", "a:t:ws://h/connect"], "--peers needs --id and a peer token")
 
     def test_target_tls_default(self):
         """By default the front door verifies https targets against the system trust store."""
@@ -150,17 +158,18 @@ class ClientOptionsTests(TestCase):
         self.assertEqual(options["allow"], [])
         self.assertIsNone(options["ca-file"])
         self.assertFalse(options["debug"])
+        self.assertFalse(options["allow-any"])
 
     def test_good_values(self):
         options = parse(client_tap.Options, [
             "--connect", "ws://h:1/connect", "-i", "bar",
             "--header", "X-A: b", "--header", "X-B:c: d", "--allow", "tcp/127.0.0.1:*",
-            "--allow", "tcp/10.0.0.*:443", "--debug",
+            "--allow", "tcp/10.0.0.0/24:443", "--debug",
         ])
         self.assertEqual(options["connect"], "ws://h:1/connect")
         self.assertEqual(options["id"], "bar")
         self.assertEqual(options["headers"], {"X-A": "b", "X-B": "c: d"})
-        self.assertEqual(options["allow"], ["tcp/127.0.0.1:*", "tcp/10.0.0.*:443"])
+        self.assertEqual(options["allow"], ["tcp/127.0.0.1:*", "tcp/10.0.0.0/24:443"])
         self.assertTrue(options["debug"])
 
     def test_ca_file(self):
@@ -185,6 +194,50 @@ class ClientOptionsTests(TestCase):
 
     def test_bad_allow(self):
         self._bad(["--allow", "127.0.0.1:*"], "--allow '127.0.0.1:*'")
+        self._bad(["--allow", "tcp/10.0.0.*:443"], "--allow 'tcp/10.0.0.*:443'", "10.0.0.0/24")
+        self._bad(["--allow", "tcp/[::1]"], "--allow 'tcp/[::1]'", "[IPv6]:port")
+        self._bad(["--allow", "tcp/10.0.0.1:0-80"], "--allow", "out of range")
+        self._bad(["--allow", "*"], "--allow '*'", "--allow-any")
+        self._bad(["--allow-any", "--allow", "tcp/127.0.0.1:*"], "--allow-any and --allow")
+
+    def _service_logging(self, argv):
+        """makeService's client for C{argv}, and the warnings it logged."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = client_tap.makeService(parse(client_tap.Options, argv))
+        globalLogPublisher.removeObserver(events.append)
+        warnings = [e.get("log_format", "") for e in events
+                    if e.get("log_level") is not None and e["log_level"].name == "warn"]
+        return service, warnings
+
+    def test_no_allow_dials_nothing(self):
+        """Deny by default: one clear line at start, and every dial refused."""
+        service, warnings = self._service_logging([])
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("no --allow given: the server may dial nothing; add --allow tcp/HOST:PORT", warnings[0])
+        for proto, address in [("tcp", "127.0.0.1:22"), ("tcp", "localhost:80"), ("unix", "/run/x")]:
+            self.assertIsNone(self.successResultOf(service._dialer.endpoint_for(proto, address)))
+
+    def test_allow_any(self):
+        """--allow-any: Go's example client (everything), with a warning."""
+        service, warnings = self._service_logging(["--allow-any"])
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("--allow-any: the server may dial any target", warnings[0])
+        self.assertIsNotNone(self.successResultOf(service._dialer.endpoint_for("tcp", "10.9.9.9:1")))
+
+    def test_allow_rules_reach_the_dialer(self):
+        """--allow rules are parsed rules (not globs), canonical addresses checked and dialed."""
+        service, warnings = self._service_logging(["--allow", "tcp/127.0.0.1:*",
+                                                   "--allow", "tcp/10.0.0.0/24:443"])
+        self.assertEqual(warnings, [])
+        dialer = service._dialer
+        endpoint = self.successResultOf(dialer.endpoint_for("tcp", "0177.0.0.1:22"))
+        self.assertEqual((endpoint._host, endpoint._port), ("127.0.0.1", 22))
+        self.successResultOf(dialer.endpoint_for("tcp", "10.0.0.7:443"))
+        for address in ["10.0.1.1:443", "10.0.0.7:80", "127.0.0.2:22"]:
+            failure = self.failureResultOf(dialer.endpoint_for("tcp", address), PermissionError)
+            self.assertIn(f"connect to tcp/{address} not allowed", failure.getErrorMessage())
 
     def test_bad_header(self):
         self._bad(["--header", "X-No-Colon"], "--header 'X-No-Colon'")
@@ -499,7 +552,8 @@ class SubprocessTests(TestCase):
         """
 
         async def go():
-            server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--listen", "bogus:1")
+            server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",
+                                "--listen", "bogus:1")
             client = self.spawn("-n", "--pidfile=", "remotedialer-client", "--connect", "http://h/connect")
             for program, expected in [(server, b"--listen 'bogus:1': "), (client, b"--connect: ")]:
                 self.assertEqual(await self.finished(program), 1)
@@ -526,8 +580,18 @@ class SubprocessTests(TestCase):
             target = await listen_tcp(Site(File(directory)), self)
             target_address = f"127.0.0.1:{target.getHost().port}"
 
+            # Per-client tokens, as the README's quick start: a clients file
+            # of token hashes for the server, the token in a file for the client.
+            token = "t0ken-" + random.Random(3).randbytes(8).hex()
+            clients = os.path.abspath(os.path.join(directory, "clients"))  # the programs run elsewhere
+            with open(clients, "w") as f:
+                f.write(f"sub sha256:{hash_token(token)}\n")
+            token_file = os.path.abspath(os.path.join(directory, "token"))
+            with open(token_file, "w") as f:
+                f.write(token + "\n")
             server = self.spawn(
-                "-n", "--pidfile=", "remotedialer-server", "--listen", "tcp:0:interface=127.0.0.1")
+                "-n", "--pidfile=", "remotedialer-server", "--listen", "tcp:0:interface=127.0.0.1",
+                "--clients-file", clients)
             # The listening factory is the header guard in front of the Site.
             await eventually(lambda: re.search(rb"starting on (\d+)", server.out) or not server.running,
                              timeout=30)
@@ -537,7 +601,7 @@ class SubprocessTests(TestCase):
 
             client = self.spawn("-n", "--pidfile=", "remotedialer-client",
                                 "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "sub",
-                                "--allow", f"tcp/{target_address}")
+                                "--token-file", token_file, "--allow", f"tcp/{target_address}")
             pool = HTTPConnectionPool(reactor, persistent=False)
             url = f"http://127.0.0.1:{port}/client/sub/http/{target_address}/blob.bin"
             for _ in range(200):  # until the client's tunnel is up (500: no session yet)

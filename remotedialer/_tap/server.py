@@ -2,30 +2,53 @@
 ``twistd remotedialer-server``: the Go example server's flags, on Twisted
 endpoints.  Serves the tunnel at /connect and the HTTP front door at /client/.
 
-The front door verifies https targets against the system trust store, or
-the CAs of --target-ca-file; --target-insecure (self-signed clusters) turns
-verification off, with a warning at start.
+Who may connect: per-client tokens (--clients-file, re-read on SIGHUP) or
+mutual TLS (--tls-cert/--tls-key with --client-ca-file: the client id is
+the certificate's); the program refuses to start with neither unless
+--insecure-any-client is given, as Go's example server (any X-Tunnel-ID),
+which is then logged at start and for every new client.
+
+The front door answers loopback callers only, unless --frontdoor-tokens-file
+(Proxy-Authorization bearer tokens) or --frontdoor-open; it may have its own
+listener (--frontdoor-listen).  It verifies https targets against the
+system trust store, or the CAs of --target-ca-file; --target-insecure
+(self-signed clusters) turns verification off, with a warning at start.
 """
 
 from __future__ import annotations
 
+import signal
+from typing import Any
+
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy, refuse_unknown_client
+from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
+from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
+from remotedialer._logtext import printable
+from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
+#: Where the peer token may come from instead of --token.
+PEER_TOKEN_ENV = "REMOTEDIALER_PEER_TOKEN"
 log = Logger()
+
+_NO_AUTH = ("the server needs client authentication: --clients-file FILE (per-client tokens) or "
+            "--tls-cert/--tls-key with --client-ca-file (mutual TLS); --insecure-any-client accepts "
+            "any client, as Go's example server")
 
 
 def parse_peers(text: str) -> list[tuple[str, str, str]]:
@@ -50,7 +73,20 @@ class Options(usage.Options):
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "Twisted server endpoint to listen on (tcp:..., ssl:...)."],
         ["id", None, None, "This server's peer id."],
-        ["token", None, None, "This server's peer token."],
+        ["token", None, None, "This server's peer token (prefer --token-file, or $REMOTEDIALER_PEER_TOKEN)."],
+        ["token-file", None, None, "File holding this server's peer token."],
+        ["clients-file", None, None,
+         "Clients allowed to connect: lines '<client id> sha256:<hex of its token>' (re-read on SIGHUP)."],
+        ["tls-cert", None, None, "PEM certificate (chain) of a TLS listener we make for --listen tcp:..."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["client-ca-file", None, None,
+         "With --tls-cert: require client certificates from these CAs; "
+         "the client id is the certificate's CN."],
+        ["frontdoor-listen", None, None,
+         "Serve the front door on this endpoint instead of the tunnel's listener."],
+        ["frontdoor-tokens-file", None, None,
+         "Front-door callers must send 'Proxy-Authorization: Bearer <token>' of one listed here "
+         "(lines 'sha256:<hex>')."],
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
         ["target-ca-file", None, None,
@@ -64,6 +100,11 @@ class Options(usage.Options):
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
         ["target-insecure", None, "Do not verify the front door's https targets (self-signed clusters)."],
+        ["insecure-any-client", None,
+         "Accept any client that sends an X-Tunnel-ID, with no credential (Go's example server)."],
+        ["frontdoor-open", None, "Answer front-door callers from any address, unauthenticated."],
+        ["forward-credentials", None,
+         "Pass the front-door caller's Authorization and Cookie headers on to targets."],
     ]
 
     def postOptions(self) -> None:
@@ -71,8 +112,8 @@ class Options(usage.Options):
 
         try:
             endpoints.serverFromString(reactor, self["listen"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--listen {self['listen']!r}: {e}") from None
+        except Exception as e:  # a bad description, a missing key file...: one line, no traceback
+            raise usage.UsageError(f"--listen {self['listen']!r}: {printable(str(e))}") from None
         try:
             # Only peer links ping: without peers the interval just has to be sane.
             check_keepalive(self["ping-interval"] if self["peers"] else None, self["idle-timeout"])
@@ -81,9 +122,11 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
+        self._parse_auth()
         self["peer_list"] = parse_peers(self["peers"])
         if self["peer_list"] and not (self["id"] and self["token"]):
-            raise usage.UsageError("--peers needs --id and --token")
+            raise usage.UsageError(
+                "--peers needs --id and a peer token (--token-file, or $REMOTEDIALER_PEER_TOKEN)")
         self["peer_trust_root"] = None
         if self["peer-ca-file"]:
             self["peer_trust_root"] = load_ca_file("peer-ca-file", self["peer-ca-file"])
@@ -97,6 +140,130 @@ class Options(usage.Options):
         else:
             self["target_tls_policy"] = BrowserLikePolicyForHTTPS()
 
+    def _parse_auth(self) -> None:
+        """Client authentication, TLS listener, front-door access and the peer token."""
+        try:
+            self["token"] = self["token"] or secret_from(self["token-file"], PEER_TOKEN_ENV)
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(f"--token-file: {e}") from None
+        methods = [bool(self["clients-file"]), bool(self["client-ca-file"]),
+                   bool(self["insecure-any-client"])]
+        if sum(methods) > 1:
+            raise usage.UsageError("choose one of --clients-file, --client-ca-file, --insecure-any-client")
+        if not any(methods):
+            raise usage.UsageError(_NO_AUTH)
+        self["authorizer"] = None
+        if self["clients-file"]:
+            try:
+                self["authorizer"] = TokenAuthorizer(self["clients-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--clients-file: {e}") from None
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["client-ca-file"] and not self["tls-cert"]:
+            raise usage.UsageError("--client-ca-file needs --tls-cert and --tls-key (our TLS listener)")
+        self["tls_options"] = None
+        if self["tls-cert"]:
+            if not self["listen"].startswith("tcp:"):
+                raise usage.UsageError("--tls-cert/--tls-key make a TLS listener on a tcp: --listen")
+            self["tls_options"] = _tls_options(self["tls-cert"], self["tls-key"], self["client-ca-file"])
+            if self["client-ca-file"]:
+                self["authorizer"] = CertificateAuthorizer()
+        try:
+            tokens_file = self["frontdoor-tokens-file"]
+            hashes = load_token_hashes(tokens_file) if tokens_file else None
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(f"--frontdoor-tokens-file: {e}") from None
+        own_ports = {_port_of(self["listen"])} | ({_port_of(self["frontdoor-listen"])}
+                                                  if self["frontdoor-listen"] else set())
+        self["frontdoor_access"] = FrontDoorAccess(
+            token_hashes=hashes, open=bool(self["frontdoor-open"]),
+            forward_credentials=bool(self["forward-credentials"]),
+            own_ports=frozenset(p for p in own_ports if p))
+        if self["frontdoor-listen"]:
+            from twisted.internet import reactor
+
+            try:
+                endpoints.serverFromString(reactor, self["frontdoor-listen"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--frontdoor-listen {self['frontdoor-listen']!r}: {e}") from None
+
+
+def _port_of(description: str) -> int | None:
+    """The port of a tcp:/ssl: endpoint description (for refusing nested front-door targets)."""
+    parts = description.split(":")
+    if len(parts) > 1 and parts[0] in ("tcp", "ssl", "tcp6") and parts[1].isdigit():
+        return int(parts[1])
+    for part in parts:
+        if part.startswith("port=") and part[5:].isdigit():
+            return int(part[5:])
+    return None
+
+
+def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> CertificateOptions:
+    """Our TLS listener's options; with C{ca_path}, client certificates from those CAs are required."""
+    try:
+        with open(cert_path, "rb") as f:
+            cert_pem = f.read()
+        with open(key_path, "rb") as f:
+            key_pem = f.read()
+        private = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    except Exception as e:
+        raise usage.UsageError(f"--tls-cert/--tls-key: {printable(str(e))}") from None
+    if ca_path is None:
+        return CertificateOptions(privateKey=private.privateKey.original, certificate=private.original)
+    marker = b"-----BEGIN CERTIFICATE-----"
+    try:
+        with open(ca_path, "rb") as f:
+            pem = f.read()
+        cas = [Certificate.loadPEM(marker + part).original for part in pem.split(marker)[1:]]
+        if not cas:
+            raise ValueError("no PEM certificate in it")
+    except Exception as e:
+        raise usage.UsageError(f"--client-ca-file {ca_path!r}: {printable(str(e))}") from None
+    return CertificateOptions(privateKey=private.privateKey.original, certificate=private.original,
+                              verify=True, caCerts=cas, requireCertificate=True)
+
+
+def _warning_authorizer(request: IRequest) -> str | None:
+    """Go's example authorizer (any X-Tunnel-ID), saying so for every new client."""
+    key = header_authorizer(request)
+    if key:
+        log.warn("--insecure-any-client: accepting client {key} without any credential", key=printable(key))
+    return key
+
+
+class _ReloadOnHangup(Service):
+    """Re-reads the clients file on SIGHUP (a bad file is logged; the old table stays)."""
+
+    def __init__(self, authorizer: TokenAuthorizer) -> None:
+        self._authorizer = authorizer
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16653
+        from twisted.internet import reactor
+
+        def hangup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload)  # type: ignore[attr-defined]  # the global reactor has it
+
+        self._previous = signal.signal(signal.SIGHUP, hangup)
+
+    def stopService(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+        return super().stopService()  # type: ignore[no-untyped-call,no-any-return]  # Twisted's
+
+    def reload(self) -> None:
+        try:
+            count = self._authorizer.reload()
+        except (OSError, ValueError) as e:
+            log.warn("SIGHUP: clients file not reloaded, keeping the previous one: {error}",
+                     error=printable(str(e)))
+            return
+        log.info("SIGHUP: clients file {path} reloaded: {count} clients",
+                 path=self._authorizer.path, count=count)
+
 
 class ServerProgram(MultiService):
     """
@@ -109,7 +276,11 @@ class ServerProgram(MultiService):
 
 
 def makeService(options: Options) -> ServerProgram:
-    server = Server(trace=data_debug(options["debug"]),
+    authorizer = options["authorizer"]
+    if options["insecure-any-client"]:
+        log.warn("--insecure-any-client: any client may claim any client key (no credential checked)")
+        authorizer = _warning_authorizer
+    server = Server(authorizer, trace=data_debug(options["debug"]),
                     peer_id=options["id"], peer_token=options["token"],
                     peer_trust_root=options["peer_trust_root"],
                     ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"],
@@ -122,12 +293,27 @@ def makeService(options: Options) -> ServerProgram:
     root = Resource()
     root.putChild(b"connect", server.resource)
     upgrade = options["upgrade_limits"]
+    access = options["frontdoor_access"]
+    if access.open:
+        log.warn("--frontdoor-open: anyone who reaches the front door can reach every client's network")
     front_door = FrontDoor(server, tls_policy=options["target_tls_policy"],
-                           response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers)
-    root.putChild(b"client", front_door)
+                           response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers,
+                           access=access)
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    site = HeaderGuardFactory(Site(root), options["upgrade_limits"], early=refuse_unknown_client(server))
+    early = refuse_unknown_client(server)
+    if options["frontdoor-listen"]:
+        front_root = Resource()
+        front_root.putChild(b"client", front_door)
+        front_site = HeaderGuardFactory(Site(front_root), upgrade, early=early)
+        strports.service(options["frontdoor-listen"], front_site).setServiceParent(top)
+    else:
+        root.putChild(b"client", front_door)
+    site: Any = HeaderGuardFactory(Site(root), upgrade, early=early)
+    if options["tls_options"] is not None:
+        site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     strports.service(options["listen"], site).setServiceParent(top)
+    if isinstance(options["authorizer"], TokenAuthorizer):
+        _ReloadOnHangup(options["authorizer"]).setServiceParent(top)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door

@@ -1,0 +1,127 @@
+"""
+The programs' authentication options: the server refuses to start without
+a client authentication method (unless --insecure-any-client), per-client
+tokens from a clients file (re-read on SIGHUP), mutual TLS options, the
+front door's access options; the client's token from a file or the
+environment.  Every mistake is a one-line usage error naming the flag.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
+from remotedialer._tap import client as client_tap
+from remotedialer._tap import server as server_tap
+
+from tests.support import self_signed_certificate
+
+
+def parse(options_class, argv):
+    options = options_class()
+    options.parseOptions(argv)
+    return options
+
+
+class ServerAuthOptionsTests(TestCase):
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def bad(self, argv, *fragments):
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(server_tap.Options, argv)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_no_method_refuses_to_start(self):
+        self.bad([], "needs client authentication", "--clients-file", "--insecure-any-client")
+
+    def test_one_method_only(self):
+        clients = self.write(f"foo sha256:{hash_token('t')}\n")
+        self.bad(["--clients-file", clients, "--insecure-any-client"], "choose one of")
+
+    def test_clients_file(self):
+        clients = self.write(f"foo sha256:{hash_token('t')}\n")
+        options = parse(server_tap.Options, ["--clients-file", clients])
+        self.assertIsInstance(options["authorizer"], TokenAuthorizer)
+        self.bad(["--clients-file", self.write("foo nonsense\n")], "--clients-file", "line 1")
+        self.bad(["--clients-file", "/nonexistent/clients"], "--clients-file")
+
+    def test_sighup_reloads(self):
+        clients = self.write(f"foo sha256:{hash_token('t')}\n")
+        top = server_tap.makeService(parse(server_tap.Options, ["--clients-file", clients]))
+        [reloader] = [s for s in top if isinstance(s, server_tap._ReloadOnHangup)]
+        with open(clients, "a") as f:
+            f.write(f"bar sha256:{hash_token('u')}\n")
+        reloader.reload()
+        self.assertEqual(len(top.server.resource._authorizer._digests), 2)
+        with open(clients, "w") as f:
+            f.write("broken\n")
+        reloader.reload()  # logged; the previous table stays
+        self.assertEqual(len(top.server.resource._authorizer._digests), 2)
+
+    def test_mutual_tls_options(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key = (os.path.abspath(p) for p in self_signed_certificate(directory))
+        options = parse(server_tap.Options, ["--tls-cert", cert, "--tls-key", key, "--client-ca-file", cert])
+        self.assertIsInstance(options["authorizer"], CertificateAuthorizer)
+        self.assertIsNotNone(options["tls_options"])
+        self.bad(["--client-ca-file", cert], "--client-ca-file needs --tls-cert")
+        self.bad(["--tls-cert", cert, "--insecure-any-client"], "--tls-cert and --tls-key go together")
+        self.bad(["--tls-cert", cert, "--tls-key", key, "--client-ca-file", cert,
+                  "--listen", f"ssl:8443:privateKey={key}:certKey={cert}"], "on a tcp: --listen")
+        self.bad(["--insecure-any-client", "--listen", "ssl:8443:privateKey=/missing.pem"], "--listen")
+        self.bad(["--tls-cert", cert, "--tls-key", cert, "--insecure-any-client"], "--tls-cert/--tls-key")
+
+    def test_peer_token_from_file_or_environment(self):
+        token = self.write("peer-secret\n")
+        options = parse(server_tap.Options, ["--insecure-any-client", "--id", "a", "--token-file", token,
+                                             "--peers", "b:t:ws://127.0.0.1:9/connect"])
+        self.assertEqual(options["token"], "peer-secret")
+        self.patch(os, "environ", {**os.environ, server_tap.PEER_TOKEN_ENV: "from-env"})
+        options = parse(server_tap.Options, ["--insecure-any-client", "--id", "a",
+                                             "--peers", "b:t:ws://127.0.0.1:9/connect"])
+        self.assertEqual(options["token"], "from-env")
+
+    def test_front_door_access(self):
+        tokens = self.write(f"alice sha256:{hash_token('x')}\n")
+        options = parse(server_tap.Options, ["--insecure-any-client", "--frontdoor-tokens-file", tokens,
+                                             "--forward-credentials", "--listen", "tcp:8123"])
+        access = options["frontdoor_access"]
+        self.assertEqual(len(access.token_hashes), 1)
+        self.assertTrue(access.forward_credentials)
+        self.assertEqual(access.own_ports, frozenset({8123}))
+        self.bad(["--insecure-any-client", "--frontdoor-tokens-file", self.write("garbage here\n")],
+                 "--frontdoor-tokens-file")
+        self.bad(["--insecure-any-client", "--frontdoor-listen", "bogus:1"], "--frontdoor-listen")
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--insecure-any-client", "--frontdoor-listen", "tcp:8124:interface=127.0.0.1"]))
+        from twisted.application.internet import StreamServerEndpointService
+
+        self.assertEqual(len([s for s in top if isinstance(s, StreamServerEndpointService)]), 2)
+
+
+class ClientTokenTests(TestCase):
+    def test_token_file_and_environment(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("s3cret\n")
+        service = client_tap.makeService(parse(client_tap.Options, ["--token-file", path]))
+        self.assertEqual(service._rotation._headers["Authorization"], "Bearer s3cret")
+        self.patch(os, "environ", {**os.environ, client_tap.TOKEN_ENV: "env-token"})
+        service = client_tap.makeService(parse(client_tap.Options, []))
+        self.assertEqual(service._rotation._headers["Authorization"], "Bearer env-token")
+
+    def test_bad_token_file(self):
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(client_tap.Options, ["--token-file", "/nonexistent/token"])
+        self.assertIn("--token-file", str(caught.exception))
