@@ -15,13 +15,14 @@ refused with 400 at once, as Go refuses a request that is no upgrade.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import attr
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IProtocol
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -32,7 +33,8 @@ from zope.interface import implementer
 from remotedialer._auth import Credentials
 from remotedialer._deferred import maybe_deferred
 from remotedialer._interfaces import ITunnelAuthorizer
-from remotedialer._logtext import address, printable, quoted
+from remotedialer._logtext import Throttle, address, printable
+from remotedialer._ratelimit import FailureLimiter, TooManyAttempts, address_key
 
 if TYPE_CHECKING:
     from remotedialer._websocket import TunnelServerFactory, TunnelServerProtocol
@@ -119,6 +121,7 @@ class TunnelResource(Resource):
         authorizer: ITunnelAuthorizer | Authorizer,
         peers: Callable[[], dict[str, str]],
         owner_conflict: Callable[[Identity], str | None] | None = None,
+        limiter: FailureLimiter | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._factory = websocket_factory
@@ -127,6 +130,11 @@ class TunnelResource(Resource):
         #: Why C{identity} may not connect now (its key is held with another
         #: credential), or None: the server's one-key-one-owner rule.
         self._owner_conflict = owner_conflict
+        #: Failed authentications from one address are delayed and limited,
+        #: so tokens cannot be guessed at speed.
+        self._limiter = limiter
+        self._peer_refusals = Throttle(
+            limiter.clock if limiter is not None else _reactor(), TunnelResource.log, "refused peer links")
 
     def render(self, request: Request) -> bytes | int:
         if request.clientproto != b"HTTP/1.1":
@@ -138,7 +146,14 @@ class TunnelResource(Resource):
         # the request (HTTP/2 has no channel transport to look at).
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        d = maybe_deferred(self._identify, request)
+        def identify() -> defer.Deferred[Identity]:
+            return maybe_deferred(self._identify, request)
+
+        d: defer.Deferred[Identity]
+        if self._limiter is not None:
+            d = self._limiter.judge(address_key(request.getClientAddress()), identify)
+        else:
+            d = identify()
         d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request, gone), errbackArgs=(request, gone))
         d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
         return NOT_DONE_YET
@@ -164,11 +179,14 @@ class TunnelResource(Resource):
         expected = self._peers().get(peer_id)
         if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
             return Identity(peer_id, is_peer=True)
-        self.log.warn("refused peer link claiming id {peer_id} from {addr}: unknown peer or wrong token",
-                      peer_id=quoted(peer_id), addr=address(request.getClientAddress()))
         if not _printable_key(peer_id):
             raise AuthorizationError("peer id must be printable text")
-        return None
+        # A request claiming to be a peer with a wrong token is refused, not
+        # tried as a client.  Logged a few times per interval, then summed up.
+        self._peer_refusals.warn(
+            "refused peer link claiming id {peer_id} from {addr}: unknown peer or wrong token",
+            session="tunnel", peer_id=printable(peer_id), addr=address(request.getClientAddress()))
+        raise _Unauthorized()
 
     @staticmethod
     def _client_identity(answer: Credentials | str | bytes | None) -> Identity:
@@ -203,6 +221,11 @@ class TunnelResource(Resource):
             code, text = 401, "failed authentication"
         elif failure.check(_Conflict):
             code, text = 409, failure.getErrorMessage()
+        elif failure.check(TooManyAttempts):
+            code, text = 429, failure.getErrorMessage()
+            limited = failure.value
+            if not gone and isinstance(limited, TooManyAttempts):
+                request.setHeader(b"Retry-After", str(math.ceil(limited.retry_after)).encode())
         else:
             code, text = 400, failure.getErrorMessage()
             if not failure.check(AuthorizationError):
@@ -215,6 +238,12 @@ class TunnelResource(Resource):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.write(text.encode("utf-8"))
         request.finish()
+
+
+def _reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return cast("IReactorTime", reactor)
 
 
 def _printable_key(key: str) -> bool:

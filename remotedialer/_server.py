@@ -30,6 +30,7 @@ from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, 
 from remotedialer._limits import SessionLimits
 from remotedialer._logtext import address, printable
 from remotedialer._peering import PeerLink
+from remotedialer._ratelimit import FailureLimiter
 from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
 from remotedialer._session import Session, SessionFactory
@@ -96,6 +97,8 @@ class Server(MultiService):
         (Go: 60).
     @param session_limits: what one session may cost (L{SessionLimits}).
     @param flow_limits: per-stream Pause/Resume thresholds and hard cap.
+    @param auth_limiter: delays and limits failed authentications per
+        address (L{FailureLimiter}; the server program always uses one).
     """
 
     log = Logger()
@@ -114,6 +117,7 @@ class Server(MultiService):
         idle_timeout: float = IDLE_TIMEOUT,
         session_limits: SessionLimits | None = None,
         flow_limits: FlowLimits | None = None,
+        auth_limiter: FailureLimiter | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         if reactor is None:
@@ -147,7 +151,7 @@ class Server(MultiService):
             raise ValueError(f"ping interval must be over 0 s, not {ping_interval}")
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens,
-                                        self._owner_conflict)
+                                        self._owner_conflict, auth_limiter)
 
     @property
     def resource(self) -> IResource:

@@ -36,6 +36,7 @@ from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_toke
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
+from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
@@ -280,7 +281,9 @@ def makeService(options: Options) -> ServerProgram:
     if options["insecure-any-client"]:
         log.warn("--insecure-any-client: any client may claim any client key (no credential checked)")
         authorizer = _warning_authorizer
-    server = Server(authorizer, trace=data_debug(options["debug"]),
+    from twisted.internet import reactor
+
+    server = Server(authorizer, trace=data_debug(options["debug"]), auth_limiter=FailureLimiter(reactor),
                     peer_id=options["id"], peer_token=options["token"],
                     peer_trust_root=options["peer_trust_root"],
                     ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"],
