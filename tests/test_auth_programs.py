@@ -16,7 +16,6 @@ from twisted.trial.unittest import TestCase
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
-
 from tests.support import self_signed_certificate
 
 
@@ -125,3 +124,99 @@ class ClientTokenTests(TestCase):
         with self.assertRaises(usage.UsageError) as caught:
             parse(client_tap.Options, ["--token-file", "/nonexistent/token"])
         self.assertIn("--token-file", str(caught.exception))
+
+
+def make_pki(directory: str):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate with CN 'agent-7', as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(filename, data):
+        path = os.path.abspath(os.path.join(directory, filename))
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def pem_key(key):
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=7))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn, san):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=7)))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    server_key, server_cert = leaf("127.0.0.1", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client_key, client_cert = leaf("agent-7", None)
+    pem = serialization.Encoding.PEM
+    return {
+        "ca": write("ca.pem", ca.public_bytes(pem)),
+        "server_cert": write("server.pem", server_cert.public_bytes(pem)),
+        "server_key": write("server.key", pem_key(server_key)),
+        "client_cert": write("client.pem", client_cert.public_bytes(pem)),
+        "client_key": write("client.key", pem_key(client_key)),
+    }
+
+
+class MutualTLSEndToEndTests(TestCase):
+    """The server program's mutual TLS listener on loopback: the client id is the certificate's."""
+
+    timeout = 30
+
+    def test_client_certificate_is_the_identity(self):
+        from twisted.internet import defer, reactor
+        from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+
+        from remotedialer import TunnelClient, allow_all
+        from tests.support import eventually
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        pki = make_pki(directory)
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--listen", "tcp:0:interface=127.0.0.1", "--tls-cert", pki["server_cert"],
+            "--tls-key", pki["server_key"], "--client-ca-file", pki["ca"]]))
+        top.startService()
+        self.addCleanup(top.stopService)
+
+        async def go():
+            from twisted.application.internet import StreamServerEndpointService
+
+            [listener] = [s for s in top if isinstance(s, StreamServerEndpointService)]
+            port = (await listener._waitingForPort).getHost().port
+            with open(pki["ca"], "rb") as f:
+                ca = Certificate.loadPEM(f.read())
+            with open(pki["client_cert"], "rb") as f, open(pki["client_key"], "rb") as g:
+                mine = PrivateCertificate.loadPEM(f.read() + g.read())
+            client = TunnelClient(
+                f"wss://127.0.0.1:{port}/connect", reactor=reactor, connect_authorizer=allow_all,
+                headers={"X-Tunnel-ID": "forged"},  # not believed: the certificate decides
+                tls_options=optionsForClientTLS("127.0.0.1", trustRoot=ca, clientCertificate=mine))
+            client.startService()
+            self.addCleanup(client.stopService)
+            await eventually(lambda: top.server.clients() == ["agent-7"], timeout=10)
+
+        return defer.Deferred.fromCoroutine(go())

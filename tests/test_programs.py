@@ -32,8 +32,8 @@ from twisted.web.server import Site
 from twisted.web.static import Data, File
 from zope.interface import implementer
 
-from remotedialer._frontdoor import InsecureTLSPolicy
 from remotedialer._auth import hash_token
+from remotedialer._frontdoor import InsecureTLSPolicy
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait

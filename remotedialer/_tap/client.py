@@ -1,6 +1,10 @@
 """
 ``twistd remotedialer-client``: the Go example client's flags, plus what a
 production client needs (extra headers, a dial allow-list, a CA file).
+
+Unlike Go's example client, which dials anything, the server may dial only
+what an --allow rule allows (remotedialer._acl); with no --allow it may dial
+nothing, and --allow-any restores Go's behaviour.
 """
 
 from __future__ import annotations
@@ -8,18 +12,22 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.python import usage
 
+from remotedialer._acl import parse_rule
+from remotedialer._auth import secret_from
 from remotedialer._client import TunnelClient, endpoint_for_url
-from remotedialer._dialer import allow_all, allow_patterns
+from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
+#: Where the client's token may come from instead of --token-file.
+TOKEN_ENV = "REMOTEDIALER_TOKEN"
 log = Logger()
 
 
 class Options(usage.Options):
     synopsis = (
-        "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow PATTERN ...] "
+        "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
         "[--ca-file PEM] [--debug]"
     )
     optParameters = [
@@ -27,12 +35,18 @@ class Options(usage.Options):
          "Tunnel URL of the server (ws:// or wss://); several, comma-separated, for failover."],
         ["id", "i", "foo", "Client key, sent as X-Tunnel-ID."],
         ["ca-file", None, None, "PEM file of CA certificates to verify a wss:// server with."],
+        ["token-file", None, None,
+         "File holding this client's token, sent as 'Authorization: Bearer' (or $REMOTEDIALER_TOKEN)."],
         ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which the tunnel is dead and redialed (Go: 60).", float],
         *limit_parameters(),
     ]
-    optFlags = [["debug", "d", "Log every tunnel message."]]
+    optFlags = [
+        ["debug", "d", "Log every tunnel message."],
+        ["allow-any", None,
+         "Let the server dial any target this host can reach (Go's example client; not for production)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
@@ -48,18 +62,33 @@ class Options(usage.Options):
 
     def opt_allow(self, pattern: str) -> None:
         # The docstring is the --allow help, kept one line (a multi-line
-        # docstring's indentation would show in it): one literal in two parts.
+        # docstring's indentation would show in it): one literal in parts.
         (
-            "Allow dials to targets matching proto/host:port pattern, e.g. 'tcp/127.0.0.1:*' "
-            "(repeatable; default: all)."
+            "Allow the server to dial proto/host:port (repeatable; default: nothing): "
+            "host an address, a CIDR range (10.0.0.0/8), [IPv6] or [IPv6/len], a host name or "
+            "*.domain (its addresses are checked too; loopback or link-local ones need an address "
+            "rule); port N, N,M, N-M or *; also unix//path. "
+            "E.g. tcp/127.0.0.1:*, tcp/[::1]:80,443, tcp/*.svc.cluster.local:8000-8100."
         )
-        if "/" not in pattern:
-            raise usage.UsageError(f"--allow {pattern!r} is not proto/host:port (e.g. tcp/10.0.0.1:443)")
+        if pattern.strip() in ("*", "*/*", "*/*:*"):
+            raise usage.UsageError(
+                f"--allow {pattern!r}: patterns are no longer globs; use --allow-any to allow every target")
+        try:
+            parse_rule(pattern)
+        except ValueError as e:
+            raise usage.UsageError(f"--allow {pattern!r}: {e}") from None
         self["allow"].append(pattern)
 
     def postOptions(self) -> None:
+        try:
+            token = secret_from(self["token-file"], TOKEN_ENV)
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(f"--token-file: {e}") from None
+        self["token_header"] = {"Authorization": f"Bearer {token}"} if token else {}
         from twisted.internet import reactor
 
+        if self["allow-any"] and self["allow"]:
+            raise usage.UsageError("--allow-any and --allow exclude each other")
         if not self["id"] or "/" in self["id"]:
             raise usage.UsageError("--id must be non-empty and without '/'")
         try:
@@ -81,14 +110,19 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> TunnelClient:
+    authorizer: ConnectAuthorizer
     if options["allow"]:
         authorizer = allow_patterns(options["allow"])
-    else:
-        log.warn("no --allow given: the server may dial any target this host can reach")
+    elif options["allow-any"]:
+        log.warn("--allow-any: the server may dial any target this host can reach")
         authorizer = allow_all
+    else:
+        log.warn("no --allow given: the server may dial nothing; "
+                 "add --allow tcp/HOST:PORT (e.g. --allow tcp/127.0.0.1:8080) for each target")
+        authorizer = deny_all
     return TunnelClient(
         options["urls"],
-        headers={"X-Tunnel-ID": options["id"], **options["headers"]},
+        headers={"X-Tunnel-ID": options["id"], **options["token_header"], **options["headers"]},
         connect_authorizer=authorizer,
         trust_root=options["trust_root"],
         trace=data_debug(options["debug"]),
