@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,12 +50,14 @@ def endpoint_for_url(
     url: str,
     tls_options: IOpenSSLClientConnectionCreator | None = None,
     trust_root: IOpenSSLTrustRoot | Certificate | None = None,
+    client_certificate: PrivateCertificate | None = None,
 ) -> IStreamClientEndpoint:
     """
     The endpoint for a C{ws://} or C{wss://} URL.  wss always verifies the
     server's certificate for the URL's host: against C{trust_root} (e.g. a
     Certificate loaded from a CA file) or the platform trust store, unless
-    C{tls_options} replaces the whole TLS configuration.
+    C{tls_options} replaces the whole TLS configuration; it presents
+    C{client_certificate} to a server that asks for one (mutual TLS).
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -68,7 +70,8 @@ def endpoint_for_url(
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
     if secure:
         if tls_options is None:
-            tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
+            tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root,
+                                              clientCertificate=client_certificate)
         endpoint = wrapClientTLS(tls_options, endpoint, clock=reactor)
     return endpoint
 
@@ -99,8 +102,10 @@ class _ServerRotation:
         trust_root: IOpenSSLTrustRoot | Certificate | None,
         websocket_factory: WebSocketClientFactory,
         headers: dict[str, str],
+        client_certificate: PrivateCertificate | None = None,
     ) -> None:
-        self._targets = [(url, endpoint_for_url(reactor, url, tls_options, trust_root)) for url in urls]
+        self._targets = [(url, endpoint_for_url(reactor, url, tls_options, trust_root, client_certificate))
+                         for url in urls]
         self._index = 0
         self._factory = websocket_factory
         self._headers = headers
@@ -133,6 +138,8 @@ class TunnelClient(WebSocketLink):
     @param headers: sent with the upgrade (e.g. C{X-Tunnel-ID}).
     @param trust_root: CA to verify wss:// servers with (default: platform
         trust); C{tls_options} replaces the TLS configuration outright.
+    @param client_certificate: our certificate and key, for a server that
+        authenticates clients by mutual TLS.
     @param on_connect: called with the L{Session} each time the tunnel
         opens; may return a Deferred; a failure drops the tunnel (and it is
         retried, with backoff).
@@ -159,6 +166,7 @@ class TunnelClient(WebSocketLink):
         idle_timeout: float = IDLE_TIMEOUT,
         session_limits: SessionLimits | None = None,
         flow_limits: FlowLimits | None = None,
+        client_certificate: PrivateCertificate | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -170,7 +178,8 @@ class TunnelClient(WebSocketLink):
         headers = dict(headers or {})
         factory = client_factory(self, urls[0], headers, reactor, ping_interval, idle_timeout,
                                  session_limits)
-        self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers)
+        self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers,
+                                         client_certificate)
         super().__init__(
             reactor,
             self._rotation,

@@ -120,6 +120,14 @@ class ClientTokenTests(TestCase):
         service = client_tap.makeService(parse(client_tap.Options, []))
         self.assertEqual(service._rotation._headers["Authorization"], "Bearer env-token")
 
+    def test_bad_client_certificate(self):
+        for argv, fragment in ((["--key", "k.pem"], "--key needs --cert"),
+                               (["--cert", "/nonexistent.pem"], "--cert/--key")):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(client_tap.Options, argv)
+            self.assertIn(fragment, str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
+
     def test_bad_token_file(self):
         with self.assertRaises(usage.UsageError) as caught:
             parse(client_tap.Options, ["--token-file", "/nonexistent/token"])
@@ -187,10 +195,8 @@ class MutualTLSEndToEndTests(TestCase):
     timeout = 30
 
     def test_client_certificate_is_the_identity(self):
-        from twisted.internet import defer, reactor
-        from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+        from twisted.internet import defer
 
-        from remotedialer import TunnelClient, allow_all
         from tests.support import eventually
 
         directory = self.mktemp()
@@ -207,14 +213,10 @@ class MutualTLSEndToEndTests(TestCase):
 
             [listener] = [s for s in top if isinstance(s, StreamServerEndpointService)]
             port = (await listener._waitingForPort).getHost().port
-            with open(pki["ca"], "rb") as f:
-                ca = Certificate.loadPEM(f.read())
-            with open(pki["client_cert"], "rb") as f, open(pki["client_key"], "rb") as g:
-                mine = PrivateCertificate.loadPEM(f.read() + g.read())
-            client = TunnelClient(
-                f"wss://127.0.0.1:{port}/connect", reactor=reactor, connect_authorizer=allow_all,
-                headers={"X-Tunnel-ID": "forged"},  # not believed: the certificate decides
-                tls_options=optionsForClientTLS("127.0.0.1", trustRoot=ca, clientCertificate=mine))
+            client = client_tap.makeService(parse(client_tap.Options, [
+                "--connect", f"wss://127.0.0.1:{port}/connect", "--ca-file", pki["ca"],
+                "--cert", pki["client_cert"], "--key", pki["client_key"],
+                "--id", "forged"]))  # not believed: the certificate decides
             client.startService()
             self.addCleanup(client.stopService)
             await eventually(lambda: top.server.clients() == ["agent-7"], timeout=10)

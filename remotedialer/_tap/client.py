@@ -9,6 +9,7 @@ nothing, and --allow-any restores Go's behaviour.
 
 from __future__ import annotations
 
+from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -16,6 +17,7 @@ from remotedialer._acl import parse_rule
 from remotedialer._auth import secret_from
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
+from remotedialer._logtext import printable
 from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -35,6 +37,9 @@ class Options(usage.Options):
          "Tunnel URL of the server (ws:// or wss://); several, comma-separated, for failover."],
         ["id", "i", "foo", "Client key, sent as X-Tunnel-ID."],
         ["ca-file", None, None, "PEM file of CA certificates to verify a wss:// server with."],
+        ["cert", None, None,
+         "PEM file with this client's certificate and key (or --key), for a server using mutual TLS."],
+        ["key", None, None, "PEM private key of --cert, if not in the same file."],
         ["token-file", None, None,
          "File holding this client's token, sent as 'Authorization: Bearer' (or $REMOTEDIALER_TOKEN)."],
         ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
@@ -99,6 +104,18 @@ class Options(usage.Options):
         self["trust_root"] = None
         if self["ca-file"]:
             self["trust_root"] = load_ca_file("ca-file", self["ca-file"])
+        self["client_certificate"] = None
+        if self["key"] and not self["cert"]:
+            raise usage.UsageError("--key needs --cert")
+        if self["cert"]:
+            try:
+                pem = b""
+                for path in filter(None, (self["cert"], self["key"])):
+                    with open(path, "rb") as f:
+                        pem += f.read() + b"\n"
+                self["client_certificate"] = PrivateCertificate.loadPEM(pem)
+            except Exception as e:
+                raise usage.UsageError(f"--cert/--key: {printable(str(e)) or type(e).__name__}") from None
         self["urls"] = [u.strip() for u in self["connect"].split(",") if u.strip()]
         if not self["urls"]:
             raise usage.UsageError("--connect needs a URL")
@@ -125,6 +142,7 @@ def makeService(options: Options) -> TunnelClient:
         headers={"X-Tunnel-ID": options["id"], **options["token_header"], **options["headers"]},
         connect_authorizer=authorizer,
         trust_root=options["trust_root"],
+        client_certificate=options["client_certificate"],
         trace=data_debug(options["debug"]),
         client_key=options["id"],
         ping_interval=options["ping-interval"],
