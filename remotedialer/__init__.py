@@ -10,6 +10,9 @@ Module map, from the wire up (one job each):
     _codec       wire format: messages and Go's varints
     _flow        receive-side flow accounting: when to Pause, Resume, cut off
     _limits      what one session, or one unauthenticated request, may cost
+    _auth        ready tunnel authorizers: per-client tokens, mutual TLS
+    _ratelimit   failed authentications delayed and limited per address
+    _acl         the client's dial allow-list: parsed rules, canonical addresses
     _lifecycle   the stream state table
     _mux         the sans-IO multiplexer: bytes in -> events out, commands -> messages
     _addresses   host:port splitting, the Twisted address of a target
@@ -38,6 +41,8 @@ Module map, from the wire up (one job each):
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from remotedialer._acl import DialACL, parse_rule
+from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
 from remotedialer._dialer import LocalDialer, allow_all, allow_patterns, deny_all
@@ -48,7 +53,7 @@ from remotedialer._endpoint import (
     tunnel_agent,
 )
 from remotedialer._flow import FlowLimits
-from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
+from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._interfaces import (
     IDialPolicy,
@@ -60,6 +65,7 @@ from remotedialer._interfaces import (
     ITunnelAuthorizer,
 )
 from remotedialer._limits import SessionLimits, UpgradeLimits
+from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import (
     AuthorizationError,
     Identity,
@@ -78,6 +84,14 @@ except PackageNotFoundError:  # running from a checkout that is not installed
 
 __all__ = [
     "AuthorizationError",
+    "CertificateAuthorizer",
+    "Credentials",
+    "DialACL",
+    "FailureLimiter",
+    "FrontDoorAccess",
+    "TokenAuthorizer",
+    "hash_token",
+    "parse_rule",
     "ClientNotConnected",
     "FlowLimits",
     "FrontDoor",
