@@ -81,6 +81,25 @@ class ServerAuthOptionsTests(TestCase):
         self.bad(["--insecure-any-client", "--listen", "ssl:8443:privateKey=/missing.pem"], "--listen")
         self.bad(["--tls-cert", cert, "--tls-key", cert, "--insecure-any-client"], "--tls-cert/--tls-key")
 
+    def test_sighup_reloads_tls_certificate(self):
+        """SIGHUP loads the TLS listener's files again; a broken one is logged, the old one kept."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key = (os.path.abspath(p) for p in self_signed_certificate(directory))
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--tls-cert", cert, "--tls-key", key, "--client-ca-file", cert]))
+        [reloader] = [s for s in top if isinstance(s, server_tap._ReloadOnHangup)]
+        tls = reloader._tls
+        before = tls._options
+        self_signed_certificate(directory)  # a new certificate and key in the same files
+        reloader.reload()
+        self.assertIsNot(tls._options, before)
+        renewed = tls._options
+        with open(key, "w") as f:
+            f.write("not a key\n")
+        reloader.reload()
+        self.assertIs(tls._options, renewed)
+
     def test_peer_token_from_file_or_environment(self):
         token = self.write("peer-secret\n")
         options = parse(server_tap.Options, ["--insecure-any-client", "--id", "a", "--token-file", token,

@@ -18,11 +18,13 @@ system trust store, or the CAs of --target-ca-file; --target-insecure
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -31,6 +33,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
@@ -167,7 +170,8 @@ class Options(usage.Options):
         if self["tls-cert"]:
             if not self["listen"].startswith("tcp:"):
                 raise usage.UsageError("--tls-cert/--tls-key make a TLS listener on a tcp: --listen")
-            self["tls_options"] = _tls_options(self["tls-cert"], self["tls-key"], self["client-ca-file"])
+            cert, key, cas = self["tls-cert"], self["tls-key"], self["client-ca-file"]
+            self["tls_options"] = _ReloadableTLS(lambda: _tls_options(cert, key, cas))
             if self["client-ca-file"]:
                 self["authorizer"] = CertificateAuthorizer()
         try:
@@ -234,11 +238,30 @@ def _warning_authorizer(request: IRequest) -> str | None:
     return key
 
 
-class _ReloadOnHangup(Service):
-    """Re-reads the clients file on SIGHUP (a bad file is logged; the old table stays)."""
+@implementer(IOpenSSLServerConnectionCreator)
+class _ReloadableTLS:
+    """Our TLS listener's options, which SIGHUP may replace (new connections use the new ones)."""
 
-    def __init__(self, authorizer: TokenAuthorizer) -> None:
+    def __init__(self, load: Callable[[], CertificateOptions]) -> None:
+        self._load = load
+        self._options = load()
+
+    def reload(self) -> None:
+        self._options = self._load()
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+
+class _ReloadOnHangup(Service):
+    """
+    On SIGHUP re-reads the clients file and the TLS listener's certificate,
+    key and client CAs; one that fails to load is logged and the old one stays.
+    """
+
+    def __init__(self, authorizer: TokenAuthorizer | None, tls: _ReloadableTLS | None) -> None:
         self._authorizer = authorizer
+        self._tls = tls
         self._previous: Any = None
 
     def startService(self) -> None:
@@ -256,14 +279,23 @@ class _ReloadOnHangup(Service):
         return super().stopService()  # type: ignore[no-untyped-call,no-any-return]  # Twisted's
 
     def reload(self) -> None:
-        try:
-            count = self._authorizer.reload()
-        except (OSError, ValueError) as e:
-            log.warn("SIGHUP: clients file not reloaded, keeping the previous one: {error}",
-                     error=printable(str(e)))
-            return
-        log.info("SIGHUP: clients file {path} reloaded: {count} clients",
-                 path=self._authorizer.path, count=count)
+        if self._authorizer is not None:
+            try:
+                count = self._authorizer.reload()
+            except (OSError, ValueError) as e:
+                log.warn("SIGHUP: clients file not reloaded, keeping the previous one: {error}",
+                         error=printable(str(e)))
+            else:
+                log.info("SIGHUP: clients file {path} reloaded: {count} clients",
+                         path=self._authorizer.path, count=count)
+        if self._tls is not None:
+            try:
+                self._tls.reload()
+            except usage.UsageError as e:
+                log.warn("SIGHUP: TLS certificate not reloaded, keeping the previous one: {error}",
+                         error=printable(str(e)))
+            else:
+                log.info("SIGHUP: TLS certificate reloaded")
 
 
 class ServerProgram(MultiService):
@@ -315,8 +347,10 @@ def makeService(options: Options) -> ServerProgram:
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     strports.service(options["listen"], site).setServiceParent(top)
-    if isinstance(options["authorizer"], TokenAuthorizer):
-        _ReloadOnHangup(options["authorizer"]).setServiceParent(top)  # type: ignore[no-untyped-call]
+    tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
+    if tokens is not None or options["tls_options"] is not None:
+        reloader = _ReloadOnHangup(tokens, options["tls_options"])
+        reloader.setServiceParent(top)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
