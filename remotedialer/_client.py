@@ -94,6 +94,10 @@ class _ServerRotation:
     server of an HA group).  Autobahn's factory is told which URL it speaks to.
     """
 
+    def __repr__(self) -> str:
+        # ClientService names its endpoint in "Scheduling retry ..." lines.
+        return self.url
+
     def __init__(
         self,
         reactor: IReactorTime,

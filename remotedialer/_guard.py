@@ -144,6 +144,7 @@ class HeaderGuardFactory(Factory):
     """
 
     log = Logger()
+    noisy = False  # the listening port logs "... starting on <port>"
 
     def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
                  clock: IReactorTime | None = None,

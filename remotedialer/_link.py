@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -30,6 +30,21 @@ if TYPE_CHECKING:
 
 #: The dialing side hears which streams we hold this often (Go: 60 s).
 SYNC_INTERVAL = 60
+
+
+@implementer(IStreamClientEndpoint)
+class NamedEndpoint:
+    """An endpoint that says which URL it reaches (ClientService logs its endpoint)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, name: str) -> None:
+        self._endpoint = endpoint
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        return self._endpoint.connect(protocolFactory)
 
 
 @implementer(ISessionOwner)

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from remotedialer._client import endpoint_for_url
 from remotedialer._interfaces import ISessionObserver
-from remotedialer._link import WebSocketLink
+from remotedialer._link import NamedEndpoint, WebSocketLink
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
 from remotedialer._websocket import _TunnelProtocol, client_factory
@@ -56,7 +56,7 @@ class PeerLink(WebSocketLink):
         headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
         super().__init__(
             server.reactor,
-            endpoint_for_url(server.reactor, url, trust_root=trust_root),
+            NamedEndpoint(endpoint_for_url(server.reactor, url, trust_root=trust_root), url),
             client_factory(self, url, headers, server.reactor,
                            server.ping_interval, server.idle_timeout, server.session_limits),
             backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX),

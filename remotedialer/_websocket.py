@@ -416,6 +416,7 @@ def client_factory(
     factory = TunnelClientFactory(  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
         url, headers=headers, reactor=reactor)
     factory.protocol = TunnelClientProtocol
+    factory.noisy = False  # no "Starting factory <repr>" line at every (re)connect
     factory.owner = owner
     factory.ping_interval = ping_interval
     factory.idle_timeout = idle_timeout

@@ -230,6 +230,12 @@ def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> Certific
                               verify=True, caCerts=cas, requireCertificate=True)
 
 
+def _quiet(site: Site) -> Site:
+    """No "Starting factory <repr>" line: the listening port logs where it listens."""
+    site.noisy = False
+    return site
+
+
 def _warning_authorizer(request: IRequest) -> str | None:
     """Go's example authorizer (any X-Tunnel-ID), saying so for every new client."""
     key = header_authorizer(request)
@@ -339,11 +345,11 @@ def makeService(options: Options) -> ServerProgram:
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", front_door)
-        front_site = HeaderGuardFactory(Site(front_root), upgrade, early=early)
+        front_site = HeaderGuardFactory(_quiet(Site(front_root)), upgrade, early=early)
         strports.service(options["frontdoor-listen"], front_site).setServiceParent(top)
     else:
         root.putChild(b"client", front_door)
-    site: Any = HeaderGuardFactory(Site(root), upgrade, early=early)
+    site: Any = HeaderGuardFactory(_quiet(Site(root)), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     strports.service(options["listen"], site).setServiceParent(top)
