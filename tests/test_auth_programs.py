@@ -110,6 +110,17 @@ class ServerAuthOptionsTests(TestCase):
                                              "--peers", "b:t:ws://127.0.0.1:9/connect"])
         self.assertEqual(options["token"], "from-env")
 
+    def test_peers_file(self):
+        """Peers (and their tokens) from a file, not the command line."""
+        peers = self.write("# id:token:url\nb:tb:ws://127.0.0.1:9/connect\n\nc:tc:wss://h:1/connect\n")
+        options = parse(server_tap.Options, ["--insecure-any-client", "--id", "a", "--token-file",
+                                             self.write("ta\n"), "--peers-file", peers])
+        self.assertEqual(options["peer_list"], [("b", "tb", "ws://127.0.0.1:9/connect"),
+                                                ("c", "tc", "wss://h:1/connect")])
+        self.bad(["--insecure-any-client", "--peers-file", "/nonexistent"], "--peers-file")
+        self.bad(["--insecure-any-client", "--id", "a", "--token", "t", "--peers-file", self.write("junk\n")],
+                 "--peers")
+
     def test_front_door_access(self):
         tokens = self.write(f"alice sha256:{hash_token('x')}\n")
         options = parse(server_tap.Options, ["--insecure-any-client", "--frontdoor-tokens-file", tokens,

@@ -91,7 +91,8 @@ class Options(usage.Options):
         ["frontdoor-tokens-file", None, None,
          "Front-door callers must send 'Proxy-Authorization: Bearer <token>' of one listed here "
          "(lines 'sha256:<hex>')."],
-        ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL)."],
+        ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL; prefer --peers-file)."],
+        ["peers-file", None, None, "File of peers, one id:token:url a line (keeps their tokens out of ps)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
         ["target-ca-file", None, None,
          "PEM CA certificates to verify the front door's https targets with (default: system trust store)."],
@@ -120,7 +121,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--listen {self['listen']!r}: {printable(str(e))}") from None
         try:
             # Only peer links ping: without peers the interval just has to be sane.
-            check_keepalive(self["ping-interval"] if self["peers"] else None, self["idle-timeout"])
+            pinging = self["peers"] or self["peers-file"]
+            check_keepalive(self["ping-interval"] if pinging else None, self["idle-timeout"])
             if not self["ping-interval"] > 0:
                 raise ValueError(f"ping interval must be over 0 s, not {self['ping-interval']}")
         except ValueError as e:
@@ -128,6 +130,13 @@ class Options(usage.Options):
         parse_limits(self, upgrade=True)
         self._parse_auth()
         self["peer_list"] = parse_peers(self["peers"])
+        if self["peers-file"]:
+            try:
+                with open(self["peers-file"], encoding="utf-8") as f:
+                    lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            except OSError as e:
+                raise usage.UsageError(f"--peers-file: {printable(str(e))}") from None
+            self["peer_list"] += parse_peers(",".join(lines))
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError(
                 "--peers needs --id and a peer token (--token-file, or $REMOTEDIALER_PEER_TOKEN)")
