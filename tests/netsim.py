@@ -420,47 +420,6 @@ class TunnelSite:
             session._drop()
 
 
-class SendPayload(Protocol):
-    """
-    L{tests.support.SendPayload} on a test clock: writes a payload as a push
-    producer would (honouring pause), then closes.
-    """
-
-    def __init__(self, payload, clock, close: bool = True) -> None:
-        self._chunks = payload.chunks()
-        self._clock = clock
-        self._paused = False
-        self._close = close
-        self.pauses = 0
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        if not self._paused:
-            self.pauses += 1
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._clock.callLater(0, self._produce)
-
-    def _produce(self) -> None:
-        while not self._paused and self._chunks is not None:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._chunks = None
-                self.transport.unregisterProducer()
-                if self._close:
-                    self.transport.loseConnection()
-                return
-            self.transport.write(chunk)
-
-    def stopProducing(self) -> None:
-        self._paused = True
-
-
 class Network:
     """
     The simulated network (see the module docstring).  Given a test case,

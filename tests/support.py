@@ -116,10 +116,14 @@ class Payload:
 
 
 class SendPayload(Protocol):
-    """Writes a payload as a push producer would (honouring pause), then closes."""
+    """
+    Writes a payload as a push producer would (honouring pause), then
+    closes; on C{clock} (a test clock), else the global reactor.
+    """
 
-    def __init__(self, payload: Payload, close: bool = True) -> None:
+    def __init__(self, payload: Payload, clock=None, close: bool = True) -> None:
         self._chunks = payload.chunks()
+        self._clock = clock if clock is not None else reactor
         self._paused = False
         self._close = close
         self.pauses = 0
@@ -135,12 +139,13 @@ class SendPayload(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        reactor.callLater(0, self._produce)
+        self._clock.callLater(0, self._produce)
 
     def _produce(self) -> None:
-        while not self._paused:
+        while not self._paused and self._chunks is not None:
             chunk = next(self._chunks, None)
             if chunk is None:
+                self._chunks = None
                 self.transport.unregisterProducer()
                 if self._close:
                     self.transport.loseConnection()

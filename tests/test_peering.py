@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer import ClientNotConnected, StreamError
 from remotedialer._peering import PEER_RETRY_MAX
-from tests.netsim import Network, SendPayload
-from tests.support import Collector, Payload, sha256_of
+from tests.netsim import Network
+from tests.support import Collector, Payload, SendPayload, sha256_of
 from tests.test_end_to_end import _Factory
 
 MiB = 1024 * 1024
