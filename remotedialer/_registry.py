@@ -2,12 +2,10 @@
 Which sessions a server holds, and the routing rule for dials.
 
 Routing (docs/protocol.md sections 2 and 5): a client key is reached through
-its oldest live local session, as Go does -- unless that session has gone
-quiet: a client pings every 5 s, so a session not heard from for
-C{fresh_for} seconds (C{FRESH_FOR}, three Go ping intervals, unless the
-server says otherwise) while a newer one of the same key is heard from is
-most likely half-open (the client reconnected after a network blip), and
-the newer one gets the dials at once instead of after the idle timeout.
+its oldest live local session that no newer one has replaced.  The server
+lets a new session of the key's owner replace the older ones at once (a
+client that reconnected after a network blip leaves a half-open session
+behind), so in practice there is one; the replaced ones only drain.
 Failing a local session, a peer session that announced the key -- the peer
 with the lowest peer id, and of its sessions the oldest -- so every server
 picks the same route for the same state.  Peer sessions' clients are never
@@ -21,18 +19,13 @@ from twisted.logger import Logger
 from remotedialer._interfaces import ISessionObserver
 from remotedialer._session import Session
 
-#: A session not heard from for this long, while another of its key is,
-#: is passed over (three of Go's 5 s ping intervals).
-FRESH_FOR = 15.0
-
 
 class SessionRegistry:
     """Local client sessions and peer sessions, each in order of arrival."""
 
     log = Logger()
 
-    def __init__(self, fresh_for: float = FRESH_FOR) -> None:
-        self._fresh_for = fresh_for
+    def __init__(self) -> None:
         self._clients: dict[str, list[Session]] = {}
         self._peers: dict[str, list[Session]] = {}
         self._observers: list[ISessionObserver] = []
@@ -70,18 +63,11 @@ class SessionRegistry:
                 self.log.failure("{observer} failed on {event}", observer=observer, event=event)
 
     def local_session(self, client_key: str) -> Session | None:
-        """
-        The oldest live session of C{client_key} that was heard from lately;
-        if none was, the one heard from last (see module docstring).
-        """
-        live = [s for s in self._clients.get(client_key, ()) if not s.closed and not s.superseded]
-        if len(live) <= 1:
-            return live[0] if live else None
-        now = live[0].clock.seconds()
-        for session in live:
-            if now - session.last_heard <= self._fresh_for:
+        """The oldest live session of C{client_key} not replaced by a newer one."""
+        for session in self._clients.get(client_key, ()):
+            if not session.closed and not session.superseded:
                 return session
-        return max(live, key=lambda s: s.last_heard)
+        return None
 
     def peer_session_for(self, client_key: str) -> Session | None:
         for peer_id in sorted(self._peers):

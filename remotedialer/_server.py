@@ -125,9 +125,7 @@ class Server(MultiService):
 
             reactor = global_reactor
         self.reactor: IReactorTime = reactor
-        # Clients ping about as often as we would: a session silent for three
-        # of those intervals, while a newer one of its key is not, is half-open.
-        self.sessions = SessionRegistry(fresh_for=3 * ping_interval)
+        self.sessions = SessionRegistry()
         self.peer_id = peer_id
         self.peer_token = peer_token
         self.trace = trace

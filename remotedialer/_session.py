@@ -103,8 +103,6 @@ class Session:
         self.clock: IReactorTime = clock
         #: Drives pull producers registered on streams (default: Twisted's cooperator).
         self.cooperate = cooperate
-        #: When the far side was last heard from (any frame; see L{heard_from}).
-        self.last_heard: float = clock.seconds()
         #: The credential that proved the client key (None: not known).
         self.fingerprint: str | None = None
         #: A newer session of the same owner took over: no new dials come
@@ -213,10 +211,6 @@ class Session:
         return TunnelStream(self, handle, host=host, peer=peer, target=target)
 
     # Messages in.
-
-    def heard_from(self) -> None:
-        """The WebSocket received something (a frame, a ping): the far side is alive."""
-        self.last_heard = self.clock.seconds()
 
     def message_received(self, data: bytes) -> None:
         """Handle one binary WebSocket message."""

@@ -237,7 +237,6 @@ class _TunnelProtocol(_WebSocket):
             super().dataReceived(data)
             return
         self.resetTimeout()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        self.session.heard_from()
         super().dataReceived(data)
         self._watch_message_deadline()
 

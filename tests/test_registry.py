@@ -26,32 +26,16 @@ class RoutingTests(SynchronousTestCase):
         first.connection_lost(Failure(ConnectionLost()))
         self.assertIs(registry.local_session("foo"), second)
 
-    def test_half_open_oldest_passed_over(self):
-        """
-        A client reconnected while its old session is half-open: the old one
-        has gone quiet past fresh_for while the new one is heard from, so the
-        new one gets the dials at once; while both are heard from, the oldest
-        keeps them (a newcomer cannot take a live client's dials).
-        """
-        clock = Clock()
-        registry = SessionRegistry(fresh_for=15.0)
-        old = session("foo", clock=clock)
+    def test_replaced_session_passed_over(self):
+        """A session a newer one of its owner replaced gets no more dials (it only drains)."""
+        registry = SessionRegistry()
+        old, new = session("foo"), session("foo")
         registry.add(old)
-        clock.advance(10)
-        new = session("foo", clock=clock)
         registry.add(new)
-        self.assertIs(registry.local_session("foo"), old)  # both heard from lately
-        clock.advance(5)
-        new.heard_from()
-        self.assertIs(registry.local_session("foo"), old)  # old last heard exactly 15 s ago
-        clock.advance(0.5)
+        old.open_stream("tcp", "127.0.0.1:1")  # something to drain: it stays open
+        old.supersede()
+        self.assertFalse(old.closed)
         self.assertIs(registry.local_session("foo"), new)
-        old.heard_from()
-        self.assertIs(registry.local_session("foo"), old)  # it came back to life
-        clock.advance(60)
-        new.heard_from()
-        clock.advance(30)
-        self.assertIs(registry.local_session("foo"), new)  # both quiet: the one heard from last
 
     def test_peer_lowest_id_then_oldest(self):
         """Through peers: the lowest peer id that announced the client, its oldest session."""
