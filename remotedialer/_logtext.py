@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "failure_text", "printable", "quoted"]
+__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "failure_text", "printable"]
 
 #: Longest piece of peer-supplied text put in a log line or error message.
 LOG_TEXT_LIMIT = 128
@@ -37,11 +37,6 @@ def printable(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
         text = text[:limit]
     escaped = "".join(_escape(c) for c in text) if not text.isprintable() or "\\" in text else text
     return f"{escaped}...({more} more characters)" if more > 0 else escaped
-
-
-def quoted(text: str | bytes, limit: int = LOG_TEXT_LIMIT) -> str:
-    """L{printable} in double quotes, for text inside a sentence."""
-    return f'"{printable(text, limit)}"'
 
 
 def cut(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
