@@ -252,3 +252,21 @@ class MutualTLSEndToEndTests(TestCase):
             await eventually(lambda: top.server.clients() == ["agent-7"], timeout=10)
 
         return defer.Deferred.fromCoroutine(go())
+
+
+class VersionTests(TestCase):
+    def test_version_is_ours(self):
+        """--version of either program prints remotedialer's version (twistd's own says Twisted's)."""
+        import io
+        import sys
+
+        from remotedialer import __version__
+
+        for options_class in (server_tap.Options, client_tap.Options):
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            with self.assertRaises(SystemExit) as caught:
+                parse(options_class, ["--version"])
+            self.assertEqual(caught.exception.code, 0)
+            self.assertEqual(out.getvalue(), f"remotedialer {__version__}\n")
+

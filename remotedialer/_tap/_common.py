@@ -16,6 +16,17 @@ _T = TypeVar("_T")
 #: (flag, SessionLimits/FlowLimits/UpgradeLimits field, type, help)
 _Flag = tuple[str, str, type[int] | type[float], str]
 
+class VersionOption:
+    """C{--version} of our programs: our version (twistd's own says Twisted's)."""
+
+    def opt_version(self) -> None:
+        """Display remotedialer's version and exit."""
+        from remotedialer import __version__
+
+        print(f"remotedialer {__version__}")
+        raise SystemExit(0)
+
+
 #: Go's switch for logging every message (docs/protocol.md section 8).
 DATA_DEBUG_ENV = "CATTLE_TUNNEL_DATA_DEBUG"
 

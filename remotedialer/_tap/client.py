@@ -18,7 +18,7 @@ from remotedialer._auth import secret_from
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._logtext import printable
-from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
@@ -27,7 +27,7 @@ TOKEN_ENV = "REMOTEDIALER_TOKEN"
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
         "[--ca-file PEM] [--debug]"

@@ -42,7 +42,7 @@ from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
-from remotedialer._tap._common import data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
@@ -67,12 +67,14 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
     return peers
 
 
-class Options(usage.Options):
-    synopsis = ("[--listen ENDPOINT] [--id ID --token TOKEN --peers id:token:url,...] "
+class Options(VersionOption, usage.Options):
+    synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
+                "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
     longdesc = (
-        "Accepts remotedialer tunnels at /connect (the client key is the X-Tunnel-ID "
-        "header) and proxies GET /client/<key>/<scheme>/<host>/<path> through them."
+        "Accepts remotedialer tunnels at /connect from authenticated clients (per-client tokens or "
+        "mutual TLS) and proxies /client/<key>/<scheme>/<host>/<path> through them for loopback "
+        "callers (or authenticated ones: --frontdoor-tokens-file)."
     )
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "Twisted server endpoint to listen on (tcp:..., ssl:...)."],
