@@ -76,6 +76,10 @@ def endpoint_for_url(
     return endpoint
 
 
+#: The longest wait between reconnect attempts (the default retry policy).
+RETRY_MAX = 10.0
+
+
 class _ClientOpener:
     """The client as a stream opener for L{TunnelEndpoint} (the key is unused)."""
 
@@ -188,7 +192,10 @@ class TunnelClient(WebSocketLink):
             reactor,
             self._rotation,
             factory,
-            retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0),
+            # Exponential, with jitter, first retry within about a second,
+            # capped at 10 s (Go's client retries every 5 s: staying away half
+            # a minute after a server restart is too long).
+            retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=RETRY_MAX),
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect

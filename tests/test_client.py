@@ -168,3 +168,16 @@ class BackoffTests(SynchronousTestCase):
         self.net.run(0.175)
         self.assertEqual(attempts, [1, 2, 3, 4])
         self.flushLoggedErrors(RuntimeError)
+
+    def test_default_backoff_capped(self):
+        """The default retry policy starts near 1 s and never waits past RETRY_MAX (10 s)."""
+        from remotedialer import TunnelClient, allow_all
+        from remotedialer._client import RETRY_MAX
+
+        client = TunnelClient("ws://127.0.0.1:9/connect", connect_authorizer=allow_all,
+                              reactor=self.net.reactor)
+        policy = client._retry_policy
+        self.assertLessEqual(policy(1), 3.0)  # 1 s, plus up to 1 s of jitter
+        self.assertTrue(all(policy(n) <= RETRY_MAX + 1 for n in range(1, 60)))
+        self.assertEqual(RETRY_MAX, 10.0)
+
