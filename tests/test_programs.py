@@ -20,7 +20,7 @@ import treq
 import twisted.plugins
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
@@ -70,11 +70,11 @@ class ServerOptionsTests(TestCase):
 
     def test_good_values(self):
         options = parse(server_tap.Options, [
-            "--listen", "tcp:0:interface=127.0.0.1", "--id", "a", "--token", "t",
+            "--listen", "tcp:0:interface=127.0.0.1", "--id", "me", "--token", "t",
             "--peers", "a:t:ws://h:1/connect,b:t2:wss://h/connect", "-d",
         ])
         self.assertEqual(options["listen"], "tcp:0:interface=127.0.0.1")
-        self.assertEqual((options["id"], options["token"]), ("a", "t"))
+        self.assertEqual((options["id"], options["token"]), ("me", "t"))
         self.assertEqual(options["peer_list"], [("a", "t", "ws://h:1/connect"), ("b", "t2", "wss://h/connect")])
         self.assertTrue(options["debug"])
 
@@ -542,6 +542,31 @@ class SubprocessTests(TestCase):
                 self.assertIn(flag, server.out)
             for flag in (b"--connect", b"--header", b"--allow", b"--ca-file"):
                 self.assertIn(flag, client.out)
+
+        return run(go())
+
+    def test_start_up_mistakes_are_one_line(self):
+        """
+        A port out of range, our own id among the peers, and a busy port:
+        one line naming the flag, exit status 1, no traceback.
+        """
+
+        async def go():
+            busy = await listen_tcp(Factory.forProtocol(Protocol), self)
+            cases = [
+                (["--listen", "tcp:99999"], b"--listen 'tcp:99999': port 99999 is not 0-65535"),
+                (["--id", "a", "--token", "t", "--peers", "a:t:ws://127.0.0.1:9/connect"],
+                 b"--peers: 'a' is this server's own id"),
+                (["--listen", f"tcp:{busy.getHost().port}:interface=127.0.0.1"],
+                 b"--listen: cannot listen on 127.0.0.1:%d: " % busy.getHost().port),
+            ]
+            for argv, expected in cases:
+                program = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",
+                                     *argv)
+                self.assertEqual(await self.finished(program), 1, argv)
+                output = program.out + program.err
+                self.assertNotIn(b"Traceback", output)
+                self.assertIn(expected, output)
 
         return run(go())
 

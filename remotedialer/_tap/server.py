@@ -21,9 +21,10 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
@@ -115,12 +116,8 @@ class Options(VersionOption, usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from twisted.internet import reactor
 
-        try:
-            endpoints.serverFromString(reactor, self["listen"])
-        except Exception as e:  # a bad description, a missing key file...: one line, no traceback
-            raise usage.UsageError(f"--listen {self['listen']!r}: {printable(str(e))}") from None
+        _check_listen("listen", self["listen"])
         try:
             # Only peer links ping: without peers the interval just has to be sane.
             pinging = self["peers"] or self["peers-file"]
@@ -132,6 +129,9 @@ class Options(VersionOption, usage.Options):
         parse_limits(self, upgrade=True)
         self._parse_auth()
         self["peer_list"] = parse_peers(self["peers"])
+        for peer_id, _, _ in self["peer_list"]:
+            if peer_id == self["id"] or "/" in peer_id:
+                raise usage.UsageError(f"--peers: {peer_id!r} is this server's own id, or has a '/'")
         if self["peers-file"]:
             try:
                 with open(self["peers-file"], encoding="utf-8") as f:
@@ -197,12 +197,39 @@ class Options(VersionOption, usage.Options):
             forward_credentials=bool(self["forward-credentials"]),
             own_ports=frozenset(p for p in own_ports if p))
         if self["frontdoor-listen"]:
-            from twisted.internet import reactor
 
-            try:
-                endpoints.serverFromString(reactor, self["frontdoor-listen"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--frontdoor-listen {self['frontdoor-listen']!r}: {e}") from None
+            _check_listen("frontdoor-listen", self["frontdoor-listen"])
+
+
+def _check_listen(flag: str, description: str) -> None:
+    """A usable server endpoint description, or a one-line usage error naming C{flag}."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:  # a bad description, a missing key file...: one line, no traceback
+        raise usage.UsageError(f"--{flag} {description!r}: {printable(str(e))}") from None
+    port = _port_of(description)
+    if port is not None and not 0 <= port <= 65535:
+        raise usage.UsageError(f"--{flag} {description!r}: port {port} is not 0-65535")
+
+
+class _Listening(StreamServerEndpointService):
+    """A listening service whose failure to listen (a busy port) is one line, not a traceback."""
+
+    def __init__(self, flag: str, description: str, factory: Any) -> None:
+        from twisted.internet import reactor
+
+        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        self._raiseSynchronously = True  # as strports.service: fail at start, not later
+        self._flag = flag
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        except CannotListenError as e:
+            raise SystemExit(f"remotedialer-server: --{self._flag}: cannot listen on "
+                             f"{e.interface or '*'}:{e.port}: {printable(str(e.socketError))}") from None
 
 
 def _port_of(description: str) -> int | None:
@@ -357,13 +384,13 @@ def makeService(options: Options) -> ServerProgram:
         front_root = Resource()
         front_root.putChild(b"client", front_door)
         front_site = HeaderGuardFactory(_quiet(Site(front_root)), upgrade, early=early)
-        strports.service(options["frontdoor-listen"], front_site).setServiceParent(top)
+        _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", front_door)
     site: Any = HeaderGuardFactory(_quiet(Site(root)), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
-    strports.service(options["listen"], site).setServiceParent(top)
+    _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
     if tokens is not None or options["tls_options"] is not None:
         reloader = _ReloadOnHangup(tokens, options["tls_options"])
