@@ -33,7 +33,6 @@ from twisted.python import usage
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
@@ -43,6 +42,8 @@ from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
+from remotedialer._site import ServerSite
+from remotedialer._tap import _frontdoor as frontdoor_tuning
 from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -104,6 +105,7 @@ class Options(VersionOption, usage.Options):
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
         *limit_parameters(upgrade=True),
+        *frontdoor_tuning.PARAMETERS,
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -113,6 +115,7 @@ class Options(VersionOption, usage.Options):
         ["frontdoor-open", None, "Answer front-door callers from any address, unauthenticated."],
         ["forward-credentials", None,
          "Pass the front-door caller's Authorization and Cookie headers on to targets."],
+        *frontdoor_tuning.FLAGS,
     ]
 
     def postOptions(self) -> None:
@@ -127,6 +130,7 @@ class Options(VersionOption, usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
+        frontdoor_tuning.check(self)
         self._parse_auth()
         self["peer_list"] = parse_peers(self["peers"])
         for peer_id, _, _ in self["peer_list"]:
@@ -268,12 +272,6 @@ def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> Certific
                               verify=True, caCerts=cas, requireCertificate=True)
 
 
-def _quiet(site: Site) -> Site:
-    """No "Starting factory <repr>" line: the listening port logs where it listens."""
-    site.noisy = False
-    return site
-
-
 def _warning_authorizer(request: IRequest) -> str | None:
     """Go's example authorizer (any X-Tunnel-ID), saying so for every new client."""
     key = header_authorizer(request)
@@ -377,17 +375,17 @@ def makeService(options: Options) -> ServerProgram:
         log.warn("--frontdoor-open: anyone who reaches the front door can reach every client's network")
     front_door = FrontDoor(server, tls_policy=options["target_tls_policy"],
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers,
-                           access=access)
+                           access=access, **frontdoor_tuning.front_door_options(options))
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     early = refuse_unknown_client(server)
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", front_door)
-        front_site = HeaderGuardFactory(_quiet(Site(front_root)), upgrade, early=early)
+        front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"]), upgrade, early=early)
         _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", front_door)
-    site: Any = HeaderGuardFactory(_quiet(Site(root)), upgrade, early=early)
+    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"]), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
@@ -398,4 +396,5 @@ def makeService(options: Options) -> ServerProgram:
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
+    frontdoor_tuning.tune_gc()
     return top
