@@ -57,7 +57,8 @@ class ClientPool(HTTPConnectionPool):
     retryAutomatically = False
 
     def __init__(self, reactor: IReactorTime, owner: ClientPools, client_key: str) -> None:
-        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        # (Twisted's pool cannot keep 0 idle connections: it must not be persistent then.)
+        super().__init__(reactor, persistent=owner.max_idle > 0)  # type: ignore[no-untyped-call]  # Twisted's
         self.maxPersistentPerHost = owner.max_idle
         self.cachedConnectionTimeout = owner.idle_timeout  # type: ignore[assignment]  # any seconds do
         self.client_key = client_key

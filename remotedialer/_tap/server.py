@@ -349,6 +349,10 @@ class ServerProgram(MultiService):
     server: Server
     front_door: FrontDoor
 
+    def startService(self) -> None:
+        frontdoor_tuning.tune_gc()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+
 
 def makeService(options: Options) -> ServerProgram:
     authorizer = options["authorizer"]
@@ -396,5 +400,4 @@ def makeService(options: Options) -> ServerProgram:
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
-    frontdoor_tuning.tune_gc()
     return top
