@@ -473,7 +473,10 @@ class FrontDoor(Resource):
                            if k.lower() not in dropped})
         exchange = _Exchange(request, url, client_key, headers, self._reactor.seconds() + timeout)
         exchange.timeout = timeout
-        if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        streamed = getattr(request, "body_producer", None)  # a ServerSite's StreamingRequest
+        if streamed is not None:
+            exchange.body = streamed
+        elif request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             exchange.body = FileBodyProducer(request.content)
         self._fetch(exchange)
         return NOT_DONE_YET

@@ -48,6 +48,8 @@ from remotedialer._tap._common import VersionOption, data_debug, limit_parameter
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
+#: Request bodies streamed to the front door as they arrive (remotedialer._site).
+STREAMED = (b"/client/",)
 #: Where the peer token may come from instead of --token.
 PEER_TOKEN_ENV = "REMOTEDIALER_PEER_TOKEN"
 log = Logger()
@@ -385,11 +387,12 @@ def makeService(options: Options) -> ServerProgram:
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", front_door)
-        front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"]), upgrade, early=early)
+        front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
+                                        early=early)
         _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", front_door)
-    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"]), upgrade, early=early)
+    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
