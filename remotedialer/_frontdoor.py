@@ -30,6 +30,7 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Callable
@@ -340,6 +341,7 @@ _LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 CREDENTIAL_HEADERS = {b"authorization", b"cookie"}
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(host: str) -> bool:
     host = host.strip("[]").lower()
     if host in _LOOPBACK_NAMES:
