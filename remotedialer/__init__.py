@@ -64,6 +64,7 @@ from remotedialer._interfaces import (
     IStreamOpener,
     ITunnelAuthorizer,
 )
+from remotedialer._jsonlog import json_log_observer
 from remotedialer._limits import SessionLimits, UpgradeLimits
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import (
@@ -125,6 +126,7 @@ __all__ = [
     "deny_all",
     "endpoint_for_url",
     "header_authorizer",
+    "json_log_observer",
     "nvx_active",
     "tunnel_agent",
 ]

@@ -34,6 +34,7 @@ from remotedialer._limits import SessionLimits
 from remotedialer._link import WebSocketLink
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
+from remotedialer._tunnellog import link_down, link_up
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
     PING_INTERVAL,
@@ -249,7 +250,7 @@ class TunnelClient(WebSocketLink):
         )
 
     def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
-        self.log.info("tunnel to {url} open", url=self.url)
+        link_up(self.log, session, self.url)
         self._ready = False
         if self._on_connect is None:
             self._ready_now(session)
@@ -275,7 +276,7 @@ class TunnelClient(WebSocketLink):
             waiter.callback(session)
 
     def link_closed(self, session: Session) -> None:
-        self.log.info("tunnel to {url} closed", url=self.url)
+        link_down(self.log, session, self.url)
         if self.running:
             self._rotation.rotate()
 

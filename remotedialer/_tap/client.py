@@ -19,6 +19,7 @@ from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._logtext import printable
 from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
@@ -27,7 +28,7 @@ TOKEN_ENV = "REMOTEDIALER_TOKEN"
 log = Logger()
 
 
-class Options(VersionOption, usage.Options):
+class Options(VersionOption, LogFormatOption, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
         "[--ca-file PEM] [--debug]"
