@@ -48,7 +48,7 @@ def _session_fields(value: object) -> dict[str, Any]:
     fields = {}
     for attribute, name in _SESSION_FIELDS:
         found = getattr(value, attribute, None)
-        if _plain(found):
+        if found is not None and _plain(found):
             fields[name] = found
     return fields if len(fields) == len(_SESSION_FIELDS) else {}
 

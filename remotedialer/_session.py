@@ -376,7 +376,10 @@ class Session:
 
     def connection_lost(self, reason: Failure) -> None:
         """The WebSocket is gone: every stream ends with C{reason}."""
-        self.note_end(failure_text(reason))
+        # The exception's own words ("server shutting down"), not its class's preamble.
+        args = reason.value.args if reason.value is not None else ()
+        plain = bool(args) and all(isinstance(arg, str) for arg in args)
+        self.note_end(": ".join(args) if plain else failure_text(reason))
         handles = self.mux.lose()
         self._blocked.clear()
         self._violations.flush()

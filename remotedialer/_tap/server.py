@@ -44,6 +44,7 @@ from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
+from remotedialer._tap import _peers_dns as peers_dns
 from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
@@ -105,6 +106,7 @@ class Options(VersionOption, LogFormatOption, usage.Options):
          "Seconds between the keepalive pings of our peer links (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
+        *peers_dns.PARAMETERS,
         ["drain-timeout", None, DRAIN_TIMEOUT,
          "On SIGTERM, seconds the streams in flight get to finish before the sessions close.", float],
         *limit_parameters(upgrade=True),
@@ -124,7 +126,7 @@ class Options(VersionOption, LogFormatOption, usage.Options):
         _check_listen("listen", self["listen"])
         try:
             # Only peer links ping: without peers the interval just has to be sane.
-            pinging = self["peers"] or self["peers-file"]
+            pinging = self["peers"] or self["peers-file"] or self["peers-dns"]
             check_keepalive(self["ping-interval"] if pinging else None, self["idle-timeout"])
             if not self["ping-interval"] > 0:
                 raise ValueError(f"ping interval must be over 0 s, not {self['ping-interval']}")
@@ -145,6 +147,7 @@ class Options(VersionOption, LogFormatOption, usage.Options):
             except OSError as e:
                 raise usage.UsageError(f"--peers-file: {printable(str(e))}") from None
             self["peer_list"] += parse_peers(",".join(lines))
+        peers_dns.check(self)
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError(
                 "--peers needs --id and a peer token (--token-file, or $REMOTEDIALER_PEER_TOKEN)")
@@ -372,6 +375,7 @@ def makeService(options: Options) -> ServerProgram:
                     session_limits=options["session_limits"], flow_limits=options["flow_limits"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
+    peers_dns.service(options, server)
     if options["target-insecure"]:
         log.warn("--target-insecure: https targets of the front door are not verified; "
                  "anyone on the path to them can impersonate them")
