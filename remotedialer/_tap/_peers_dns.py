@@ -73,7 +73,8 @@ def check(options: usage.Options) -> None:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise usage.UsageError(f"--peers-dns-server {options['peers-dns-server']!r}: not IP:PORT") from None
+            given = options["peers-dns-server"]
+            raise usage.UsageError(f"--peers-dns-server {given!r}: not IP:PORT") from None
         servers = [(host, server_port)]
     options["peers_dns"] = (name, port, servers)
 
