@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.names import dns
-from twisted.names.error import DNSNameError
+from twisted.names.error import AuthoritativeDomainError, DNSNameError
 from twisted.python.failure import Failure
 
 from remotedialer._logtext import failure_text, printable
@@ -100,7 +100,7 @@ class PeerDiscovery(Service):
         self.token = token
         self.interval = interval
         self.url_template = url_template
-        self._resolver = resolver
+        self.resolver = resolver
         self._clock = clock if clock is not None else server.reactor
         #: Ids of the peers we added (and may remove).
         self.peers: set[str] = set()
@@ -134,7 +134,7 @@ class PeerDiscovery(Service):
         """Look the name up once and apply the answer (a lookup still running is not doubled)."""
         if self._pending is not None:
             return defer.succeed(None)
-        lookups = [self._lookup(self._resolver.lookupAddress), self._lookup(self._resolver.lookupIPV6Address)]
+        lookups = [self._lookup(self.resolver.lookupAddress), self._lookup(self.resolver.lookupIPV6Address)]
         d = defer.gatherResults(lookups, consumeErrors=True)
         pending: defer.Deferred[None] = d.addCallbacks(self._resolved, self._failed)
 
@@ -154,7 +154,7 @@ class PeerDiscovery(Service):
         result: defer.Deferred[set[str]] = d.addCallback(lambda answer: _addresses(answer[0]))
 
         def no_such_name(failure: Failure) -> set[str]:
-            failure.trap(DNSNameError)
+            failure.trap(DNSNameError, AuthoritativeDomainError)
             return set()
 
         return result.addErrback(no_such_name)

@@ -21,9 +21,10 @@ __all__ = ["link_down", "link_up", "tunnel_down", "tunnel_up"]
 
 
 def _who(session: Session) -> dict[str, object]:
+    """C{kind}, and the far end's name as C{peer} (a peer server) or C{client_key}."""
     if session.is_peer:
-        return {"kind": "peer", "peer": printable(session.client_key), "client_key": None}
-    return {"kind": "client", "client_key": printable(session.client_key), "peer": None}
+        return {"kind": "peer", "peer": printable(session.client_key)}
+    return {"kind": "client", "client_key": printable(session.client_key)}
 
 
 def _lived(session: Session) -> float:
@@ -33,18 +34,18 @@ def _lived(session: Session) -> float:
 def tunnel_up(log: Logger, session: Session) -> None:
     """The server accepted a tunnel (a client's, or a peer's link in)."""
     fields = _who(session)
-    name = fields["peer"] if session.is_peer else fields["client_key"]
-    log.info("{kind} {name} session {session_id} up from {remote_addr}", name=name,
+    key = "peer" if session.is_peer else "client_key"
+    log.info(f"{{kind}} {{{key}}} session {{session_id}} up from {{remote_addr}}",
              session_id=session.session_key, remote_addr=session.remote_addr or "?", **fields)
 
 
 def tunnel_down(log: Logger, session: Session) -> None:
     """A tunnel the server accepted is gone."""
     fields = _who(session)
-    name = fields["peer"] if session.is_peer else fields["client_key"]
+    key = "peer" if session.is_peer else "client_key"
     lived = _lived(session)
-    log.info("{kind} {name} session {session_id} from {remote_addr} down after {lived_text}: {reason}",
-             name=name, session_id=session.session_key, remote_addr=session.remote_addr or "?",
+    log.info(f"{{kind}} {{{key}}} session {{session_id}} from {{remote_addr}} down after {{lived_text}}: "
+             "{reason}", session_id=session.session_key, remote_addr=session.remote_addr or "?",
              lived=lived, lived_text=duration(lived), reason=session.end_reason or "closed", **fields)
 
 
