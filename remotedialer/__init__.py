@@ -34,6 +34,10 @@ Module map, from the wire up (one job each):
     _client      the client service (a link serving the server's dials)
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
+    _jsonlog     log events as one JSON object per line (--log-format json)
+    _drain       graceful drain: refuse new work, tell peers, let streams finish
+    _discovery   peers found by resolving a DNS name (a headless Service)
     _tap/        the twistd programs
     testing      test doubles: a tunnel in memory
 """
@@ -46,6 +50,8 @@ from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthoriz
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
 from remotedialer._dialer import LocalDialer, allow_all, allow_patterns, deny_all
+from remotedialer._discovery import PeerDiscovery
+from remotedialer._drain import ServerDraining
 from remotedialer._endpoint import (
     ClientNotConnected,
     TunnelAgentEndpointFactory,
@@ -108,7 +114,9 @@ __all__ = [
     "InsecureTLSPolicy",
     "LocalDialer",
     "MalformedMessage",
+    "PeerDiscovery",
     "Server",
+    "ServerDraining",
     "Session",
     "SessionFactory",
     "SessionLimits",

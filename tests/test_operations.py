@@ -239,8 +239,9 @@ class ProgramTests(TestCase):
             port = _free_port_on_both()
             zone.set("rd.peers.test", ["127.0.0.1", "127.0.0.2"])
             token = os.path.abspath(self.mktemp())
+            secret = "peer-" + random.Random(1).randbytes(8).hex()
             with open(token, "w") as f:
-                f.write("peer-" + random.Random(1).randbytes(8).hex() + "\n")
+                f.write(secret + "\n")
             common = ["--token-file", token, "--peers-dns", f"rd.peers.test:{port}",
                       "--peers-dns-server", f"127.0.0.1:{udp.getHost().port}", "--peers-dns-interval", "0.3"]
             a, _ = await self._server("--id", f"127.0.0.1:{port}", *common,
@@ -265,7 +266,24 @@ class ProgramTests(TestCase):
             await eventually(lambda: f"127.0.0.2:{port} gone from".encode() in a.out, timeout=10)
             for program in (a, b, client):
                 self.assertNotIn(b"Traceback", program.out + program.err)
+                self.assertNotIn(secret.encode(), program.out + program.err)
             await deferLater(reactor, 0, lambda: None)
+
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_missing_tls_key_is_one_line(self):
+        """A TLS key file that is not there: one line naming the flags, exit status 1."""
+
+        async def go():
+            missing = os.path.abspath(os.path.join(self.mktemp(), "key.pem"))
+            program = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",
+                                 "--tls-cert", missing, "--tls-key", missing)
+            await eventually(lambda: not program.running, timeout=30)
+            self.assertEqual(await program.ended, 1)
+            output = program.out + program.err
+            self.assertNotIn(b"Traceback", output)
+            [line] = [line for line in output.splitlines() if b"--tls-cert/--tls-key" in line]
+            self.assertIn(b"No such file or directory", line)
 
         return defer.Deferred.fromCoroutine(go())
 
