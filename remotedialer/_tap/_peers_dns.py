@@ -86,7 +86,9 @@ def service(options: usage.Options, server: Server) -> PeerDiscovery | None:
     from twisted.names import client
 
     name, port, servers = options["peers_dns"]
-    resolver = client.createResolver(servers=servers)
+    # A given DNS server is asked directly (no /etc/hosts, no resolv.conf
+    # re-read every minute); else the system's resolver, as other programs.
+    resolver = client.Resolver(servers=servers) if servers else client.createResolver()
     discovery = PeerDiscovery(server, name, port, options["token"], resolver=resolver,
                               interval=options["peers-dns-interval"], url_template=options["peers-dns-url"])
     discovery.setServiceParent(server)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
