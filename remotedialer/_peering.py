@@ -101,7 +101,9 @@ class PeerLink(WebSocketLink):
     def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
         link_up(self.log, session, self.url, peer=self.peer_id)
         self._failed_opens = 0
-        for local in self.server.sessions.local_sessions():
+        # A draining server has told its peers its clients are leaving: a
+        # peer found meanwhile is not told otherwise.
+        for local in self.server.sessions.local_sessions() if not self.server.draining else ():
             session.announce_client(local.client_key, local.session_key, True)
         self.server.sessions.observe(self)
 

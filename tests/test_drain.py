@@ -147,6 +147,25 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(done)
 
 
+    def test_peer_found_while_draining_is_not_told_of_clients(self):
+        net = self.net
+        mesh = _Mesh(net, names=("A", "B"))
+        client = mesh.client(mesh.sites["A"].url)
+        net.result(client.when_connected())
+        reader = self._stream(mesh.server("A"))  # keeps A draining
+        mesh.server("A").drain(10.0)
+        net.flush()
+        late = net.serve_tunnel("10.0.0.9:8123", peer_id="L", peer_token="token-L")
+        late.server.add_peer("A", "token-A", mesh.sites["A"].url)
+        mesh.server("A").add_peer("L", "token-L", late.url)
+        net.start(late.server)
+        net.run(1.0)
+        self.assertTrue(late.server.sessions.peer_sessions())  # A linked to L...
+        self.assertNotIn("foo", late.server.sessions.reachable_clients())  # ...and did not offer foo
+        reader.transport.loseConnection()
+        net.run(0.5)
+
+
 class DrainGateTests(SynchronousTestCase):
     def test_503_while_draining(self):
         class _Server:
