@@ -50,13 +50,16 @@ def tunnel_down(log: Logger, session: Session) -> None:
 
 
 def link_up(log: Logger, session: Session, url: str, peer: str | None = None) -> None:
-    """Our dialed tunnel (a client's, or a server's link to a peer) opened."""
+    """
+    Our dialed tunnel (a client's, or a server's link to a peer) opened.
+    No session id: the dialing side's is its own, not the one the far
+    side logs, and would only mislead a reader matching the two logs.
+    """
     if peer is None:
-        log.info("tunnel to {url} up (client {client_key}, session {session_id})", url=url,
-                 client_key=printable(session.client_key), session_id=session.session_key)
+        log.info("tunnel to {url} up (client {client_key})", url=url,
+                 client_key=printable(session.client_key))
     else:
-        log.info("peer {peer}: link to {url} up (session {session_id})", url=url, peer=peer,
-                 session_id=session.session_key)
+        log.info("peer {peer}: link to {url} up", url=url, peer=peer)
 
 
 def link_down(log: Logger, session: Session, url: str, peer: str | None = None) -> None:
@@ -65,8 +68,7 @@ def link_down(log: Logger, session: Session, url: str, peer: str | None = None) 
     reason = session.end_reason or "closed"
     if peer is None:
         log.info("tunnel to {url} down after {lived_text}: {reason}", url=url, lived=lived,
-                 lived_text=duration(lived), reason=reason, client_key=printable(session.client_key),
-                 session_id=session.session_key)
+                 lived_text=duration(lived), reason=reason, client_key=printable(session.client_key))
     else:
         log.info("peer {peer}: link to {url} down after {lived_text}: {reason}", url=url, peer=peer,
-                 lived=lived, lived_text=duration(lived), reason=reason, session_id=session.session_key)
+                 lived=lived, lived_text=duration(lived), reason=reason)

@@ -142,7 +142,9 @@ class TunnelLinesTests(SynchronousTestCase):
         self.assertEqual(len(client_down), 1)
         self.assertAlmostEqual(client_down[0]["lived"], 125.0, delta=1.0)
         self.assertTrue(client_down[0]["reason"])
-        self.assertEqual(client_down[0]["session_id"], session.session_key)
+        self.assertEqual(client_down[0]["client_key"], "foo")
+        self.assertNotIn("session_id", client_down[0])  # the server's id is not the client's to tell
+        self.assertTrue(session.closed)
 
     def test_reason_of_idle_timeout(self):
         """A tunnel dropped for silence says so, on the server's line."""
