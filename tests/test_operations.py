@@ -52,6 +52,40 @@ class ReconnectPolicyTests(SynchronousTestCase):
                 client_tap.Options().parseOptions(["--reconnect-max", bad])
 
 
+class DrainTimeoutOptionTests(SynchronousTestCase):
+    def test_option(self):
+        from remotedialer._tap import server as server_tap
+
+        options = server_tap.Options()
+        options.parseOptions(["--insecure-any-client"])
+        self.assertEqual(server_tap.makeService(options).drain_timeout, 30.0)
+        options = server_tap.Options()
+        options.parseOptions(["--insecure-any-client", "--drain-timeout", "2.5"])
+        self.assertEqual(server_tap.makeService(options).drain_timeout, 2.5)
+        for bad in ("-1", "soon"):
+            with self.assertRaises(usage.UsageError) as caught:
+                server_tap.Options().parseOptions(["--insecure-any-client", "--drain-timeout", bad])
+            self.assertIn("--drain-timeout", str(caught.exception))
+
+
+class NumberFlagTests(SynchronousTestCase):
+    def test_every_number_flag_names_itself(self):
+        """A number flag given a word: the one-line usage error says which flag."""
+        from remotedialer._tap import server as server_tap
+
+        checked = 0
+        programs = ((server_tap.Options, ["--insecure-any-client"]), (client_tap.Options, []))
+        for options_class, base in programs:
+            for entry in options_class.optParameters:
+                if len(entry) < 5 or not callable(entry[4]):
+                    continue
+                with self.assertRaises(usage.UsageError) as caught:
+                    options_class().parseOptions([*base, f"--{entry[0]}", "lots"])
+                self.assertIn(f"--{entry[0]} 'lots' is not", str(caught.exception))
+                checked += 1
+        self.assertGreater(checked, 20)
+
+
 class HeaderFileTests(SynchronousTestCase):
     def write(self, text: str) -> str:
         path = self.mktemp()

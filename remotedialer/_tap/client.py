@@ -18,7 +18,14 @@ from remotedialer._auth import secret_from
 from remotedialer._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._logtext import printable
-from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._common import (
+    VersionOption,
+    data_debug,
+    flags_named_in_errors,
+    limit_parameters,
+    load_ca_file,
+    parse_limits,
+)
 from remotedialer._tap._headers import read_header_file
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
@@ -29,6 +36,7 @@ TOKEN_ENV = "REMOTEDIALER_TOKEN"
 log = Logger()
 
 
+@flags_named_in_errors
 class Options(VersionOption, LogFormatOption, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "

@@ -45,7 +45,14 @@ from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
 from remotedialer._tap import _peers_dns as peers_dns
-from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._common import (
+    VersionOption,
+    data_debug,
+    flags_named_in_errors,
+    limit_parameters,
+    load_ca_file,
+    parse_limits,
+)
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -71,6 +78,7 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
     return peers
 
 
+@flags_named_in_errors
 class Options(VersionOption, LogFormatOption, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
