@@ -182,7 +182,7 @@ class Server(MultiService):
             waiter.callback(None)
             return waiter
         self._drain_waiters.append(waiter)
-        if not self.draining:
+        if len(self._drain_waiters) == 1:  # the first caller starts it
             drain(self, timeout).addCallback(self._drain_finished)
         return waiter
 
