@@ -37,6 +37,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
@@ -44,6 +45,7 @@ from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
 from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
@@ -68,7 +70,7 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
     return peers
 
 
-class Options(VersionOption, usage.Options):
+class Options(VersionOption, ForwarderOptions, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -128,6 +130,7 @@ class Options(VersionOption, usage.Options):
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
         self._parse_auth()
+        parse_forwarders(self)
         self["peer_list"] = parse_peers(self["peers"])
         for peer_id, _, _ in self["peer_list"]:
             if peer_id == self["id"] or "/" in peer_id:
@@ -350,6 +353,8 @@ class ServerProgram(MultiService):
 
     server: Server
     front_door: FrontDoor
+    #: The counters of every forwarder listener (--forward, --connect-proxy-listen, --socks-listen).
+    forwarders: list[ForwarderStats]
 
 
 def makeService(options: Options) -> ServerProgram:
@@ -398,4 +403,5 @@ def makeService(options: Options) -> ServerProgram:
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
+    top.forwarders = add_forwarders(top, server, options)
     return top
