@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from http import HTTPStatus
 
 import h11
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 
 from remotedialer._addresses import split_host_port
 from remotedialer._limits import UpgradeLimits
@@ -177,11 +177,12 @@ class _ConnectProxy(TunnelSplice):
         body = (" ".join(printable(text, limit=512).split()) + "\n").encode("utf-8")
         head = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(body)),
                 (b"Connection", b"close"), *(headers or [])]
-        response = h11.Response(status_code=status, headers=head, reason=RESPONSES.get(status, b""))
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+        response = h11.Response(status_code=status, headers=head, reason=phrase)
         try:
             data = self._parser.send(response) + self._parser.send(h11.Data(data=body))
         except h11.LocalProtocolError:  # (a state h11 cannot answer from): the same, by hand
-            data = b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b""))
+            data = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
             data += b"".join(b"%s: %s\r\n" % pair for pair in head) + b"\r\n" + body
         self.transport.write(data)
         self.transport.loseConnection()

@@ -148,10 +148,12 @@ class Socks5Server:
         self._in += data
         events: list[Event] = []
         while self.state in (State.GREETING, State.AUTH, State.REQUEST):
+            before = self.state
             event = self._step()
-            if event is None:
-                break
-            events.append(event)
+            if event is not None:
+                events.append(event)
+            elif self.state is before:
+                break  # more bytes needed
         if len(self._in) > MAX_BUFFER and not self.closed:
             events.append(self._fail(f"over {MAX_BUFFER} bytes sent before the handshake finished",
                                      Reply.GENERAL_FAILURE))
