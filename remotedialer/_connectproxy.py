@@ -110,6 +110,8 @@ class _ConnectProxy(TunnelSplice):
             if e.error_status_hint == 431:
                 self._refuse(431, "bad-request",
                              f"request head over {self.factory.limits.header_bytes} bytes")
+            elif "Host" in str(e):  # (h11's other texts may hold a repr of the input)
+                self._refuse(400, "bad-request", "an HTTP/1.1 request needs a Host header")
             else:
                 self._refuse(400, "bad-request",
                              "malformed request head (this proxy takes 'CONNECT host:port HTTP/1.1')")

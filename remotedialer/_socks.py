@@ -265,13 +265,14 @@ class Socks5Server:
 
     def _request(self) -> Event | None:
         buf = self._in
+        if buf and buf[0] != VERSION:
+            return self._fail(f"bad request version 0x{buf[0]:02x}", Reply.GENERAL_FAILURE)
+        if len(buf) >= 2 and buf[1] != CONNECT:  # (said at once: no need to wait for the address)
+            return self._fail(f"command 0x{buf[1]:02x} not supported (CONNECT only)",
+                              Reply.COMMAND_NOT_SUPPORTED)
         if len(buf) < 4:
-            if buf and buf[0] != VERSION:
-                return self._fail(f"bad request version 0x{buf[0]:02x}", Reply.GENERAL_FAILURE)
             return None
-        version, command, _reserved, atyp = buf[:4]
-        if version != VERSION:
-            return self._fail(f"bad request version 0x{version:02x}", Reply.GENERAL_FAILURE)
+        atyp = buf[3]
         if atyp == ATYP_IPV4:
             end = 4 + 4 + 2
         elif atyp == ATYP_IPV6:
@@ -287,9 +288,6 @@ class Socks5Server:
         (port,) = struct.unpack("!H", buf[end - 2:end])
         raw = bytes(buf[4:end - 2])
         del buf[:end]
-        if command != CONNECT:
-            return self._fail(f"command 0x{command:02x} not supported (CONNECT only)",
-                              Reply.COMMAND_NOT_SUPPORTED)
         if atyp == ATYP_IPV4:
             host = str(ipaddress.IPv4Address(raw))
         elif atyp == ATYP_IPV6:

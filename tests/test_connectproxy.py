@@ -182,6 +182,8 @@ class ConnectProxyTests(SynchronousTestCase):
             (b"GET http://10.0.0.5/ HTTP/1.1\r\nHost: 10.0.0.5\r\n\r\n", b"405 Method Not Allowed",
              b"this proxy only tunnels: CONNECT host:port (curl: --proxytunnel for http:// URLs)"),
             (connect_head("10.0.0.5"), b"400 Bad Request", b"the CONNECT target must be host:port"),
+            (b"CONNECT 10.0.0.5:6443 HTTP/1.1\r\n\r\n", b"400 Bad Request",
+             b"an HTTP/1.1 request needs a Host header"),
             (connect_head(TARGET, b"Proxy-Authorization: Basic !!"), b"400 Bad Request",
              b"Proxy-Authorization: Basic credentials are not base64"),
             (connect_head(TARGET, b"Content-Length: 5"), b"400 Bad Request",

@@ -109,7 +109,8 @@ def parse_forwarders(options: Any) -> None:
             options[flag] = listen_description(options[flag])
             _check_listen(flag, options[flag])
             listens.append(options[flag])
-    if len(set(listens)) != len(listens):
+    fixed = [listen for listen in listens if _port_of(listen)]  # (port 0: any free port, each its own)
+    if len(set(fixed)) != len(fixed):
         raise usage.UsageError("--forward/--connect-proxy-listen/--socks-listen: a listener is given twice")
     if not 0 <= options["proxy-dial-wait"] <= MAX_DIAL_WAIT:
         raise usage.UsageError(f"--proxy-dial-wait must be 0-{MAX_DIAL_WAIT:g} seconds")
