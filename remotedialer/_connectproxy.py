@@ -139,11 +139,13 @@ class _ConnectProxy(TunnelSplice):
                 credentials = value
         try:
             host, port = split_host_port(request.target.decode("ascii"))
+        except ValueError:  # (UnicodeDecodeError is one)
+            self._refuse(400, "bad-request", "the CONNECT target must be host:port")
+            return
+        try:
             user, password = proxy_credentials(credentials) if credentials is not None else (None, None)
-        except (ValueError, UnicodeDecodeError) as e:
-            text = str(e) if isinstance(e, ValueError) and str(e).startswith("Proxy-") else \
-                "the CONNECT target must be host:port"
-            self._refuse(400, "bad-request", text)
+        except ValueError as e:
+            self._refuse(400, "bad-request", str(e))
             return
         access = self.factory.access
         refusal = access.caller_refusal(self.transport.getPeer(), password)

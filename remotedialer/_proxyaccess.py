@@ -84,9 +84,11 @@ def _is_loopback_caller(caller: IAddress) -> bool:
     if not isinstance(host, str):
         return False
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # (::ffff:127.0.0.1, a dual-stack listener's view)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 @attrs.frozen

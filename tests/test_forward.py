@@ -5,7 +5,7 @@ proxies' shared access rules (client from user name or host suffix).
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
@@ -126,6 +126,8 @@ class ProxyAccessTests(SynchronousTestCase):
     def test_callers(self):
         outside = IPv4Address("TCP", "192.0.2.1", 5000)
         self.assertIsNone(ProxyAccess().caller_refusal(LOOPBACK, None))
+        for host in ("::1", "::ffff:127.0.0.1"):
+            self.assertIsNone(ProxyAccess().caller_refusal(IPv6Address("TCP", host, 5000), None), host)
         self.assertEqual(ProxyAccess().caller_refusal(outside, None).reason, "caller-refused")
         self.assertIsNone(ProxyAccess(FrontDoorAccess(open=True)).caller_refusal(outside, None))
         tokens = ProxyAccess(FrontDoorAccess(token_hashes=frozenset([bytes.fromhex(hash_token("t"))])))
@@ -148,3 +150,48 @@ class StatsTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             stats.failed("made up")
         self.assertEqual(len(set(FAILURE_REASONS)), len(FAILURE_REASONS))
+
+
+class ThroughAPeerTests(SynchronousTestCase):
+    """A forwarder on server B reaches a client connected to server A, its peer."""
+
+    def test_port_forward_and_connect_proxy_on_the_other_server(self):
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        from remotedialer._connectproxy import ConnectProxyFactory
+        from remotedialer._splice import Forwarder
+        from tests.netsim import Network
+        from tests.support import Collector, Echo
+
+        net = Network(self)
+        a = net.serve_tunnel("10.0.0.1:8123", peer_id="A", peer_token="token-A")
+        b = net.serve_tunnel("10.0.0.2:8123", peer_id="B", peer_token="token-B")
+        a.server.add_peer("B", "token-B", b.url)
+        b.server.add_peer("A", "token-A", a.url)
+        net.start(a.server)
+        net.start(b.server)
+        client = net.client(a.url, "foo")
+        net.result(client.when_connected())
+        net.flush()
+        self.assertFalse(b.server.has_session("foo"))
+        self.assertTrue(b.server.reaches("foo"))
+        echo = net.listen(Factory.forProtocol(Echo))
+
+        def on_b(port, factory_class, *args):
+            stats = ForwarderStats("on-b", "forward")
+            forwarder = Forwarder(b.server, stats, net.clock, dial_wait=0, reaches=b.server.reaches)
+            net.listen(factory_class(forwarder, *args), f"10.0.0.2:{port}")
+            return net.connect(TCP4ClientEndpoint(net.reactor, "10.0.0.2", port), Collector()), stats
+
+        caller, stats = on_b(16443, PortForwardFactory, Route("foo", "tcp", echo.address))
+        caller.transport.write(b"via B")
+        net.flush()
+        self.assertEqual(received(caller), b"via B")
+        caller, stats = on_b(8124, ConnectProxyFactory)
+        caller.transport.write(b"CONNECT %s HTTP/1.1\r\nHost: x\r\n"
+                               b"Proxy-Authorization: Basic Zm9vOg==\r\n\r\n" % echo.address.encode())
+        net.flush()
+        caller.transport.write(b"via B again")
+        net.flush()
+        self.assertEqual(received(caller), b"HTTP/1.1 200 Connection established\r\n\r\nvia B again")
+        self.assertEqual(stats.streams_open, 1)
