@@ -225,3 +225,38 @@ class ConnectProxyTests(SynchronousTestCase):
         for _ in range(50):
             self.caller(connect_head(TARGET))
         self.assertEqual(len(self.log.matching("no client named")), 5)
+
+
+class ConnectHeadPropertyTests(SynchronousTestCase):
+    """Whatever arrives, in whatever pieces: one clear answer, or a wait; never an exception."""
+
+    def _feed(self, chunks: list[bytes]):
+        tunnel = tunnel_with_targets()
+        fwd = forwarder(tunnel, dial_wait=0)
+        _, caller = connect_caller(tunnel, ConnectProxyFactory(fwd))
+        for chunk in chunks:
+            caller.transport.write(chunk)
+            tunnel.flush()
+        return fwd, caller
+
+    @given(st.lists(st.binary(max_size=300), max_size=6))
+    def test_any_bytes(self, chunks):
+        fwd, caller = self._feed(chunks)
+        data = received(caller)
+        if data:
+            self.assertRegex(data, rb"\AHTTP/1\.1 [1-5]\d\d [A-Za-z -]+\r\n")
+            if not data.startswith(b"HTTP/1.1 200 "):
+                self.assertTrue(data.endswith(b"\n"))
+                self.assertEqual(data.count(b"\r\n\r\n"), 1)
+                self.assertNotIn(b"bytearray", data)
+        else:
+            self.assertIsNone(caller.reason, "closed without an answer")
+        self.assertLessEqual(sum(fwd.stats.failures.values()), 1)
+
+    @given(st.lists(st.integers(0, 200), max_size=6))
+    def test_a_head_in_any_pieces(self, cuts):
+        head = connect_head("10.0.0.6:22", b"Proxy-Authorization: " + basic("foo", b"")) + b"early"
+        points = sorted({c % (len(head) + 1) for c in cuts})
+        chunks = [head[a:b] for a, b in zip([0, *points], [*points, len(head)], strict=True)]
+        _, caller = self._feed(chunks)
+        self.assertEqual(received(caller), b"HTTP/1.1 200 Connection established\r\n\r\n220 hello\r\nearly")

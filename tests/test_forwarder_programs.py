@@ -64,6 +64,17 @@ class ForwarderOptionsTests(TestCase):
         self.assertEqual(service.forwarders[0].target, "foo:tcp/10.0.0.5:6443")
 
 
+    def test_a_forward_beyond_loopback_is_warned_about(self):
+        from tests.forwarding import LogLines
+
+        log = LogLines(self)
+        server_tap.makeService(parse(server_tap.Options, ["--forward", "tcp:16443=foo:tcp/10.0.0.5:6443",
+                                                          "--forward", "16444=foo:tcp/10.0.0.5:22"]))
+        self.assertEqual(log.matching("listens beyond loopback"), [
+            "--forward tcp:16443: listens beyond loopback: "
+            "anyone who reaches it reaches foo:tcp/10.0.0.5:6443"])
+
+
 class ForwarderProgramTests(TestCase):
     timeout = 90
 
