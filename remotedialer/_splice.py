@@ -140,6 +140,8 @@ class TunnelSplice(Relay):
         self._fail(classify(failure), failure_text(failure))
 
     def _succeed(self) -> None:
+        if self._wait is not None and self._wait.active():
+            self._wait.cancel()  # (the target spoke first)
         self._wait = None
         if not self.answered:
             self.answered = True

@@ -99,6 +99,7 @@ class ConnectProxyTests(SynchronousTestCase):
         """The target's first bytes prove the dial: 200 at once, before those bytes."""
         _, caller = self.caller(connect_head("10.0.0.6:22", b"Proxy-Authorization: " + basic("foo", b"")))
         self.assertEqual(received(caller), b"HTTP/1.1 200 Connection established\r\n\r\n220 hello\r\n")
+        self.assertEqual(self.tunnel.clock.getDelayedCalls(), [], "no dial wait left behind")
 
     def test_bytes_after_the_head_reach_the_target(self):
         """A caller that sends its first bytes with the head (no wait for 200) loses none."""
