@@ -170,3 +170,21 @@ class UploadTests(TestCase):
             self.assertIn(status, (502, 504), body)  # the target never answers: an error, not a hang
 
         return run(go())
+
+    def test_unknown_client_over_h2(self):
+        """Over HTTP/2 too: an upload for an unknown client gets its 500 without the body being taken."""
+        if not _h2_available():
+            raise SkipTest("h2 is not installed")
+
+        async def go():
+            await self._setup(tls=True)
+            path, _ = self.body_file(32 * MiB)
+            target = f"127.0.0.1:{self.target.getHost().port}"
+            status, body = await self.run_curl(
+                f"https://127.0.0.1:{self.front_tls.getHost().port}/client/nobody/http/{target}/echo",
+                "--http2", "--cacert", self.ca, "--data-binary", f"@{path}")
+            self.assertEqual((status, body), (500, b"failed to find Session for client nobody\n"))
+            [request] = [r for r in self.site.requests if r.body_producer is not None]
+            self.assertLess(request.body_producer.received, 32 * MiB)
+
+        return run(go())
