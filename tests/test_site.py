@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -23,11 +26,12 @@ from remotedialer._tap import server as server_tap
 class AccessLogTests(SynchronousTestCase):
     def served(self, access_log: bool) -> str:
         path = os.path.abspath(self.mktemp())
-        site = ServerSite(Resource(), access_log=access_log, logPath=path)
+        site = ServerSite(Resource(), access_log=access_log, logPath=path, reactor=Clock())
         site.startFactory()
         channel = site.buildProtocol(None)
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.connectionLost(Failure(ConnectionDone()))
         site.stopFactory()
         with open(path) as f:
             return f.read()
