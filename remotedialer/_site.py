@@ -16,7 +16,8 @@ that forwards each chunk as it arrives, and stops reading from the caller
 while its consumer (the tunnel stream) is paused.  An answer given before
 the body is all in (an unknown client, a refusal, a target that answered
 early) ends the connection after the answer: the rest of the body is never
-read.
+read (under HTTP/2, whose twisted.web channel cannot end a stream whose
+request is still arriving, the rest is taken and dropped).
 
 twisted.web tells a request its method and path only when its body is
 complete: the request line is taken from the HTTP/1.1 channel as it is
@@ -136,6 +137,12 @@ class RequestBody:
         self._held.clear()
         self._pause_reading()
 
+    def discard(self) -> None:
+        """The request was answered before its body was all in: take the rest, and drop it."""
+        self._stopped = True
+        self._held.clear()
+        self._resume_reading()
+
     # The caller's connection.
 
     def _pause_reading(self) -> None:
@@ -201,6 +208,10 @@ class StreamingRequest(SiteRequest):
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's
             return
         body.finished()
+        if self._finish_when_complete:
+            self._finish_when_complete = False
+            super().finish()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+            return
         if not self._rendered_early:
             if self._early is not None and self._early.active():
                 self._early.cancel()
@@ -208,14 +219,23 @@ class StreamingRequest(SiteRequest):
             self._rendered_early = True
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's
 
+    _finish_when_complete = False
+
     def finish(self) -> None:
         body = self.body_producer
         if body is not None and not body.complete:
-            # Answered before the body was all in: this answer is the
-            # connection's last, and the rest of the body is never read.
-            body.abandon()
             if getattr(self.channel, "transport", None) is not None:  # HTTP/1.x
+                # Answered before the body was all in: this answer is the
+                # connection's last, and the rest of the body is never read.
+                body.abandon()
                 self.channel.persistent = False
+            else:
+                # HTTP/2: twisted.web forgets a finished stream, and fails on
+                # the request's DATA frames still to come; so the answer
+                # (already sent) ends its stream once the body is in, dropped.
+                body.discard()
+                self._finish_when_complete = True
+                return
         super().finish()  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     def connectionLost(self, reason: Failure) -> None:
