@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer import Server, TunnelClient, allow_all
-from remotedialer._frontdoor import FrontDoor
+from remotedialer._frontdoor import FrontDoor, FrontDoorAccess
 from remotedialer._site import HELD_BODY, ServerSite, StreamingRequest
 from tests.support import eventually, listen_tcp, wait
 from tests.test_frontdoor import EchoSha, RawHTTP, _h2_available, listen_tls, make_ca, run
@@ -59,11 +59,11 @@ class UploadTests(TestCase):
         if self.curl is None:
             raise SkipTest("curl is not installed")
 
-    async def _setup(self, tls: bool = False):
+    async def _setup(self, tls: bool = False, access: FrontDoorAccess | None = None):
         self.server = Server(reactor=reactor)
         root = Resource()
         root.putChild(b"connect", self.server.resource)
-        root.putChild(b"client", FrontDoor(self.server))
+        root.putChild(b"client", FrontDoor(self.server, access=access))
         self.site = RecordingSite(root, stream_prefixes=(b"/client/",))
         self.front = await listen_tcp(self.site, self)
         if tls:
@@ -128,6 +128,28 @@ class UploadTests(TestCase):
         if not _h2_available():
             raise SkipTest("h2 is not installed")
         return run(self.upload(8 * MiB, "--http2", tls=True))
+
+    async def unread_upload(self, key: str, access: FrontDoorAccess | None = None) -> RawHTTP:
+        """A 64 MiB upload's head alone, on a connection's first request (no guard in front here)."""
+        await self._setup(access=access)
+        target = f"127.0.0.1:{self.target.getHost().port}"
+        head = (f"POST /client/{key}/http/{target}/echo HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {64 * MiB}\r\n\r\n").encode()
+        reader = RawHTTP(head)
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.front.getHost().port).connect(
+            Factory.forProtocol(lambda: reader))
+        await reader.done.addTimeout(10, reactor)  # the front door closed the connection
+        return reader
+
+    def test_unauthorised_answered_before_body(self):
+        """An upload without the front door's token: 407 at once, the connection closed unread."""
+
+        async def go():
+            reader = await self.unread_upload("foo", FrontDoorAccess(token_hashes=frozenset()))
+            self.assertEqual(reader.status_line, b"HTTP/1.1 407 Proxy Authentication Required")
+
+        return run(go())
 
     def test_unknown_client_answered_before_body(self):
         """An upload for an unknown client: 500 at once, the connection closed, no body byte needed."""
