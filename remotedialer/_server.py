@@ -174,6 +174,8 @@ class Server(MultiService):
             session = self.sessions.peer_session_for(client_key)
             if session is not None:
                 return session.open_stream(f"{client_key}{PEER_PROTO_SEPARATOR}{proto}", address)
+        if self.session_factory.observer is not None:
+            self.session_factory.observer.stream_refused(None, "no_route")
         raise ClientNotConnected(f"failed to find Session for client {client_key}")
 
     def endpoint(self, client_key: str, proto: str, address: str) -> TunnelEndpoint:
