@@ -11,6 +11,7 @@ import re
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
+
 from remotedialer._metrics import (
     GO_COUNTERS,
     OVERFLOW,
@@ -143,7 +144,8 @@ class GoCountersTests(SynchronousTestCase):
         t = _Net(self)
         other = _Net(self)
         t.client("foo")
-        self.assertEqual(value(t.metrics, GO + "total_add_websocket_session", clientkey="foo", peer="false"), 1)
+        self.assertEqual(value(t.metrics, GO + "total_add_websocket_session", clientkey="foo",
+                               peer="false"), 1)
         self.assertEqual(value(other.metrics, GO + "total_add_websocket_session", clientkey="foo",
                                peer="false"), 0)
         self.assertRaises(ValueError, ServerMetrics, t.server)
@@ -261,8 +263,9 @@ class ClientMetricsTests(SynchronousTestCase):
         self.assertEqual(value(m, "remotedialer_dial_failures_total", reason="not_allowed"), 1)
         self.assertEqual(value(m, "remotedialer_dial_failures_total", reason="connection_refused"), 1)
         self.assertAlmostEqual(value(m, "remotedialer_dial_duration_seconds_sum", outcome="connected"), 0.4)
-        self.assertEqual(value(m, "remotedialer_dial_duration_seconds_bucket", outcome="connected", le="0.25"), 0)
-        self.assertEqual(value(m, "remotedialer_dial_duration_seconds_bucket", outcome="connected", le="0.5"), 1)
+        bucket = "remotedialer_dial_duration_seconds_bucket"
+        self.assertEqual(value(m, bucket, outcome="connected", le="0.25"), 0)
+        self.assertEqual(value(m, bucket, outcome="connected", le="0.5"), 1)
         # The client's own connection counters, under its key.
         self.assertEqual(value(m, GO + "total_add_connections", clientkey="foo", proto="tcp", addr=""), 3)
         self.assertEqual(value(m, "remotedialer_streams", kind="tunnel"), 1)

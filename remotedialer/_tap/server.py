@@ -43,6 +43,7 @@ from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
+from remotedialer._tap._admin import AdminEndpoint, AdminOptions, serve_server_admin
 from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -68,7 +69,7 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
     return peers
 
 
-class Options(VersionOption, usage.Options):
+class Options(VersionOption, AdminOptions, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -350,6 +351,7 @@ class ServerProgram(MultiService):
 
     server: Server
     front_door: FrontDoor
+    admin: AdminEndpoint | None
 
 
 def makeService(options: Options) -> ServerProgram:
@@ -398,4 +400,5 @@ def makeService(options: Options) -> ServerProgram:
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
+    top.admin = serve_server_admin(top, options, server, site)
     return top

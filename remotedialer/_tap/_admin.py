@@ -1,0 +1,150 @@
+"""
+The programs' admin endpoint: C{--admin-listen ENDPOINT} (off unless given)
+serves metrics, health, readiness, status and the status page
+(L{remotedialer._admin}); C{--metrics-addr-label} and
+C{--metrics-no-clientkey-label} choose the labels' cost.
+
+A bare port (C{--admin-listen 9125}) listens on loopback only; a full
+endpoint description is used as written (C{tcp:9125} for Kubernetes
+probes on the pod's address, warned: the endpoint has no authentication).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+from twisted.python import usage
+
+from remotedialer._admin import AdminEndpoint, AdminSite
+from remotedialer._client import TunnelClient
+from remotedialer._logtext import printable
+from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
+from remotedialer._server import Server
+from remotedialer._status import client_status, server_status
+
+__all__ = ["AdminEndpoint", "AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
+
+log = Logger()
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class AdminOptions:
+    """The admin flags, for a program's Options (usage.Options gathers them from every base)."""
+
+    optFlags = [
+        ["metrics-addr-label", None,
+         "Label the connection counters with each target address (Go's addr label: a series per target)."],
+        ["metrics-no-clientkey-label", None,
+         "Leave Go's clientkey label empty (about 7 series per client: heavy with thousands of clients)."],
+    ]
+
+    def opt_admin_listen(self, description: str) -> None:
+        """Serve /metrics, /healthz, /readyz, /status and a status page here (a port: on loopback)."""
+        if description.isdigit():
+            description = f"tcp:{description}:interface=127.0.0.1"
+        from twisted.internet import reactor
+
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as e:  # a bad description: one line, no traceback
+            raise usage.UsageError(f"--admin-listen {description!r}: {printable(str(e))}") from None
+        self["admin_listen"] = description  # type: ignore[index]  # usage.Options is a dict
+
+
+def _metrics_options(options: Any) -> MetricsOptions:
+    return MetricsOptions(addr_label=bool(options["metrics-addr-label"]),
+                          clientkey_label=not options["metrics-no-clientkey-label"])
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+class _AdminListener(StreamServerEndpointService):
+    """The admin listener; failing to listen (a busy port) is one line and exit status 1."""
+
+    def __init__(self, program: str, description: str, factory: IProtocolFactory) -> None:
+        from twisted.internet import reactor
+
+        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        self._raiseSynchronously = True  # as strports.service: fail at start, not later
+        self._program = program
+        self._description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        except CannotListenError as e:
+            raise SystemExit(f"{self._program}: --admin-listen: cannot listen on "
+                             f"{e.interface or '*'}:{e.port}: {printable(str(e.socketError))}") from None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        interface = next((part.partition("=")[2] for part in self._description.split(":")
+                          if part.startswith("interface=")), "")
+        if interface not in _LOOPBACK:
+            log.warn("--admin-listen {description}: not loopback only, and the admin endpoint has no "
+                     "authentication (it shows client ids and addresses)", description=self._description)
+
+
+def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:
+    _AdminListener(program, description, AdminSite(admin)).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+
+
+def serve_server_admin(top: MultiService, options: Any, server: Server,
+                       listening: IProtocolFactory) -> AdminEndpoint | None:
+    """
+    With --admin-listen, the server's admin endpoint, listening as a child
+    of C{top}: ready once C{listening} (the tunnel's factory) listens.
+    """
+    description = options.get("admin_listen")
+    if description is None:
+        return None
+    metrics = ServerMetrics(server, _registry(), _metrics_options(options))
+
+    def listening_check() -> str | None:
+        return None if getattr(listening, "numPorts", 0) > 0 else "the tunnel listener is not listening"
+
+    admin = AdminEndpoint(metrics.registry, lambda limit: server_status(server, limit), [listening_check])
+    _listen(top, "remotedialer-server", description, admin)
+    return admin
+
+
+class ClientProgram(MultiService):
+    """The client program with its admin endpoint: the L{TunnelClient} and the admin listener."""
+
+    client: TunnelClient
+    admin: AdminEndpoint
+
+
+def serve_client_admin(client: TunnelClient, options: Any) -> IService:
+    """
+    The client program's service: C{client} itself, or with --admin-listen
+    a L{ClientProgram} of the client and its admin endpoint (ready while
+    the tunnel is up).
+    """
+    description = options.get("admin_listen")
+    if description is None:
+        return client
+    metrics = ClientMetrics(client, _registry(), _metrics_options(options))
+
+    def tunnel_check() -> str | None:
+        return None if client.ready else "the tunnel is not established"
+
+    admin = AdminEndpoint(metrics.registry, lambda limit: client_status(client), [tunnel_check])
+    program = ClientProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
+    client.setServiceParent(program)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
+    _listen(program, "remotedialer-client", description, admin)
+    program.client = client
+    program.admin = admin
+    return program
