@@ -34,6 +34,9 @@ Module map, from the wire up (one job each):
     _client      the client service (a link serving the server's dials)
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
+    _status      what a server or client is doing now, as plain data
+    _admin       the admin endpoint: /metrics, /healthz, /readyz, /status, the page
     _tap/        the twistd programs
     testing      test doubles: a tunnel in memory
 """
@@ -42,6 +45,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from remotedialer._acl import DialACL, parse_rule
+from remotedialer._admin import AdminEndpoint, AdminSite
 from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
@@ -62,9 +66,11 @@ from remotedialer._interfaces import (
     ISessionObserver,
     ISessionOwner,
     IStreamOpener,
+    ITrafficObserver,
     ITunnelAuthorizer,
 )
 from remotedialer._limits import SessionLimits, UpgradeLimits
+from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import (
     AuthorizationError,
@@ -74,6 +80,7 @@ from remotedialer._resource import (
 )
 from remotedialer._server import Server
 from remotedialer._session import Session, SessionFactory
+from remotedialer._status import client_status, server_status
 from remotedialer._stream import StreamError, TunnelAddress, TunnelStream
 from remotedialer._websocket import nvx_active
 
@@ -83,6 +90,14 @@ except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdminEndpoint",
+    "AdminSite",
+    "ClientMetrics",
+    "ITrafficObserver",
+    "MetricsOptions",
+    "ServerMetrics",
+    "client_status",
+    "server_status",
     "AuthorizationError",
     "CertificateAuthorizer",
     "Credentials",
