@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, NoResource, Resource
-from twisted.web.server import Site
+from twisted.web.resource import EncodingResourceWrapper, IResource, NoResource, Resource
+from twisted.web.server import GzipEncoderFactory, Site
 
 from remotedialer._metrics import CONTENT_TYPE, render
 
@@ -61,6 +61,12 @@ def _headers(request: IRequest, content_type: str) -> None:
     request.setHeader(b"Content-Type", content_type.encode())
     request.setHeader(b"Cache-Control", b"no-store")
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
+
+
+class _Gzip(GzipEncoderFactory):
+    """gzip at a level that costs little CPU per scrape (Twisted's default is 9)."""
+
+    compressLevel = 6
 
 
 class _Leaf(Resource):
@@ -144,10 +150,12 @@ class AdminEndpoint:
     def resource(self) -> IResource:
         """The admin tree: C{/}, C{/metrics}, C{/healthz}, C{/readyz}, C{/status}."""
         root = _Page()
-        root.putChild(b"metrics", _Leaf(self._render_metrics))
+        # A scrape of thousands of clients is hundreds of KiB: gzip for who asks.
+        gzip = [_Gzip()]
+        root.putChild(b"metrics", EncodingResourceWrapper(_Leaf(self._render_metrics), gzip))
         root.putChild(b"healthz", _Leaf(self._render_health))
         root.putChild(b"readyz", _Leaf(self._render_ready))
-        root.putChild(b"status", _Leaf(self._render_status))
+        root.putChild(b"status", EncodingResourceWrapper(_Leaf(self._render_status), gzip))
         return root
 
     def _render_metrics(self, request: IRequest) -> bytes:

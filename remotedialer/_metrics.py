@@ -13,8 +13,8 @@ Two kinds, so that nothing is counted per byte:
     bytes of every message, so a byte counter is the ended sessions' totals
     plus the live sessions' counts, added up at scrape time.
   - Gauges of live state (sessions, streams, paused streams, buffered
-    bytes, pending dials, peers), read from the sessions at scrape time by
-    a collector: no bookkeeping on the hot path at all.
+    bytes, pending dials, peers), read from the server's (or client's)
+    sessions at scrape time by a collector: no bookkeeping at all.
 
 Go's byte counters count Data messages (transmit, with their headers) and
 payload read (receive); ours count every message each way (Errors apart:
@@ -342,7 +342,10 @@ class _ServerCollector(Collector):
                 return "peer_link"
             return "peer" if session.is_peer else "client"
 
-        yield from _flow_gauges(counters.live, kind, ("client", "peer", "peer_link"))
+        # The server's own sessions, not the counters' (gauges need no observer).
+        sessions = [*server.sessions.local_sessions(), *server.sessions.peer_sessions(),
+                    *(link.session for _, link in links if link.session is not None)]
+        yield from _flow_gauges(sessions, kind, ("client", "peer", "peer_link"))
         yield _gauge("clients", "Client keys with a session on this server", len(server.clients()))
         reachable = set(server.sessions.reachable_clients()) - set(server.clients())
         yield _gauge("peer_clients", "Client keys reachable only through a peer", len(reachable))
@@ -361,7 +364,8 @@ class _ClientCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         client, counters = self._client, self._counters
         yield from _byte_counters(counters)
-        yield from _flow_gauges(counters.live, lambda session: "tunnel", ("tunnel",))
+        sessions = [client.session] if client.session is not None else []
+        yield from _flow_gauges(sessions, lambda session: "tunnel", ("tunnel",))
         yield _gauge("tunnel_connected", "1 while the tunnel is open and ready for the server's dials",
                      1.0 if client.ready else 0.0)
         yield CounterMetricFamily(f"{NAMESPACE}_tunnel_attempts", "Connection attempts to a server",

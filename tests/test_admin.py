@@ -9,12 +9,15 @@ secret anywhere.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import re
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -231,6 +234,20 @@ class EndpointTests(SynchronousTestCase):
         response, _ = admin.stub.request("POST", BASE + "/status"), None
         admin.stub.flush()
         self.assertEqual(self.successResultOf(response).code, 405)
+
+    def test_gzip_when_asked(self):
+        """/metrics and /status are gzipped for a scraper that accepts it (treq would decode it unseen)."""
+        t = _Net(self)
+        t.client("foo")
+        agent = RequestTraversalAgent(server_admin(self, t).endpoint.resource())
+        for path in ("/metrics", "/status"):
+            d = agent.request(b"GET", (BASE + path).encode(), Headers({"Accept-Encoding": ["gzip"]}))
+            agent.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.headers.getRawHeaders("Content-Encoding"), ["gzip"])
+            body = readBody(response)
+            agent.flush()
+            self.assertIn(b"foo", gzip.decompress(self.successResultOf(body)))
 
     def test_extra_sections_and_checks(self):
         """Other parts (forwarders...) add status sections and readiness checks; one failing says so."""

@@ -23,7 +23,7 @@ from twisted.web.static import Data
 from remotedialer._auth import hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
-from remotedialer._tap._admin import ClientProgram
+from remotedialer._tap._admin import ClientProgram, loopback_only
 from tests.support import eventually, listen_tcp, wait
 from tests.test_programs import Program, parse, program_env, twistd_argv
 
@@ -52,6 +52,15 @@ class AdminOptionsTests(TestCase):
                 parse(options_class, ["--admin-listen", "bogus:1"])
             self.assertIn("--admin-listen 'bogus:1': ", str(caught.exception))
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_loopback_only(self):
+        """What the listener warns about: an admin endpoint another host could reach."""
+        cases = [("tcp:9125:interface=127.0.0.1", True), (r"tcp6:9125:interface=\:\:1", True),
+                 ("ssl:9125:privateKey=k.pem:interface=localhost", True), ("unix:/run/admin.sock", True),
+                 ("tcp:9125", False), ("tcp:9125:interface=0.0.0.0", False),
+                 ("tcp:9125:interface=10.0.0.1", False)]
+        for description, expected in cases:
+            self.assertEqual(loopback_only(description), expected, description)
 
     def test_label_flags(self):
         options = parse(server_tap.Options, ["--admin-listen", "0", "--metrics-addr-label",

@@ -11,7 +11,9 @@ import re
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from remotedialer import ITrafficObserver
 from remotedialer._metrics import (
     GO_COUNTERS,
     OVERFLOW,
@@ -323,6 +325,19 @@ class FlowGaugeTests(SynchronousTestCase):
         self.assertGreater(value(m, "remotedialer_buffered_bytes", direction="inbound"), PAUSE_THRESHOLD)
         self.assertEqual(value(client_metrics, "remotedialer_paused_streams", by="remote"), 1)
         self.assertEqual(value(m, "remotedialer_paused_streams", by="remote"), 0)
+
+    def test_gauges_need_no_observer(self):
+        """Gauges read the server's own sessions: metrics made after clients connected still see them."""
+        net = Network(self)
+        site = net.serve_tunnel("10.0.0.1:8123")
+        client = net.client(site.url, "foo")
+        net.result(client.when_connected())
+        metrics = ServerMetrics(site.server)
+        self.assertEqual(value(metrics, "remotedialer_sessions", kind="client"), 1)
+        self.assertEqual(value(metrics, GO + "total_add_websocket_session", clientkey="foo", peer="false"), 0)
+
+    def test_observer_interface(self):
+        self.assertTrue(verifyObject(ITrafficObserver, _Net(self).metrics.counters))
 
     def test_no_route_is_an_open_failure(self):
         t = _Net(self)

@@ -11,6 +11,8 @@ probes on the pod's address, warned: the endpoint has no authentication).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -32,7 +34,6 @@ from remotedialer._status import client_status, server_status
 __all__ = ["AdminEndpoint", "AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
 
 log = Logger()
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class AdminOptions:
@@ -90,11 +91,29 @@ class _AdminListener(StreamServerEndpointService):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        interface = next((part.partition("=")[2] for part in self._description.split(":")
-                          if part.startswith("interface=")), "")
-        if interface not in _LOOPBACK:
+        if not loopback_only(self._description):
             log.warn("--admin-listen {description}: not loopback only, and the admin endpoint has no "
                      "authentication (it shows client ids and addresses)", description=self._description)
+
+
+def loopback_only(description: str) -> bool:
+    """
+    The endpoint C{description} cannot be reached from another host: a
+    TCP/SSL one bound to a loopback interface, or not a network one at all.
+    """
+    kind = description.partition(":")[0]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return True
+    found = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])*)", description)
+    if found is None:
+        return False
+    interface = found.group(1).replace("\\", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:
