@@ -30,9 +30,10 @@ C{max_label_values} distinct values of each are kept (later ones count under
 C{_other_}).  C{proto} is one of the protocols Connect knows (else
 C{other}), without a forwarding peer's C{<clientKey>::} prefix.
 
-prometheus_client's text format always writes a counter's HELP and TYPE
-lines with a C{_total} suffix (OpenMetrics naming); Go's names have none
-and their samples are bare, so L{render} writes those two lines as Go does.
+prometheus_client names a counter's samples C{<name>_total} (OpenMetrics
+naming); Go's counters have no suffix, so they are collected as "unknown"
+families (samples named as the family) and L{render} declares them
+counters, as Go's exposition does.
 Metrics are rendered on the reactor thread (the collectors read live
 state), never in a thread pool as prometheus_client's Twisted resource would.
 """
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 from twisted.internet.error import (
     ConnectError,
@@ -257,11 +258,15 @@ class TrafficCounters:
 
 
 def _go_counter(name: str, values: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
-    """One of Go's counter families: Go's name on the family and its samples (no _total)."""
+    """
+    One of Go's counter families, its samples named as the family (no
+    _total): an "unknown" family, the only kind whose samples are, which
+    L{render} declares a counter.
+    """
     documentation, labels = GO_COUNTERS[name]
-    metric = Metric(name, documentation, "counter")
+    metric = UnknownMetricFamily(name, documentation, labels=labels)
     for label_values, value in values:
-        metric.add_sample(name, dict(zip(labels, label_values, strict=True)), value)
+        metric.add_metric(list(label_values), value)
     return metric
 
 
@@ -404,18 +409,15 @@ class ClientMetrics:
         client.session_factory.observer = self.counters
 
 
-#: The header lines prometheus_client writes for Go's counters, and Go's own.
-_GO_HEADERS = [
-    (f"# {line} {name}_total{rest}".encode(), f"# {line} {name}{rest}".encode())
-    for name, (documentation, _) in GO_COUNTERS.items()
-    for line, rest in (("HELP", f" {documentation}\n"), ("TYPE", " counter\n"))
-]
+#: The TYPE lines prometheus_client writes for Go's counters, and Go's own.
+_GO_TYPES = [(f"# TYPE {name} untyped\n".encode(), f"# TYPE {name} counter\n".encode())
+             for name in GO_COUNTERS]
 
 
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text format (0.0.4) of C{registry}, Go's counters named as Go names them."""
     text = generate_latest(registry)
-    for theirs, go in _GO_HEADERS:
+    for theirs, go in _GO_TYPES:
         text = text.replace(theirs, go, 1)
     return text
 
