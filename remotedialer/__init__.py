@@ -34,6 +34,10 @@ Module map, from the wire up (one job each):
     _client      the client service (a link serving the server's dials)
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
+    _jsonlog     log events as one JSON object per line (--log-format json)
+    _drain       graceful drain: refuse new work, tell peers, let streams finish
+    _discovery   peers found by resolving a DNS name (a headless Service)
     _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
     _status      what a server or client is doing now, as plain data
     _admin       the admin endpoint: /metrics, /healthz, /readyz, /status, the page
@@ -50,6 +54,8 @@ from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthoriz
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
 from remotedialer._dialer import LocalDialer, allow_all, allow_patterns, deny_all
+from remotedialer._discovery import PeerDiscovery
+from remotedialer._drain import ServerDraining
 from remotedialer._endpoint import (
     ClientNotConnected,
     TunnelAgentEndpointFactory,
@@ -69,6 +75,7 @@ from remotedialer._interfaces import (
     ITrafficObserver,
     ITunnelAuthorizer,
 )
+from remotedialer._jsonlog import json_log_observer
 from remotedialer._limits import SessionLimits, UpgradeLimits
 from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
 from remotedialer._ratelimit import FailureLimiter
@@ -122,7 +129,9 @@ __all__ = [
     "InsecureTLSPolicy",
     "LocalDialer",
     "MalformedMessage",
+    "PeerDiscovery",
     "Server",
+    "ServerDraining",
     "Session",
     "SessionFactory",
     "SessionLimits",
@@ -140,6 +149,7 @@ __all__ = [
     "deny_all",
     "endpoint_for_url",
     "header_authorizer",
+    "json_log_observer",
     "nvx_active",
     "tunnel_agent",
 ]

@@ -97,7 +97,7 @@ class Acceptor:
         if failure.check(defer.CancelledError) or stream.closed:
             return
         reason = failure_text(failure)
-        self.log.info("stream {conn_id}: dial {target} failed: {reason}",
-                      conn_id=stream.conn_id, target=printable(f"{proto}/{address}"),
+        self.log.info("stream {stream_id}: dial {target} failed: {reason}",
+                      stream_id=stream.conn_id, target=printable(f"{proto}/{address}"),
                       reason=printable(reason))
         stream.close_with_error(reason)

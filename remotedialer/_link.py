@@ -105,6 +105,8 @@ class WebSocketLink(Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        if self.session is not None:
+            self.session.note_end("stopped")
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()

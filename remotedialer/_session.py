@@ -36,7 +36,7 @@ from remotedialer._codec import MalformedMessage
 from remotedialer._flow import FlowLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession, ITrafficObserver
 from remotedialer._limits import SessionLimits
-from remotedialer._logtext import Throttle, address, printable
+from remotedialer._logtext import Throttle, address, failure_text, printable
 from remotedialer._mux import (
     CLIENT_FIRST_CONN_ID,
     MAX_DATA_CHUNK,
@@ -109,10 +109,13 @@ class Session:
         #: A newer session of the same owner took over: no new dials come
         #: here, and the session ends once its streams have.
         self.superseded = False
-        #: When the session began (the clock's seconds: wall time on a reactor).
-        self.started_at = clock.seconds()
-        #: C{host:port} of the far end of the WebSocket, where known.
-        self.remote_address: str | None = None
+        #: When the session began (C{clock.seconds()}), and why it ended
+        #: (the first reason given; None while it lives): for the one log
+        #: line a tunnel's end makes.
+        self.opened_at = clock.seconds()
+        #: The far end's address as text (set by whoever knows it).
+        self.remote_addr = ""
+        self.end_reason: str | None = None
         #: This side dialed the WebSocket (a client's tunnel, a server's peer link).
         self.dials_as_client = dials_as_client
         self.mux = Multiplexer(
@@ -341,8 +344,8 @@ class Session:
             self.log.info("{direction} malformed size={size} {session}",
                           direction=direction, size=len(data), session=self)
             return
-        self.log.info("{direction} {type} conn={conn_id} size={size} {session}",
-                      direction=direction, type=message.type.name, conn_id=message.conn_id,
+        self.log.info("{direction} {type} conn={stream_id} size={size} {session}",
+                      direction=direction, type=message.type.name, stream_id=message.conn_id,
                       size=len(data), session=self)
 
     # Stream bookkeeping.
@@ -380,6 +383,11 @@ class Session:
 
     # Ending.
 
+    def note_end(self, reason: str) -> None:
+        """Say why the session is ending (the first reason given is the one kept)."""
+        if self.end_reason is None:
+            self.end_reason = printable(reason)
+
     def drop(self, reason: Failure | None = None) -> None:
         """End the session from our side: every stream ends now, the WebSocket is dropped."""
         self.lose(reason if reason is not None else Failure(ConnectionLost("tunnel session dropped")))
@@ -396,6 +404,10 @@ class Session:
     def connection_lost(self, reason: Failure) -> None:
         """The WebSocket is gone: every stream ends with C{reason}."""
         ending = not self.mux.closed
+        # The exception's own words ("server shutting down"), not its class's preamble.
+        args = reason.value.args if reason.value is not None else ()
+        plain = bool(args) and all(isinstance(arg, str) for arg in args)
+        self.note_end(": ".join(args) if plain else failure_text(reason))
         handles = self.mux.lose()
         self._blocked.clear()
         self._violations.flush()
@@ -446,5 +458,5 @@ class SessionFactory:
             observer=self.observer,
         )
         if protocol.transport is not None:
-            session.remote_address = address(protocol.transport.getPeer())
+            session.remote_addr = address(protocol.transport.getPeer())
         return session

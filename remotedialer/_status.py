@@ -47,8 +47,8 @@ def session_status(session: Session) -> Status:
     handles = session.mux.all_streams
     return {
         "session_key": str(session.session_key),
-        "remote": session.remote_address,
-        "connected_since": session.started_at,
+        "remote": session.remote_addr or None,
+        "connected_since": session.opened_at,
         "streams": len(handles),
         # We sent Pause: our reader is slow.  The far side paused our writes.
         "paused_streams": sum(1 for h in handles if h.inbound.pause_sent),
@@ -108,7 +108,7 @@ def server_status(server: Server, limit: int | None = None) -> Status:
             "peer_id": peer_id,
             "url": public_url(link.url) if link is not None else None,
             "link": _link_state(link) if link is not None else "not configured",
-            "link_since": link.session.started_at if link is not None and link.session is not None else None,
+            "link_since": link.session.opened_at if link is not None and link.session is not None else None,
             "link_attempts": link.attempts if link is not None else 0,
             "link_session": session_status(link.session) if link is not None and link.session else None,
             "incoming_sessions": [session_status(s) for s in sessions],
@@ -141,7 +141,7 @@ def client_status(client: TunnelClient) -> Status:
         "tunnel": {
             "state": state,
             "url": public_url(client.url),
-            "since": session.started_at if session is not None else None,
+            "since": session.opened_at if session is not None else None,
             "attempts": client.attempts,
             "opened": client.opened,
             "session": session_status(session) if session is not None else None,

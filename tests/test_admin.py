@@ -84,7 +84,7 @@ class ServerStatusTests(SynchronousTestCase):
         [real] = t.server.sessions.local_sessions_of("foo")
         self.assertEqual(session, {
             "session_key": str(real.session_key),
-            "remote": real.remote_address,
+            "remote": real.remote_addr,
             "connected_since": 1000,
             "streams": 2,
             "paused_streams": 0,
