@@ -119,6 +119,7 @@ def server_status(server: Server, limit: int | None = None) -> Status:
         "role": "server",
         "now": server.reactor.seconds(),
         "peer_id": server.peer_id,
+        "draining": server.draining,
         "client_count": len(registry.clients()),
         "clients": clients,
         "peers": peers,

@@ -62,6 +62,13 @@ class AdminOptionsTests(TestCase):
         for description, expected in cases:
             self.assertEqual(loopback_only(description), expected, description)
 
+    def test_readiness_checks(self):
+        """The server program is ready once its tunnel listener listens, and not while it drains."""
+        top = server_tap.makeService(parse(server_tap.Options, ["--admin-listen", "0"]))
+        self.assertEqual(top.admin.not_ready(), ["the tunnel listener is not listening"])
+        top.server.draining = True
+        self.assertIn("draining: the server is shutting down", top.admin.not_ready())
+
     def test_label_flags(self):
         options = parse(server_tap.Options, ["--admin-listen", "0", "--metrics-addr-label",
                                              "--metrics-no-clientkey-label"])

@@ -124,7 +124,8 @@ def serve_server_admin(top: MultiService, options: Any, server: Server,
                        listening: IProtocolFactory) -> AdminEndpoint | None:
     """
     With --admin-listen, the server's admin endpoint, listening as a child
-    of C{top}: ready once C{listening} (the tunnel's factory) listens.
+    of C{top}: ready once C{listening} (the tunnel's factory) listens, and
+    not while the server drains (the endpoint stays up until the drain ends).
     """
     description = options.get("admin_listen")
     if description is None:
@@ -134,7 +135,11 @@ def serve_server_admin(top: MultiService, options: Any, server: Server,
     def listening_check() -> str | None:
         return None if getattr(listening, "numPorts", 0) > 0 else "the tunnel listener is not listening"
 
-    admin = AdminEndpoint(metrics.registry, lambda limit: server_status(server, limit), [listening_check])
+    def drain_check() -> str | None:
+        return "draining: the server is shutting down" if server.draining else None
+
+    admin = AdminEndpoint(metrics.registry, lambda limit: server_status(server, limit),
+                          [listening_check, drain_check])
     _listen(top, "remotedialer-server", description, admin)
     return admin
 
