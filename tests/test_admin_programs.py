@@ -141,6 +141,10 @@ class AdminProgramTests(TestCase):
             pool = HTTPConnectionPool(reactor, persistent=False)
             self.assertEqual(await _get(admin_url + "/healthz", pool), (200, b"ok\n"))
             self.assertEqual(await _get(admin_url + "/readyz", pool), (200, b"ready\n"))
+            # The same request-head limits as the tunnel's listener.
+            response = await treq.get(admin_url + "/healthz", headers={"X-Big": "x" * 70_000}, pool=pool)
+            await response.content()
+            self.assertEqual(response.code, 431)
 
             client = self.spawn("-n", "--pidfile=", "remotedialer-client",
                                 "--connect", f"ws://127.0.0.1:{port}/connect", "--id", "sub",

@@ -26,6 +26,7 @@ from twisted.python import usage
 
 from remotedialer._admin import AdminEndpoint, AdminSite
 from remotedialer._client import TunnelClient
+from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
 from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
 from remotedialer._server import Server
@@ -116,8 +117,17 @@ def loopback_only(description: str) -> bool:
         return False
 
 
+class _Guarded(HeaderGuardFactory):
+    """The admin site behind the same request-head limits as the tunnel's listener."""
+
+    def logPrefix(self) -> str:
+        return "admin endpoint"
+
+
 def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:
-    _AdminListener(program, description, AdminSite(admin)).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    # Idle connections (a prober's, a scraper's) are closed after a minute.
+    site = _Guarded(AdminSite(admin, timeout=60))
+    _AdminListener(program, description, site).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
 
 def serve_server_admin(top: MultiService, options: Any, server: Server,
