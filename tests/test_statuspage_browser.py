@@ -16,14 +16,15 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
+from remotedialer import TunnelClient, allow_all
 from remotedialer._admin import AdminEndpoint, AdminSite
-from remotedialer._metrics import ServerMetrics
-from remotedialer._status import server_status
+from remotedialer._metrics import ClientMetrics, ServerMetrics
+from remotedialer._status import client_status, server_status
 from tests.support import Collector, Echo, TunnelHarness, listen_tcp
 
 #: Chromium's flags for a headless run as root in a container, offline.
@@ -85,13 +86,34 @@ def _start_browser(browser: str, driver_path: str, profile: str):
     return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
 
 
-class StatusPageBrowserTests(TestCase):
+class _BrowserTestCase(TestCase):
+    """A browser for each test (skipped without one), and waiting on what it shows."""
+
     timeout = 60
 
     def setUp(self):
-        self.paths = _browser_paths()
-        os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager: no telemetry
+        self.paths = _browser_paths()  # (given both paths, Selenium Manager never runs)
 
+    async def _browser(self):
+        profile = tempfile.mkdtemp(prefix="remotedialer-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        driver = await deferToThread(_start_browser, *self.paths, profile)
+        self.addCleanup(lambda: deferToThread(driver.quit))
+        return driver
+
+    async def _until(self, driver, condition, what: str):
+        """Wait (in a thread: the reactor serves the page meanwhile) until C{condition(driver)}."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return await deferToThread(WebDriverWait(driver, 15, poll_frequency=0.1).until, condition)
+        except TimeoutException:
+            source = await deferToThread(lambda: driver.page_source)
+            raise AssertionError(f"the page never showed {what}:\n{source[-3000:]}") from None
+
+
+class ServerPageBrowserTests(_BrowserTestCase):
     async def _page(self):
         """A server with clients foo and EVIL_KEY's owner to come; its admin endpoint; a browser on it."""
         harness = TunnelHarness(self)
@@ -106,22 +128,7 @@ class StatusPageBrowserTests(TestCase):
 
         admin = AdminEndpoint(metrics.registry, status)
         port = await listen_tcp(AdminSite(admin), self)
-        profile = tempfile.mkdtemp(prefix="remotedialer-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = await deferToThread(_start_browser, *self.paths, profile)
-        self.addCleanup(lambda: deferToThread(driver.quit))
-        return harness, driver, admin, f"http://127.0.0.1:{port.getHost().port}/"
-
-    async def _until(self, driver, condition, what: str):
-        """Wait (in a thread: the reactor serves the page meanwhile) until C{condition(driver)}."""
-        from selenium.common.exceptions import TimeoutException
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        try:
-            return await deferToThread(WebDriverWait(driver, 15, poll_frequency=0.1).until, condition)
-        except TimeoutException:
-            source = await deferToThread(lambda: driver.page_source)
-            raise AssertionError(f"the page never showed {what}:\n{source[-3000:]}") from None
+        return harness, await self._browser(), admin, f"http://127.0.0.1:{port.getHost().port}/"
 
     def test_page_shows_clients_live(self):
         from selenium.webdriver.common.by import By
@@ -210,3 +217,54 @@ class StatusPageBrowserTests(TestCase):
 
 class _Broken(Exception):
     pass
+
+
+class ClientPageBrowserTests(_BrowserTestCase):
+    def test_client_page(self):
+        """A client's page: its tunnel's state and streams, live."""
+        from selenium.webdriver.common.by import By
+
+        async def go():
+            harness = TunnelHarness(self)
+            await harness.start()
+            client = TunnelClient(harness.url, headers={"X-Tunnel-ID": "agent-1"}, reactor=reactor,
+                                  client_key="agent-1", connect_authorizer=allow_all)
+            metrics = ClientMetrics(client)
+            client.startService()
+            self.addCleanup(client.stopService)
+            await client.when_connected()
+            admin = AdminEndpoint(metrics.registry, lambda limit: client_status(client))
+            port = await listen_tcp(AdminSite(admin), self)
+            driver = await self._browser()
+            await deferToThread(driver.get, f"http://127.0.0.1:{port.getHost().port}/?refresh=0.25")
+
+            def tunnel(d):
+                return d.execute_script(TUNNEL_SCRIPT) or {}
+
+            shown = await self._until(driver, lambda d: (t := tunnel(d)).get("state") == "connected" and t,
+                                      "the connected tunnel")
+            self.assertEqual((shown["key"], shown["streams"]), (harness.url, "0"))
+            title = await deferToThread(lambda: driver.find_element(By.ID, "title").text)
+            self.assertEqual(title, "remotedialer client agent-1")
+
+            echo = await listen_tcp(Factory.forProtocol(Echo), self)
+            protocol = Collector()
+            await harness.server.endpoint("agent-1", "tcp", f"127.0.0.1:{echo.getHost().port}").connect(
+                Factory.forProtocol(lambda: protocol))
+            await self._until(driver, lambda d: tunnel(d).get("streams") == "1", "the tunnel's stream")
+            await harness.stop_listening()
+            for session in harness.server.sessions.local_sessions():
+                session.drop()
+            await self._until(driver, lambda d: tunnel(d).get("state") == "connecting", "the tunnel down")
+
+        return defer.Deferred.fromCoroutine(go())
+
+
+#: The client page's tunnel row as {last class of a cell: its text}.
+TUNNEL_SCRIPT = """
+const row = document.querySelector("#tunnel tr.tunnel");
+if (!row) return null;
+const cells = {};
+for (const cell of row.querySelectorAll("td")) cells[cell.className.split(" ").pop()] = cell.textContent;
+return cells;
+"""
