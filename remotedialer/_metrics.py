@@ -34,6 +34,7 @@ prometheus_client names a counter's samples C{<name>_total} (OpenMetrics
 naming); Go's counters have no suffix, so they are collected as "unknown"
 families (samples named as the family) and L{render} declares them
 counters, as Go's exposition does.
+
 Metrics are rendered on the reactor thread (the collectors read live
 state), never in a thread pool as prometheus_client's Twisted resource would.
 """
