@@ -61,6 +61,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from remotedialer._acceptor import TooManyDials
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._interfaces import ITrafficObserver
 from remotedialer._logtext import printable
 from remotedialer._session import Session
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GO_COUNTERS",
     "ClientMetrics",
+    "ForwarderCollector",
     "MetricsOptions",
     "ServerMetrics",
     "TrafficCounters",
@@ -378,6 +380,37 @@ class _ClientCollector(Collector):
                                   value=client.attempts)
         yield CounterMetricFamily(f"{NAMESPACE}_tunnel_opened", "Tunnels opened", value=client.opened)
         yield CounterMetricFamily(f"{NAMESPACE}_tunnel_closed", "Tunnels closed", value=client.closed)
+
+
+class ForwarderCollector(Collector):
+    """
+    The counters of the server's forwarder listeners (port forwards, the
+    CONNECT and SOCKS5 proxies), labelled by listener: as many series as
+    listeners configured, and failures by their fixed reasons.
+    """
+
+    def __init__(self, forwarders: Iterable[ForwarderStats]) -> None:
+        self._forwarders = list(forwarders)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["forwarder", "kind"]
+        connections = CounterMetricFamily(f"{NAMESPACE}_forwarder_connections",
+                                          "Connections a forwarder listener accepted", labels=labels)
+        streams = CounterMetricFamily(f"{NAMESPACE}_forwarder_streams",
+                                      "Streams a forwarder opened through a tunnel", labels=labels)
+        open_now = GaugeMetricFamily(f"{NAMESPACE}_forwarder_streams_open",
+                                     "A forwarder's streams still relaying", labels=labels)
+        failures = CounterMetricFamily(f"{NAMESPACE}_forwarder_failures",
+                                       "A forwarder's failed connections, by reason",
+                                       labels=[*labels, "reason"])
+        for stats in self._forwarders:
+            names = [stats.name, stats.kind]
+            connections.add_metric(names, stats.connections)
+            streams.add_metric(names, stats.streams_total)
+            open_now.add_metric(names, stats.streams_open)
+            for reason, count in sorted(stats.failures.items()):
+                failures.add_metric([*names, reason], count)
+        yield from (connections, streams, open_now, failures)
 
 
 class ServerMetrics:

@@ -69,6 +69,23 @@ class AdminOptionsTests(TestCase):
         top.server.draining = True
         self.assertIn("draining: the server is shutting down", top.admin.not_ready())
 
+    def test_forwarders_in_metrics_and_status(self):
+        """The server program's forwarder listeners: their counters in /metrics and /status."""
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--admin-listen", "0", "--forward", "tcp:0:interface=127.0.0.1=foo:tcp/127.0.0.1:6443"]))
+        [stats] = top.forwarders
+        stats.accepted()
+        stats.failed("client-not-connected")
+        [section] = top.admin.status()["forwarders"]
+        self.assertEqual((section["kind"], section["connections"], section["failures"]),
+                         ("forward", 1, {"client-not-connected": 1}))
+        registry = top.admin.registry
+        labels = {"forwarder": stats.name, "kind": "forward"}
+        self.assertEqual(registry.get_sample_value("remotedialer_forwarder_connections_total", labels), 1)
+        self.assertEqual(registry.get_sample_value("remotedialer_forwarder_failures_total",
+                                                   {**labels, "reason": "client-not-connected"}), 1)
+        self.assertEqual(registry.get_sample_value("remotedialer_forwarder_streams_open", labels), 0)
+
     def test_label_flags(self):
         options = parse(server_tap.Options, ["--admin-listen", "0", "--metrics-addr-label",
                                              "--metrics-no-clientkey-label"])

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from remotedialer import TunnelClient, allow_all
 from remotedialer._admin import AdminEndpoint, AdminSite
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._metrics import ClientMetrics, ServerMetrics
 from remotedialer._status import client_status, server_status
 from tests.support import Collector, Echo, TunnelHarness, listen_tcp
@@ -127,6 +128,8 @@ class ServerPageBrowserTests(_BrowserTestCase):
             return server_status(harness.server, limit)
 
         admin = AdminEndpoint(metrics.registry, status)
+        self.forwarder = ForwarderStats("socks:tcp:1080:interface=127.0.0.1", "socks")
+        admin.status_sections["forwarders"] = lambda: [self.forwarder.snapshot()]
         port = await listen_tcp(AdminSite(admin), self)
         return harness, await self._browser(), admin, f"http://127.0.0.1:{port.getHost().port}/"
 
@@ -179,6 +182,16 @@ class ServerPageBrowserTests(_BrowserTestCase):
             points = await deferToThread(lambda: driver.find_element(
                 By.CSS_SELECTOR, 'tr[data-client="foo"] svg.chart polyline').get_attribute("points"))
             self.assertGreaterEqual(len(points.split()), 2)
+
+            # Other parts' sections: the forwarders' counters, live too.
+            self.forwarder.accepted()
+            self.forwarder.failed("unauthenticated")
+            def forwarders(d):
+                text = d.find_element(By.ID, "forwarders").text
+                return "unauthenticated 1" in text and text
+
+            forwarder = await self._until(driver, forwarders, "the forwarder's counters")
+            self.assertIn("socks:tcp:1080:interface=127.0.0.1", forwarder)
 
             screenshot = os.environ.get("REMOTEDIALER_SCREENSHOT")
             if screenshot:

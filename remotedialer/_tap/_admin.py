@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -26,9 +27,10 @@ from twisted.python import usage
 
 from remotedialer._admin import AdminEndpoint, AdminSite
 from remotedialer._client import TunnelClient
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
-from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
+from remotedialer._metrics import ClientMetrics, ForwarderCollector, MetricsOptions, ServerMetrics
 from remotedialer._server import Server
 from remotedialer._status import client_status, server_status
 
@@ -130,12 +132,13 @@ def _listen(parent: MultiService, program: str, description: str, admin: AdminEn
     _AdminListener(program, description, site).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
 
-def serve_server_admin(top: MultiService, options: Any, server: Server,
-                       listening: IProtocolFactory) -> AdminEndpoint | None:
+def serve_server_admin(top: MultiService, options: Any, server: Server, listening: IProtocolFactory,
+                       forwarders: Iterable[ForwarderStats] = ()) -> AdminEndpoint | None:
     """
     With --admin-listen, the server's admin endpoint, listening as a child
     of C{top}: ready once C{listening} (the tunnel's factory) listens, and
-    not while the server drains (the endpoint stays up until the drain ends).
+    not while the server drains (the endpoint stays up until the drain ends);
+    the C{forwarders}' counters in its metrics and status.
     """
     description = options.get("admin_listen")
     if description is None:
@@ -150,6 +153,10 @@ def serve_server_admin(top: MultiService, options: Any, server: Server,
 
     admin = AdminEndpoint(metrics.registry, lambda limit: server_status(server, limit),
                           [listening_check, drain_check])
+    forwarders = list(forwarders)
+    if forwarders:
+        metrics.registry.register(ForwarderCollector(forwarders))
+        admin.status_sections["forwarders"] = lambda: [stats.snapshot() for stats in forwarders]
     _listen(top, "remotedialer-server", description, admin)
     return admin
 

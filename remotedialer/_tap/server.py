@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
 from remotedialer._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
@@ -54,6 +55,7 @@ from remotedialer._tap._common import (
     load_ca_file,
     parse_limits,
 )
+from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
@@ -80,7 +82,7 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
 
 
 @flags_named_in_errors
-class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
+class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -145,6 +147,7 @@ class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
         if not self["drain-timeout"] >= 0:
             raise usage.UsageError(f"--drain-timeout must be 0 or more seconds, not {self['drain-timeout']}")
         self._parse_auth()
+        parse_forwarders(self)
         self["peer_list"] = parse_peers(self["peers"])
         for peer_id, _, _ in self["peer_list"]:
             if peer_id == self["id"] or "/" in peer_id:
@@ -368,6 +371,8 @@ class ServerProgram(DrainOnStop):
 
     server: Server
     front_door: FrontDoor
+    #: The counters of every forwarder listener (--forward, --connect-proxy-listen, --socks-listen).
+    forwarders: list[ForwarderStats]
     admin: AdminEndpoint | None
 
 
@@ -419,5 +424,6 @@ def makeService(options: Options) -> ServerProgram:
     top.server = server
     top.front_door = front_door
     top.drain_timeout = options["drain-timeout"]
-    top.admin = serve_server_admin(top, options, server, site)
+    top.forwarders = add_forwarders(top, server, options)
+    top.admin = serve_server_admin(top, options, server, site, top.forwarders)
     return top
