@@ -50,6 +50,12 @@ return rows;
 """
 
 
+def text_of(driver, selector: str) -> str:
+    """The text of the element at C{selector} ("" if none), read at once (the page re-renders)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", selector)
+
+
 def _find(*names: str) -> str | None:
     for name in names:
         if name.startswith("/"):
@@ -172,22 +178,24 @@ class ServerPageBrowserTests(_BrowserTestCase):
             self.assertEqual(shown[EVIL_KEY]["streams"], "1")
             evil = await deferToThread(driver.find_elements, By.CSS_SELECTOR, "b.evil")
             self.assertEqual(evil, [])
-            summary = await deferToThread(lambda: driver.find_element(By.ID, "summary").text)
+            summary = await deferToThread(text_of, driver, "#summary")
             self.assertTrue(summary.startswith("2 connected, 3 streams"), summary)
 
             # A stream closes: the count follows; the chart has been drawing.
             streams[1].transport.loseConnection()
             await self._until(driver, lambda d: rows(d).get("foo", {}).get("streams") == "1",
                              "foo's stream count going down to 1")
-            points = await deferToThread(lambda: driver.find_element(
-                By.CSS_SELECTOR, 'tr[data-client="foo"] svg.chart polyline').get_attribute("points"))
+            points = await deferToThread(driver.execute_script, """
+                const line = document.querySelector('tr[data-client="foo"] svg.chart polyline');
+                return line.getAttribute("points");
+            """)
             self.assertGreaterEqual(len(points.split()), 2)
 
             # Other parts' sections: the forwarders' counters, live too.
             self.forwarder.accepted()
             self.forwarder.failed("unauthenticated")
             def forwarders(d):
-                text = d.find_element(By.ID, "forwarders").text
+                text = text_of(d, "#forwarders")
                 return "unauthenticated 1" in text and text
 
             forwarder = await self._until(driver, forwarders, "the forwarder's counters")
