@@ -192,9 +192,11 @@ class TrafficCounters:
         self._ended_sent: dict[str, int] = {}
         self._ended_errors: dict[str, int] = {}
         self._ended_received: dict[str, int] = {}
-        self._dials = Histogram(
+        dials = Histogram(
             "dial_duration_seconds", "Seconds from a Connect to its target connected (or the dial failed)",
             ["outcome"], namespace=NAMESPACE, buckets=DIAL_BUCKETS, registry=registry)
+        # Both series from the start (a dashboard's rate() needs them), bound once.
+        self._connected, self._failed = dials.labels("connected"), dials.labels("failed")
         self._dial_failures = Counter(
             "dial_failures", "Dials for the far side's Connects that failed, by reason",
             ["reason"], namespace=NAMESPACE, registry=registry)
@@ -242,8 +244,10 @@ class TrafficCounters:
         self._open_failures.labels(reason).inc()
 
     def dial_finished(self, session: Session, seconds: float, failure: Failure | None) -> None:
-        self._dials.labels("connected" if failure is None else "failed").observe(seconds)
-        if failure is not None:
+        if failure is None:
+            self._connected.observe(seconds)
+        else:
+            self._failed.observe(seconds)
             self._dial_failures.labels(dial_failure_reason(failure)).inc()
 
     # Read at scrape time.
