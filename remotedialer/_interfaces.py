@@ -131,7 +131,8 @@ class ITrafficObserver(Interface):
     def stream_refused(session: Session | None, reason: str) -> None:
         """
         A stream we were asked to open could not be: C{reason} is
-        C{no_route} (no session reaches the client; C{session} is None),
+        C{no_route} (no session reaches the client) or C{draining} (the
+        server is shutting down), C{session} then None; or
         C{too_many_streams} or C{session_closed}.
         """
 

@@ -198,6 +198,7 @@ class Server(MultiService):
         @raise ClientNotConnected: no session reaches the client.
         """
         if self.draining:
+            self._refused("draining")
             raise ServerDraining(string="server is shutting down")  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         session = self.sessions.local_session(client_key)
         if session is not None:
@@ -206,9 +207,12 @@ class Server(MultiService):
             session = self.sessions.peer_session_for(client_key)
             if session is not None:
                 return session.open_stream(f"{client_key}{PEER_PROTO_SEPARATOR}{proto}", address)
-        if self.session_factory.observer is not None:
-            self.session_factory.observer.stream_refused(None, "no_route")
+        self._refused("no_route")
         raise ClientNotConnected(f"failed to find Session for client {client_key}")
+
+    def _refused(self, reason: str) -> None:
+        if self.session_factory.observer is not None:
+            self.session_factory.observer.stream_refused(None, reason)
 
     def endpoint(self, client_key: str, proto: str, address: str) -> TunnelEndpoint:
         """An IStreamClientEndpoint reaching C{proto}/C{address} from C{client_key}."""

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from remotedialer import ITrafficObserver
+from remotedialer import ITrafficObserver, SessionLimits
 from remotedialer._metrics import (
     GO_COUNTERS,
     OVERFLOW,
@@ -326,6 +326,15 @@ class FlowGaugeTests(SynchronousTestCase):
         self.assertEqual(value(client_metrics, "remotedialer_paused_streams", by="remote"), 1)
         self.assertEqual(value(m, "remotedialer_paused_streams", by="remote"), 0)
 
+    def test_too_many_streams_is_an_open_failure(self):
+        t = _Net(self, session_limits=SessionLimits(max_streams=1))
+        t.client("foo")
+        t.stream()
+        endpoint = t.server.endpoint("foo", "tcp", "127.0.0.1:7000")
+        self.failureResultOf(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.assertEqual(value(t.metrics, "remotedialer_stream_open_failures_total",
+                               reason="too_many_streams"), 1)
+
     def test_gauges_need_no_observer(self):
         """Gauges read the server's own sessions: metrics made after clients connected still see them."""
         net = Network(self)
@@ -346,3 +355,6 @@ class FlowGaugeTests(SynchronousTestCase):
         self.assertEqual(value(t.metrics, "remotedialer_stream_open_failures_total", reason="no_route"), 1)
         text = render(t.metrics.registry).decode()
         self.assertTrue(re.search(r'remotedialer_stream_open_failures_total\{reason="no_route"\} 1\.0', text))
+        t.server.draining = True
+        self.failureResultOf(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.assertEqual(value(t.metrics, "remotedialer_stream_open_failures_total", reason="draining"), 1)
