@@ -48,10 +48,15 @@ class AdminOptionsTests(TestCase):
 
     def test_bad_endpoint(self):
         for options_class in (server_tap.Options, client_tap.Options):
-            with self.assertRaises(usage.UsageError) as caught:
-                parse(options_class, ["--admin-listen", "bogus:1"])
-            self.assertIn("--admin-listen 'bogus:1': ", str(caught.exception))
-            self.assertNotIn("\n", str(caught.exception))
+            for value, expected in [
+                ("bogus:1", "--admin-listen 'bogus:1': "),
+                ("99999", "--admin-listen 'tcp:99999:interface=127.0.0.1': port 99999 is not 0-65535"),
+                ("tcp:port=70000", "--admin-listen 'tcp:port=70000': port 70000 is not 0-65535"),
+            ]:
+                with self.assertRaises(usage.UsageError) as caught:
+                    parse(options_class, ["--admin-listen", value])
+                self.assertIn(expected, str(caught.exception))
+                self.assertNotIn("\n", str(caught.exception))
 
     def test_loopback_only(self):
         """What the listener warns about: an admin endpoint another host could reach."""

@@ -59,7 +59,22 @@ class AdminOptions:
             endpoints.serverFromString(reactor, description)
         except Exception as e:  # a bad description: one line, no traceback
             raise usage.UsageError(f"--admin-listen {description!r}: {printable(str(e))}") from None
+        port = _port_of(description)
+        if port is not None and not 0 <= port <= 65535:
+            raise usage.UsageError(f"--admin-listen {description!r}: port {port} is not 0-65535")
         self["admin_listen"] = description  # type: ignore[index]  # usage.Options is a dict
+
+
+def _port_of(description: str) -> int | None:
+    """The port of a tcp:/tcp6:/ssl: endpoint description (positional or port=), if it has one."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    for i, part in enumerate(rest.split(":")):
+        value = part[len("port="):] if part.startswith("port=") else part if i == 0 else ""
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _metrics_options(options: Any) -> MetricsOptions:
