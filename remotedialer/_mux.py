@@ -456,7 +456,10 @@ class Multiplexer:
         if conn_id == 0:
             return
         stream = self.streams.get(conn_id)
-        if stream is not None:
+        if stream is not None and e.message_type is MessageType.CONNECT:
+            # Like a well-formed Connect for a live id: refused, the live stream left alone.
+            self._queue_reply(conn_id, f"connection id {conn_id} already in use")
+        elif stream is not None:
             self._apply(stream, _I.ABORT, f"malformed message: {e}")
             self._events.append(StreamEnded(stream, f"malformed message: {e}"))
         else:
