@@ -523,6 +523,12 @@ class Multiplexer:
         if conn_id in self.streams:
             self._queue_reply(conn_id, f"connection id {conn_id} already in use")
             return
+        limit = self.session_limits.max_connect_target
+        if len(message.payload) > limit:
+            text = f"Connect target of {len(message.payload)} bytes is over the limit of {limit}"
+            self._queue_reply(conn_id, text)
+            self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))
+            return
         if self._stream_count() >= self.session_limits.max_streams:
             text = f"too many streams (limit {self.session_limits.max_streams})"
             self._queue_reply(conn_id, text)
