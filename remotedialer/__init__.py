@@ -47,6 +47,9 @@ Module map, from the wire up (one job each):
     _socks       the SOCKS5 handshake, sans-IO
     _socksproxy  the SOCKS5 proxy protocol over that handshake
     _forwardstats  each forwarder listener's counters
+    _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
+    _status      what a server or client is doing now, as plain data
+    _admin       the admin endpoint: /metrics, /healthz, /readyz, /status, the page
     _tap/        the twistd programs
     testing      test doubles: a tunnel in memory
 """
@@ -55,6 +58,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from remotedialer._acl import DialACL, parse_rule
+from remotedialer._admin import AdminEndpoint, AdminSite
 from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
@@ -80,10 +84,12 @@ from remotedialer._interfaces import (
     ISessionObserver,
     ISessionOwner,
     IStreamOpener,
+    ITrafficObserver,
     ITunnelAuthorizer,
 )
 from remotedialer._jsonlog import json_log_observer
 from remotedialer._limits import SessionLimits, UpgradeLimits
+from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
 from remotedialer._proxyaccess import ProxyAccess, Route
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import (
@@ -97,6 +103,7 @@ from remotedialer._session import Session, SessionFactory
 from remotedialer._site import ServerSite
 from remotedialer._socksproxy import SocksProxyFactory
 from remotedialer._splice import Forwarder
+from remotedialer._status import client_status, server_status
 from remotedialer._stream import StreamError, TunnelAddress, TunnelStream
 from remotedialer._websocket import nvx_active
 
@@ -106,6 +113,14 @@ except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdminEndpoint",
+    "AdminSite",
+    "ClientMetrics",
+    "ITrafficObserver",
+    "MetricsOptions",
+    "ServerMetrics",
+    "client_status",
+    "server_status",
     "AuthorizationError",
     "ConnectProxyFactory",
     "Forwarder",

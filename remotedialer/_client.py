@@ -222,8 +222,9 @@ class TunnelClient(WebSocketLink):
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._sessions = SessionFactory(reactor, trace=trace, limits=flow_limits,
-                                        session_limits=session_limits)
+        #: Builds the tunnel's sessions (its C{observer} hears their traffic: metrics).
+        self.session_factory = SessionFactory(reactor, trace=trace, limits=flow_limits,
+                                              session_limits=session_limits)
         self._client_key = client_key
         self._waiters: list[defer.Deferred[Session]] = []
         self._ready = False
@@ -232,6 +233,16 @@ class TunnelClient(WebSocketLink):
     def url(self) -> str:
         """The server URL in use (or to be tried next)."""
         return self._rotation.url
+
+    @property
+    def client_key(self) -> str:
+        """The key our sessions carry (the server knows us by X-Tunnel-ID or our certificate)."""
+        return self._client_key
+
+    @property
+    def ready(self) -> bool:
+        """The tunnel is open and the on-connect hook has finished: the server can dial us."""
+        return self.session is not None and self._ready
 
     def stopService(self) -> defer.Deferred[None]:
         waiters, self._waiters = self._waiters, []
@@ -264,7 +275,7 @@ class TunnelClient(WebSocketLink):
     # The link.
 
     def make_session(self, protocol: _TunnelProtocol) -> Session:
-        return self._sessions.session(
+        return self.session_factory.session(
             protocol,
             client_key=self._client_key,
             dials_as_client=True,

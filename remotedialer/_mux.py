@@ -226,6 +226,8 @@ class Multiplexer:
         #: Bytes of Errors sent in answer to the far side's mistakes
         #: (unknown streams, refused Connects, malformed messages).
         self.replies_sent = 0
+        #: Bytes of every Error message sent (Go's transmit_error_bytes).
+        self.error_bytes_sent = 0
 
     # Output.
 
@@ -242,7 +244,9 @@ class Multiplexer:
         self._queue(_codec.encode(message))
 
     def _queue_error(self, conn_id: int, text: str) -> None:
-        self._queue_message(_codec.error(self._ids.next(), conn_id, text))
+        data = _codec.encode(_codec.error(self._ids.next(), conn_id, text))
+        self.error_bytes_sent += len(data)
+        self._queue(data)
 
     def _queue_reply(self, conn_id: int, text: str) -> None:
         before = self.bytes_sent
@@ -452,7 +456,10 @@ class Multiplexer:
         if conn_id == 0:
             return
         stream = self.streams.get(conn_id)
-        if stream is not None:
+        if stream is not None and e.message_type is MessageType.CONNECT:
+            # Like a well-formed Connect for a live id: refused, the live stream left alone.
+            self._queue_reply(conn_id, f"connection id {conn_id} already in use")
+        elif stream is not None:
             self._apply(stream, _I.ABORT, f"malformed message: {e}")
             self._events.append(StreamEnded(stream, f"malformed message: {e}"))
         else:
@@ -515,6 +522,12 @@ class Multiplexer:
             return
         if conn_id in self.streams:
             self._queue_reply(conn_id, f"connection id {conn_id} already in use")
+            return
+        limit = self.session_limits.max_connect_target
+        if len(message.payload) > limit:
+            text = f"Connect target of {len(message.payload)} bytes is over the limit of {limit}"
+            self._queue_reply(conn_id, text)
+            self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))
             return
         if self._stream_count() >= self.session_limits.max_streams:
             text = f"too many streams (limit {self.session_limits.max_streams})"

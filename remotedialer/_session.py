@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IAddress, IProtocol, IPushProducer, IReactorTime
 from twisted.internet.task import CooperativeTask
@@ -34,9 +35,9 @@ from remotedialer._acceptor import Acceptor, RefuseAll
 from remotedialer._addresses import TunnelAddress, target_address
 from remotedialer._codec import MalformedMessage
 from remotedialer._flow import FlowLimits
-from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession
+from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession, ITrafficObserver
 from remotedialer._limits import SessionLimits
-from remotedialer._logtext import Throttle, failure_text, printable
+from remotedialer._logtext import Throttle, address, failure_text, printable
 from remotedialer._mux import (
     CLIENT_FIRST_CONN_ID,
     MAX_DATA_CHUNK,
@@ -95,7 +96,11 @@ class Session:
         limits: FlowLimits | None = None,
         session_limits: SessionLimits | None = None,
         cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
+        observer: ITrafficObserver | None = None,
+        probe: Callable[[float], Deferred[bool]] | None = None,
     ) -> None:
+        #: Asks the far side whether it is alive (the WebSocket's ping).
+        self._probe = probe
         if clock is None:
             from twisted.internet import reactor
 
@@ -115,6 +120,8 @@ class Session:
         #: The far end's address as text (set by whoever knows it).
         self.remote_addr = ""
         self.end_reason: str | None = None
+        #: This side dialed the WebSocket (a client's tunnel, a server's peer link).
+        self.dials_as_client = dials_as_client
         self.mux = Multiplexer(
             client_key=client_key,
             session_key=session_key,
@@ -126,14 +133,18 @@ class Session:
         )
         self._send = send
         self._drop = drop
+        self._observer = observer
         self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll(),
-                                  self.mux.session_limits.max_pending_dials)
+                                  self.mux.session_limits.max_pending_dials,
+                                  clock, self._dialed if observer is not None else None)
         self._listener = listener
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
         # The class's logger: an instance's would refer back to the session.
         self._violations = Throttle(clock, Session.log, "protocol errors")
+        if observer is not None:
+            observer.session_started(self)
 
     def __repr__(self) -> str:
         kind = "peer" if self.is_peer else "client"
@@ -185,6 +196,11 @@ class Session:
         """Live streams, draining ones included."""
         return len(self.mux.all_streams)
 
+    @property
+    def pending_dials(self) -> int:
+        """Dials for the far side's Connects whose target is not connected yet."""
+        return self._acceptor.pending
+
     # Dialing.
 
     def open_stream(self, proto: str, address: str) -> TunnelStream:
@@ -196,8 +212,10 @@ class Session:
         try:
             handle = self.mux.open_stream(proto, address)
         except SessionClosed as e:
+            self._refused("session_closed")
             raise ConnectionLost(str(e)) from None
         except TooManyStreams as e:
+            self._refused("too_many_streams")
             raise ConnectError(string=str(e)) from None
         stream = self._stream(
             handle,
@@ -215,7 +233,18 @@ class Session:
         return stream
 
     def _stream(self, handle: StreamHandle, host: IAddress, peer: IAddress, target: str) -> TunnelStream:
-        return TunnelStream(self, handle, host=host, peer=peer, target=target)
+        stream = TunnelStream(self, handle, host=host, peer=peer, target=target)
+        if self._observer is not None:
+            self._observer.stream_opened(self, stream)
+        return stream
+
+    def _refused(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.stream_refused(self, reason)
+
+    def _dialed(self, seconds: float, failure: Failure | None) -> None:
+        if self._observer is not None:
+            self._observer.dial_finished(self, seconds, failure)
 
     # Messages in.
 
@@ -328,8 +357,19 @@ class Session:
     def stream_ended(self, stream: TunnelStream) -> None:
         """Called by a stream as it ends."""
         self._blocked.pop(stream.conn_id, None)
+        if self._observer is not None:
+            self._observer.stream_closed(self, stream)
         if self.superseded and not self.mux.closed:
             self.clock.callLater(0, self._end_if_drained)
+
+    def probe(self, timeout: float) -> Deferred[bool]:
+        """
+        Whether the far side answers within C{timeout} seconds (False
+        without a WebSocket to ask, or once the session has ended).
+        """
+        if self._probe is None or self.mux.closed:
+            return succeed(False)
+        return self._probe(timeout)
 
     def supersede(self) -> None:
         """A newer session of the same owner replaces this one: drain, then end."""
@@ -376,6 +416,7 @@ class Session:
 
     def connection_lost(self, reason: Failure) -> None:
         """The WebSocket is gone: every stream ends with C{reason}."""
+        ending = not self.mux.closed
         # The exception's own words ("server shutting down"), not its class's preamble.
         args = reason.value.args if reason.value is not None else ()
         plain = bool(args) and all(isinstance(arg, str) for arg in args)
@@ -386,6 +427,8 @@ class Session:
         for handle in handles:
             if handle.context is not None:
                 handle.context.session_lost(reason)
+        if ending and self._observer is not None:
+            self._observer.session_ended(self)
 
 
 @attrs.define
@@ -399,6 +442,8 @@ class SessionFactory:
     trace: bool = False
     limits: FlowLimits | None = None
     session_limits: SessionLimits | None = None
+    #: Hears of every session's traffic events (metrics); None: nobody.
+    observer: ITrafficObserver | None = None
 
     def session(
         self,
@@ -411,7 +456,7 @@ class SessionFactory:
         listener: IPeerObserver | None = None,
     ) -> Session:
         """A session sending on the WebSocket C{protocol} (and dropping it on fatal input)."""
-        return Session(
+        session = Session(
             protocol.send_binary,
             client_key=client_key,
             dials_as_client=dials_as_client,
@@ -423,4 +468,9 @@ class SessionFactory:
             clock=self.clock,
             limits=self.limits,
             session_limits=self.session_limits,
+            observer=self.observer,
+            probe=protocol.probe,
         )
+        if protocol.transport is not None:
+            session.remote_addr = address(protocol.transport.getPeer())
+        return session

@@ -140,6 +140,33 @@ class SessionBudgetTests(SynchronousTestCase):
         self.assertEqual(self.m.buffered, 0)
 
 
+class ConnectTargetTests(SynchronousTestCase):
+    def target(self, m: Multiplexer, conn_id: int, size: int):
+        """A Connect whose payload ("tcp/" + address) is C{size} bytes."""
+        address = "h" * (size - len("tcp/") - len(":80")) + ":80"
+        return m.receive(_codec.encode(_codec.connect(1, conn_id, "tcp", address)))
+
+    def test_limit(self) -> None:
+        """A target of limit-1 or limit bytes is dialed; limit+1 is refused with an Error for that id only."""
+        m = Multiplexer(session_limits=SessionLimits(max_connect_target=64))
+        for conn_id, size in ((2, 63), (3, 64)):
+            [event] = self.target(m, conn_id, size)
+            self.assertIsInstance(event, ConnectRequested)
+        [event] = self.target(m, 4, 65)
+        self.assertIsInstance(event, ProtocolViolation)
+        self.assertFalse(event.fatal)
+        [error] = sent(m)
+        self.assertEqual((error.type, error.conn_id, error.error_text()),
+                         (MessageType.ERROR, 4, "Connect target of 65 bytes is over the limit of 64"))
+        self.assertEqual(sorted(m.streams), [2, 3])
+
+    def test_default_is_gos(self) -> None:
+        """Go reads at most 266 bytes of a Connect: the default, and the most allowed."""
+        self.assertEqual(SessionLimits().max_connect_target, _codec.MAX_CONNECT_PAYLOAD)
+        self.assertRaises(ValueError, SessionLimits, max_connect_target=_codec.MAX_CONNECT_PAYLOAD + 1)
+        self.assertRaises(ValueError, SessionLimits, max_connect_target=0)
+
+
 class PendingDialsTests(SynchronousTestCase):
     def test_limit(self) -> None:
         """The limit-th dial in progress is accepted; one more is refused; a settled dial frees a slot."""

@@ -150,7 +150,7 @@ class PoolTests(TestCase):
         return run(go())
 
     def test_reconnect_retires_pool(self):
-        """A client that reconnects: its old session drains and ends, not held by idle connections."""
+        """A new session of a client: the idle connections on the old one are closed (it can drain)."""
 
         async def go():
             await self._setup()
@@ -158,9 +158,12 @@ class PoolTests(TestCase):
             old = self.server.sessions.local_session("foo")
             self.assertEqual(len(old.streams), 1)  # idle, kept alive
             await self._connect("foo")
-            await eventually(lambda: old.closed, timeout=5)
+            new = self.server.sessions.local_session("foo")
+            self.assertIsNot(new, old)
+            await eventually(lambda: not old.streams, timeout=5)
             response, body = await self.get("foo", "hello")
             self.assertEqual(body, b"hello")
+            self.assertEqual((len(old.streams), len(new.streams)), (0, 1))
 
         return run(go())
 

@@ -68,6 +68,8 @@ _SESSION_FLAGS: list[_Flag] = [
      "Bytes held for slow readers per tunnel session (past half: Pause all; past it: end the largest)."),
     ("send-high-water", "send_high_water", int,
      "Bytes of replies queued to a peer that does not read, before we stop reading from it."),
+    ("max-connect-target", "max_connect_target", int,
+     "Longest dial target ('proto/host:port', bytes) accepted from the far side (Go reads at most 266)."),
 ]
 _FLOW_FLAGS: list[_Flag] = [
     ("stream-buffer", "hard_cap", int,

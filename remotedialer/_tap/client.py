@@ -9,6 +9,7 @@ nothing, and --allow-any restores Go's behaviour.
 
 from __future__ import annotations
 
+from twisted.application.service import IService
 from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from twisted.python import usage
@@ -18,6 +19,7 @@ from remotedialer._auth import secret_from
 from remotedialer._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._logtext import printable
+from remotedialer._tap._admin import AdminOptions, serve_client_admin
 from remotedialer._tap._common import (
     VersionOption,
     data_debug,
@@ -37,7 +39,7 @@ log = Logger()
 
 
 @flags_named_in_errors
-class Options(VersionOption, LogFormatOption, usage.Options):
+class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
         "[--ca-file PEM] [--header-file FILE] [--log-format json] [--debug]"
@@ -145,7 +147,8 @@ class Options(VersionOption, LogFormatOption, usage.Options):
                 raise usage.UsageError(f"--connect: {e}") from None
 
 
-def makeService(options: Options) -> TunnelClient:
+def makeService(options: Options) -> IService:
+    """The client; with --admin-listen, a service of the client and its admin endpoint."""
     authorizer: ConnectAuthorizer
     if options["allow"]:
         authorizer = allow_patterns(options["allow"])
@@ -156,7 +159,7 @@ def makeService(options: Options) -> TunnelClient:
         log.warn("no --allow given: the server may dial nothing; "
                  "add --allow tcp/HOST:PORT (e.g. --allow tcp/127.0.0.1:8080) for each target")
         authorizer = deny_all
-    return TunnelClient(
+    client = TunnelClient(
         options["urls"],
         headers={"X-Tunnel-ID": options["id"], **options["token_header"], **options["headers"]},
         connect_authorizer=authorizer,
@@ -170,3 +173,4 @@ def makeService(options: Options) -> TunnelClient:
         flow_limits=options["flow_limits"],
         retry_policy=reconnect_policy(options["reconnect-max"]),
     )
+    return serve_client_admin(client, options)

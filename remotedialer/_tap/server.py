@@ -47,6 +47,7 @@ from remotedialer._server import Server
 from remotedialer._site import ServerSite
 from remotedialer._tap import _frontdoor as frontdoor_tuning
 from remotedialer._tap import _peers_dns as peers_dns
+from remotedialer._tap._admin import AdminEndpoint, AdminOptions, serve_server_admin
 from remotedialer._tap._common import (
     VersionOption,
     data_debug,
@@ -84,7 +85,7 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
 
 
 @flags_named_in_errors
-class Options(VersionOption, LogFormatOption, ForwarderOptions, usage.Options):
+class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -372,6 +373,7 @@ class ServerProgram(DrainOnStop):
     front_door: FrontDoor
     #: The counters of every forwarder listener (--forward, --connect-proxy-listen, --socks-listen).
     forwarders: list[ForwarderStats]
+    admin: AdminEndpoint | None
 
     def startService(self) -> None:
         frontdoor_tuning.tune_gc()
@@ -434,4 +436,5 @@ def makeService(options: Options) -> ServerProgram:
     top.front_door = front_door
     top.drain_timeout = options["drain-timeout"]
     top.forwarders = add_forwarders(top, server, options)
+    top.admin = serve_server_admin(top, options, server, site, top.forwarders)
     return top
