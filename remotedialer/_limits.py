@@ -55,10 +55,12 @@ class SessionLimits:
         stream, and opening one more locally raises.
     @ivar max_pending_dials: Connects from the far side still dialing their
         target; one over it is refused with an Error.
-    @ivar session_buffer: bytes received and not yet taken by readers,
-        over all the session's streams.  Past half of it every buffering
-        stream is sent Pause; past all of it the streams holding the most
-        are ended with an Error until it fits.
+    @ivar session_buffer: memory the session may pin for slow readers.
+        Its receive buffers (bytes received, not yet taken by readers, over
+        all streams) hold at most 15/16 of it, the rest left for the message
+        being assembled and the readers' own write buffers.  Past half of
+        that every buffering stream is sent Pause; past all of it the
+        streams holding the most are ended with an Error until it fits.
     @ivar max_connect_target: bytes of a Connect's target ("proto/host:port")
         accepted; a longer one is refused with an Error for that stream.
         Go reads at most 266 (the default, and the most allowed).

@@ -486,10 +486,21 @@ class Multiplexer:
             text = f"receive buffer over {self.limits.hard_cap} bytes: far side ignored Pause"
             self._apply(stream, _I.OVER_CAP, text)
             self._events.append(StreamEnded(stream, text))
-        if self.buffered > self.session_limits.session_buffer // 2:
+        if self.buffered > self._receive_budget // 2:
             self._over_session_budget()
         elif self._pausing_all:
             self._pausing_all = False
+
+    @property
+    def _receive_budget(self) -> int:
+        """
+        What the receive buffers may hold: the session budget less a
+        sixteenth, kept for what else a session pins while its readers are
+        slow (the message being assembled, the readers' own write buffers),
+        so that the whole stays within the budget.
+        """
+        budget = self.session_limits.session_buffer
+        return budget - budget // 16
 
     def _over_session_budget(self) -> None:
         """
@@ -504,7 +515,7 @@ class Multiplexer:
                 if inbound.size and not inbound.pause_sent:
                     inbound.pause_sent = True
                     self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
-        budget = self.session_limits.session_buffer
+        budget = self._receive_budget
         while self.buffered > budget:
             largest = max(self.all_streams, key=lambda s: s.inbound.size, default=None)
             if largest is None or not largest.inbound.size:

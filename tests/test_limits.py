@@ -91,8 +91,9 @@ class MaxStreamsTests(SynchronousTestCase):
 
 class SessionBudgetTests(SynchronousTestCase):
     def setUp(self) -> None:
-        # Per stream: Pause past 1000, cut at 4000; the session: 3000 in all.
-        self.m = Multiplexer(limits=FLOW, session_limits=SessionLimits(session_buffer=3000))
+        # Per stream: Pause past 1000, cut at 4000; the session: 3200 in all,
+        # of which receive buffers may hold 3000 (a sixteenth is kept back).
+        self.m = Multiplexer(limits=FLOW, session_limits=SessionLimits(session_buffer=3200))
         self.streams = []
         for conn_id in (2, 3, 4):
             [event] = connect(self.m, conn_id)
@@ -103,7 +104,7 @@ class SessionBudgetTests(SynchronousTestCase):
         return self.m.receive(_codec.encode_data(9, conn_id, b"x" * size))
 
     def test_half_budget_pauses_every_buffering_stream(self) -> None:
-        """At half the budget nothing happens; one byte past it, every stream holding data gets Pause."""
+        """At half the receive budget nothing happens; one byte past it, every buffering stream gets Pause."""
         self.feed(2, 700)
         self.feed(3, 800)
         self.assertEqual(self.m.buffered, 1500)
@@ -116,7 +117,7 @@ class SessionBudgetTests(SynchronousTestCase):
         self.assertEqual(sent(self.m), [])  # once per excursion
 
     def test_over_budget_ends_largest(self) -> None:
-        """Exactly the budget is held; one byte more ends the stream holding the most."""
+        """Exactly the receive budget (15/16 of the session's) is held; one byte more ends the largest."""
         self.feed(2, 900)
         self.feed(3, 999)
         self.feed(4, 999)
