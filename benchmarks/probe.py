@@ -533,8 +533,8 @@ def row1(ctx: Context) -> list[Row]:
         holds = (srv.alive() and m["growth_mib"] < limit_mib and status is not None
                  and took is not None and took < fd_timeout - 0.5)
         return [Row("1", "tunnel client sends endless response headers",
-                    measured, f"RSS < {limit_mib} MiB, answered before the {fd_timeout:g} s timeout "
-                    "(needs a response-head limit: the fix in progress)", holds, d)]
+                    measured, f"RSS < {limit_mib} MiB, answered (502) before the {fd_timeout:g} s timeout",
+                    holds, d)]
 
 
 # ---------------------------------------------------------------------------
