@@ -148,7 +148,10 @@ class HeaderGuardFactory(Factory):
 
     def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
                  clock: IReactorTime | None = None,
-                 early: Callable[[bytes, bytes], tuple[int, str] | None] | None = None) -> None:
+                 early: Callable[[bytes, bytes], tuple[int, str] | None] | None = None,
+                 name: str = "HTTP listener") -> None:
+        #: What its listening port's log lines call it ("<name> starting on 8123").
+        self.name = name
         if clock is None:
             from twisted.internet import reactor
 
@@ -161,6 +164,9 @@ class HeaderGuardFactory(Factory):
         #: C{early(method, path)} may answer a request that carries a body
         #: before the body is read: C{(status, text)}, or None to go on.
         self.early = early
+
+    def logPrefix(self) -> str:
+        return self.name
 
     def answer_early(self, head: bytes) -> tuple[int, str] | None:
         """The early answer for a request head with a body, if C{early} has one."""

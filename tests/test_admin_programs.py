@@ -126,7 +126,8 @@ class AdminProgramTests(TestCase):
 
         def found():
             return {m.group(1): int(m.group(2))
-                    for m in re.finditer(rb"(admin endpoint|\w+) starting on (\d+)", program.out)}
+                    for m in re.finditer(rb"(admin endpoint|tunnel listener|\w+) starting on (\d+)",
+                                         program.out)}
 
         wanted = [name.encode() for name in names]
         await eventually(lambda: all(n in found() for n in wanted) or not program.running, timeout=30)
@@ -158,7 +159,7 @@ class AdminProgramTests(TestCase):
                                 "--listen", "tcp:0:interface=127.0.0.1",
                                 "--clients-file", os.path.join(directory, "clients"),
                                 "--admin-listen", "tcp:0:interface=127.0.0.1")
-            port, server_admin = await self.ports(server, "HeaderGuardFactory", "admin endpoint")
+            port, server_admin = await self.ports(server, "tunnel listener", "admin endpoint")
             admin_url = f"http://127.0.0.1:{server_admin}"
             pool = HTTPConnectionPool(reactor, persistent=False)
             self.assertEqual(await _get(admin_url + "/healthz", pool), (200, b"ok\n"))

@@ -128,13 +128,13 @@ class ForwarderProgramTests(TestCase):
                 "--frontdoor-tokens-file", os.path.join(directory, "frontdoor-tokens"),
                 "--forward", f"{any_port}=sub:tcp/{target}", "--connect-proxy-listen", any_port,
                 "--socks-listen", any_port)
-            pattern = rb"(HeaderGuardFactory|forward:\S+|connect-proxy:\S+|socks:\S+) starting on (\d+)"
+            pattern = rb"(tunnel listener|forward:\S+|connect-proxy:\S+|socks:\S+) starting on (\d+)"
             await eventually(lambda: len(re.findall(pattern, server.out)) == 4 or not server.running,
                              timeout=30)
             ports = {kind.split(b":")[0]: int(port) for kind, port in re.findall(pattern, server.out)}
             self.assertEqual(len(ports), 4, server.out + server.err)
             client = self.spawn("-n", "--pidfile=", "remotedialer-client",
-                                "--connect", f"ws://127.0.0.1:{ports[b'HeaderGuardFactory']}/connect",
+                                "--connect", f"ws://127.0.0.1:{ports[b'tunnel listener']}/connect",
                                 "--id", "sub", "--token-file", os.path.join(directory, "token"),
                                 "--allow", f"tcp/{target}")
             forward_url = f"http://127.0.0.1:{ports[b'forward']}/hello"

@@ -419,11 +419,12 @@ def makeService(options: Options) -> ServerProgram:
         front_root = Resource()
         front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
-                                        early=early)
+                                        early=early, name="front door")
         _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
-    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early)
+    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early,
+                                   name="tunnel listener")
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
