@@ -93,8 +93,9 @@ class StreamHandle:
         self.conn_id = conn_id
         self.state = StreamState.OPEN
         self.inbound = ReceiveBuffer(limits)
-        #: Writes held while the far side has paused us.
-        self.held: deque[bytes] = deque()
+        #: Writes held while the far side has paused us (None: none; made
+        #: on first use, as an empty deque is 760 bytes).
+        self.held: deque[bytes] | None = None
         self.remote_paused = False
         #: SyncConnections received before this stream existed (it is
         #: pruned only once it has missed a whole interval).
@@ -278,6 +279,8 @@ class Multiplexer:
         if stream.state is not _S.OPEN or not data or self.closed:
             return
         if stream.remote_paused or stream.held:
+            if stream.held is None:
+                stream.held = deque()
             stream.held.append(data)
             return
         self._send_data(stream.conn_id, data)
@@ -394,14 +397,14 @@ class Multiplexer:
             text = EOF if wire is Wire.EOF else reason
             self._end(stream, text, wire=wire is not Wire.NOTHING)
         elif state is _S.DRAINING:
-            stream.held.clear()
+            stream.held = None
             if self.streams.get(stream.conn_id) is stream:
                 del self.streams[stream.conn_id]
             self._draining.add(stream)
 
     def _end(self, stream: StreamHandle, text: str, wire: bool) -> None:
         stream.state = _S.CLOSED
-        stream.held.clear()
+        stream.held = None
         self.buffered -= stream.inbound.size
         stream.inbound.clear()
         self._draining.discard(stream)
