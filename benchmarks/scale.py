@@ -99,30 +99,25 @@ def streams(ctx: Context) -> None:
         cpu[side] = (base, report.figure("streams", f"{side} idle CPU, {n} streams open", "%",
                                          baseline=base.key, higher_is_better=False, decimals=2,
                                          compare="difference"))
-    with ctx.rig(ScaleRig) as rig:
-        rig.setup()
-        # Warm-up: first-use allocations and imports on both paths.
-        for via in ("tunnel", "relay"):
-            r = rig.open(ctx, via, min(n, 200))
-            rig.close(ctx)
-            if not r.get("ok"):
-                raise ChildError(f"warm-up: {via}: {r}")
-        for run in range(s.runs):
+    # Each run in fresh processes: memory freed by the previous run would
+    # be reused by the next, and its growth would read as nothing.
+    for run in range(s.runs):
+        with ctx.rig(ScaleRig) as rig:
+            rig.setup()
+            # Warm-up: first-use allocations and imports on both paths.
+            for via in ("tunnel", "relay"):
+                r = rig.open(ctx, via, min(n, 200))
+                rig.close(ctx)
+                if not r.get("ok"):
+                    raise ChildError(f"warm-up: {via}: {r}")
+            time.sleep(0.3)
             idle = _idle_cpu([rig.server, rig.client], s.idle_seconds)
             for side in ("server", "client"):
                 cpu[side][0].values.append(idle[side])
-            # Relay first: its connections are closed (and their memory
-            # back with the allocator) before the tunnel's are measured.
-            before = {c.name: _rss(c) for c in (rig.server, rig.relay)}
-            r = rig.open(ctx, "relay", n_relay)
-            if report.check("streams", f"{n_relay} relayed connections open, run {run + 1}", r.get("ok"),
-                            str(r.get("error") or "") + " " + "; ".join(r.get("errors") or [])):
-                t_base.values.append(r["elapsed"])
-                time.sleep(0.2)
-                per["server"][0].values.append((_rss(rig.server) - before["server"]) / n_relay / KiB)
-                per["client"][0].values.append((_rss(rig.relay) - before["relay"]) / n_relay / KiB)
-            report.detail("streams", dict(r, via="relay", run=run + 1))
-            rig.close(ctx)
+            # Two processes measure the relay's connections (the server role
+            # and the relay) and two the tunnel's: the server role's memory
+            # after the relay run is reused by the tunnel run, so the tunnel
+            # is measured first there.
             before = {c.name: _rss(c) for c in (rig.server, rig.client)}
             r = rig.open(ctx, "tunnel", n)
             ok = report.check("streams", f"{n} streams open, run {run + 1}", r.get("ok"),
@@ -140,6 +135,21 @@ def streams(ctx: Context) -> None:
             if report.check("streams", f"{n} streams closed, run {run + 1}", c.get("ok"), str(c)):
                 t_close.values.append(c["elapsed"])
             rig.check_alive()
+        with ctx.rig(ScaleRig) as rig:
+            rig.setup()
+            r = rig.open(ctx, "relay", min(n_relay, 200))
+            rig.close(ctx)
+            time.sleep(0.3)
+            before = {c.name: _rss(c) for c in (rig.server, rig.relay)}
+            r = rig.open(ctx, "relay", n_relay)
+            if report.check("streams", f"{n_relay} relayed connections open, run {run + 1}", r.get("ok"),
+                            str(r.get("error") or "") + " " + "; ".join(r.get("errors") or [])):
+                t_base.values.append(r["elapsed"])
+                time.sleep(0.2)
+                per["server"][0].values.append((_rss(rig.server) - before["server"]) / n_relay / KiB)
+                per["client"][0].values.append((_rss(rig.relay) - before["relay"]) / n_relay / KiB)
+            report.detail("streams", dict(r, via="relay", run=run + 1))
+            rig.close(ctx)
 
 
 class SessionsRig(Rig):
@@ -199,15 +209,15 @@ def sessions(ctx: Context) -> None:
                              decimals=2)
     cpu = report.figure("sessions", f"server idle CPU, {n} sessions", "%", baseline=cpu_base.key,
                         higher_is_better=False, decimals=2, compare="difference")
-    with ctx.rig(SessionsRig) as rig:
-        rig.setup()
-        warm = rig.clients("warm-")
-        r = warm.request({"cmd": "connect", "count": min(n, 100)}, timeout=min(ctx.left(), 60))
-        if not r.get("ok"):
-            raise ChildError(f"warm-up sessions: {r}")
-        warm.stop()
-        time.sleep(0.5)
-        for run in range(s.runs):
+    for run in range(s.runs):
+        with ctx.rig(SessionsRig) as rig:  # fresh processes per run, as for streams
+            rig.setup()
+            warm = rig.clients("warm-")
+            r = warm.request({"cmd": "connect", "count": min(n, 100)}, timeout=min(ctx.left(), 60))
+            if not r.get("ok"):
+                raise ChildError(f"warm-up sessions: {r}")
+            warm.stop()
+            time.sleep(0.5)
             before = _rss(rig.echo)
             socks = _hold_tcp(rig.echo_port, n, time.monotonic() + min(ctx.left(), 60))
             time.sleep(0.2)
@@ -226,5 +236,3 @@ def sessions(ctx: Context) -> None:
                 cpu.values.append(_idle_cpu([rig.server], s.idle_seconds)["server"])
             report.detail("sessions", dict(r, run=run + 1))
             clients.stop(grace=30)
-            time.sleep(0.5)
-            rig.check_alive()

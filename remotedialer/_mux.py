@@ -432,12 +432,18 @@ class Multiplexer:
         if self.closed:
             return []
         self.bytes_received += len(data)
-        try:
-            message = _codec.decode(data)
-        except MalformedMessage as e:
-            self._malformed(e)
+        if type(data) is not bytes:
+            data = bytes(data)
+        fast = _codec.decode_data(data)  # the hot path: Data, without a Message
+        if fast is not None:
+            self._data(*fast)
         else:
-            self._handlers[message.type](self, message)
+            try:
+                message = _codec.decode(data)
+            except MalformedMessage as e:
+                self._malformed(e)
+            else:
+                self._handlers[message.type](self, message)
         events, self._events = self._events, []
         return events
 
@@ -462,20 +468,23 @@ class Multiplexer:
             self._queue_reply(conn_id, f"malformed message: {e}")
 
     def _on_data(self, message: Message) -> None:
-        stream = self.streams.get(message.conn_id)
+        self._data(message.conn_id, message.payload)
+
+    def _data(self, conn_id: int, payload: bytes) -> None:
+        stream = self.streams.get(conn_id)
         if stream is None:
             self._queue_reply(
-                message.conn_id,
-                f"connection not found {self.client_key}/{self.session_key}/{message.conn_id}",
+                conn_id,
+                f"connection not found {self.client_key}/{self.session_key}/{conn_id}",
             )
             return
-        verdict = stream.inbound.arrived(message.payload)
+        verdict = stream.inbound.arrived(payload)
         if verdict is Verdict.DELIVER:
-            self._events.append(DataReceived(stream, message.payload))
+            self._events.append(DataReceived(stream, payload))
             return
         if verdict is Verdict.DROP:
             return
-        self.buffered += len(message.payload)
+        self.buffered += len(payload)
         if verdict is Verdict.SEND_PAUSE:
             self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
         elif verdict is Verdict.OVER_CAP:
