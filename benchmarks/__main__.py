@@ -47,6 +47,8 @@ def parse_args(argv):
                         help="scenarios to run, of: " + ", ".join(SCENARIOS) + " (default: all)")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, smoke 1)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH ('-': stdout)")
+    parser.add_argument("--reactor", metavar="NAME",
+                        help="twistd's --reactor for the real programs, e.g. asyncio (default: epoll)")
     parser.add_argument("--profile", metavar="DIR",
                         help="attach py-spy (pip install py-spy) to every Python child; collapsed stacks "
                              "in DIR/<child>-<pid>.txt")
@@ -93,6 +95,7 @@ def parse_args(argv):
             parser.error("--profile needs py-spy: pip install py-spy")
         os.makedirs(args.profile, exist_ok=True)
         harness.PROFILE_DIR = os.path.abspath(args.profile)
+    harness.REACTOR = args.reactor
     settings = Settings(mode="smoke" if args.smoke else "full", **values)
     return args, settings, names
 
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
         "python": sys.version.split()[0], "cpus": os.cpu_count(),
         "remotedialer": os.path.dirname(remotedialer.__file__),
         "nvx": {"load generator": remotedialer.nvx_active()},
-        "go": go_bin(), "machine": machine(),
+        "go": go_bin(), "machine": machine(), "reactor": args.reactor or "default (epoll)",
     })
     logdir = tempfile.mkdtemp(prefix="rd-bench-")
     ctx = Context(settings, report, logdir)

@@ -55,10 +55,15 @@ def module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+#: twistd's C{--reactor} for the real programs (C{--reactor NAME}; None: twistd's default, epoll).
+REACTOR: str | None = None
+
+
 def twistd_argv(plugin: str, *args: str) -> list[str]:
     """A real program, as its users run it (C{python -m twisted} is C{twist}, not twistd)."""
+    reactor = [f"--reactor={REACTOR}"] if REACTOR else []
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", plugin, *args]
+            "-n", "--pidfile=", *reactor, plugin, *args]
 
 
 def raise_fd_limit() -> int:
