@@ -263,7 +263,7 @@ class Multiplexer:
         """
         if self.closed:
             raise SessionClosed("tunnel session is closed")
-        if self._stream_count() >= self.session_limits.max_streams:
+        if self.stream_count >= self.session_limits.max_streams:
             raise TooManyStreams(
                 f"tunnel session has {self.session_limits.max_streams} streams open (the limit)")
         conn_id = next(self._conn_ids)
@@ -369,6 +369,11 @@ class Multiplexer:
         return streams
 
     @property
+    def stream_count(self) -> int:
+        """Live streams, draining ones included: O(1), unlike C{len(all_streams)}."""
+        return len(self.streams) + len(self._draining)
+
+    @property
     def all_streams(self) -> list[StreamHandle]:
         """Every live stream, draining ones included."""
         return [*self.streams.values(), *self._draining]
@@ -412,9 +417,6 @@ class Multiplexer:
             del self.streams[stream.conn_id]
             if wire and not self.closed:
                 self._queue_error(stream.conn_id, text)
-
-    def _stream_count(self) -> int:
-        return len(self.streams) + len(self._draining)
 
     def _register(self, conn_id: int) -> StreamHandle:
         stream = StreamHandle(conn_id, self.limits, self._sync_epoch)
@@ -528,7 +530,7 @@ class Multiplexer:
         if conn_id in self.streams:
             self._queue_reply(conn_id, f"connection id {conn_id} already in use")
             return
-        if self._stream_count() >= self.session_limits.max_streams:
+        if self.stream_count >= self.session_limits.max_streams:
             text = f"too many streams (limit {self.session_limits.max_streams})"
             self._queue_reply(conn_id, text)
             self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))

@@ -177,7 +177,7 @@ class Session:
     @property
     def stream_count(self) -> int:
         """Live streams, draining ones included."""
-        return len(self.mux.all_streams)
+        return self.mux.stream_count
 
     # Dialing.
 
@@ -337,7 +337,7 @@ class Session:
         self._end_if_drained()
 
     def _end_if_drained(self) -> None:
-        if self.superseded and not self.mux.closed and not self.mux.all_streams:
+        if self.superseded and not self.mux.closed and not self.mux.stream_count:
             self.drop(Failure(ConnectionLost("replaced by a newer session of the same client")))
 
     # IPushProducer: the WebSocket's TCP transport pushes back.
