@@ -323,9 +323,26 @@ def server_role(args) -> None:
             return lambda: server.endpoint(CLIENT_KEY, "tcp", f"127.0.0.1:{cmd['target_port']}")
         return lambda: TCP4ClientEndpoint(reactor, "127.0.0.1", cmd["relay_port"], timeout=30)
 
+    def forward(target_port: int) -> defer.Deferred:
+        """Listen; relay each connection through server.endpoint() to the target (a port-forward)."""
+        from remotedialer._relay import Relay
+
+        class Forward(Relay):
+            def connectionMade(self) -> None:
+                super().connectionMade()  # paused until the tunnel stream is up
+                d = self.connect_peer(server.endpoint(CLIENT_KEY, "tcp", f"127.0.0.1:{target_port}"))
+                d.addErrback(lambda _: self.transport.abortConnection())
+
+        factory = Factory.forProtocol(Forward)
+        factory.noisy = False
+        d = TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1").listen(factory)
+        return d.addCallback(lambda port: {"ok": True, "port": port.getHost().port})
+
     def on_line(channel, cmd) -> None:
         what = cmd.get("cmd")
-        if what == "open_streams":
+        if what == "forward":
+            d = forward(cmd["target_port"])
+        elif what == "open_streams":
             group = OpenGroup(endpoint_for(cmd), cmd["count"], cmd.get("window", 256), cmd.get("cap", 60.0))
             groups.append(group)
             d = group.start()

@@ -48,19 +48,8 @@ class ScaleRig(LibraryRig):
     """The library rig with the C{echo} target in place of the stream target."""
 
     def setup(self) -> None:
-        target = self.start("echo-target", module_argv("benchmarks.targets", "echo"))
-        self.echo_port = target.ready()["port"]
-        relay = self.start("relay", module_argv("benchmarks.targets", "relay", "--to", str(self.echo_port)))
-        self.relay_port = relay.ready()["port"]
-        self.server = self.start("server", module_argv("benchmarks.roles", "server"))
-        hello = self.server.ready()
-        self.nvx = hello["nvx"]
-        self.client = self.start("client", module_argv("benchmarks.roles", "client",
-                                                       "--url", f"ws://127.0.0.1:{hello['port']}/connect"))
-        self.client.ready()
-        self.relay = relay
-        if not self.server.request({"cmd": "wait_session", "timeout": 10}, timeout=20).get("ok"):
-            raise ChildError("the server never saw the client's session")
+        super().setup("echo")
+        self.echo_port = self.target_port
 
     def open(self, ctx: Context, via: str, count: int) -> dict:
         cap = min(ctx.left(), 30.0 + count / 100)

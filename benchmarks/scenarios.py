@@ -13,6 +13,8 @@ checks in the L{Report}, and stops everything.
                 stops: peak RSS growth of server and client vs a plain relay's
     requests    100-byte GETs with wrk at 1, 16, 128 connections, front door
                 vs direct: req/s, p50, p99, p99.9
+    forward     the same wrk runs through the tunnel itself: a port-forward
+                over server.endpoint() (no front door) vs a plain relay
     peerhop     two peered servers, the client on one: downloads and wrk
                 entering at the other (the peer hop) vs at the client's own
 
@@ -102,21 +104,36 @@ def _orders(run: int, pair: tuple[str, str]) -> tuple[str, str]:
 
 
 class LibraryRig(Rig):
-    """The stream target, a relay to it, the tunnel server role, its client."""
+    """A target (of L{benchmarks.targets}), a relay to it, the tunnel server role, its client."""
 
-    def setup(self) -> None:
-        target = self.start("stream-target", module_argv("benchmarks.targets", "stream"))
-        self.target_port = target.ready()["port"]
-        relay = self.start("relay", module_argv("benchmarks.targets", "relay", "--to", str(self.target_port)))
-        self.relay_port = relay.ready()["port"]
+    def setup(self, target: str = "stream") -> None:
+        self.target = self.start(f"{target}-target", module_argv("benchmarks.targets", target))
+        self.target_port = self.target.ready()["port"]
+        self.relay = self.start("relay", module_argv("benchmarks.targets", "relay",
+                                                     "--to", str(self.target_port)))
+        self.relay_port = self.relay.ready()["port"]
         self.server = self.start("server", module_argv("benchmarks.roles", "server"))
         hello = self.server.ready()
         self.nvx = hello["nvx"]
-        client = self.start("client", module_argv("benchmarks.roles", "client",
-                                                  "--url", f"ws://127.0.0.1:{hello['port']}/connect"))
-        client.ready()
+        self.client = self.start("client", module_argv("benchmarks.roles", "client",
+                                                       "--url", f"ws://127.0.0.1:{hello['port']}/connect"))
+        self.client.ready()
         if not self.server.request({"cmd": "wait_session", "timeout": 10}, timeout=20).get("ok"):
             raise ChildError("the server never saw the client's session")
+
+    def url(self, via: str, size: int, impl: str = "python") -> str:
+        """For wrk: "direct" to the target, "relay" through the plain relay, "tunnel" through L{forward}."""
+        if via == "tunnel" and getattr(self, "forward_port", None) is None:
+            self.forward_port = self.forward()
+        port = {"direct": self.target_port, "relay": self.relay_port}.get(via) or self.forward_port
+        return f"http://127.0.0.1:{port}{big_path(size)}"
+
+    def forward(self) -> int:
+        """A port on the server role whose connections go through server.endpoint() to the target."""
+        r = self.server.request({"cmd": "forward", "target_port": self.target_port}, timeout=20)
+        if not r.get("ok"):
+            raise ChildError(f"the server role could not forward: {r}")
+        return r["port"]
 
     def transfer(self, ctx: Context, via: str, streams: list) -> dict:
         total = sum(size for _, size, _ in streams)
@@ -424,23 +441,22 @@ _METRICS = (("req/s", "rps", "req/s", True), ("p50", "p50_ms", "ms", False), ("p
             ("p99.9", "p999_ms", "ms", False))
 
 
-def _wrk_runs(ctx: Context, scenario: str, rig: ProgramRig, pair: list[tuple[str, str]]) -> None:
+def _wrk_runs(ctx: Context, scenario: str, rig, pair: list[tuple[str, str]]) -> None:
     """
     wrk at each connection count, C{pair} = [(baseline label, via), (label,
-    via)], for every deployment of the rig (Go's figures are referenced by
-    ours); each run measures all of them in alternating order.
+    via), ...] (every way against the first), through C{rig.url(via, size,
+    impl)}; with Go's deployment in the rig, Go's figures too (referenced
+    by ours).  Each run measures all of them, in alternating order.
     """
     report = ctx.report
     s = ctx.settings
     body = payload_bytes(100, 0)
-    ways = []  # (label, via, impl)
-    (base_label, base_via), (label, via) = pair
-    ways.append((base_label, base_via, "python"))
-    ways.append((label, via, "python"))
-    if "go" in rig.deployments:
+    (base_label, base_via), *others = pair
+    ways = [(base_label, base_via, "python")] + [(label, via, "python") for label, via in others]
+    if "go" in getattr(rig, "deployments", {}):
         if base_via != "direct":
             ways.append((f"{base_label}, Go", base_via, "go"))
-        ways.append((f"{label}, Go", via, "go"))
+        ways += [(f"{label}, Go", via, "go") for label, via in others]
     figs = {}
     for c in s.connections:
         for metric, _, unit, higher in _METRICS:
@@ -482,6 +498,20 @@ def _wrk_runs(ctx: Context, scenario: str, rig: ProgramRig, pair: list[tuple[str
                 report.detail(scenario, dict(r, way=way_label, run=run + 1))
 
 
+def forward(ctx: Context) -> None:
+    """Small requests through the tunnel itself (a port-forward over server.endpoint()), no front door."""
+    if wrk_path() is None:
+        ctx.report.skipped["forward"] = WRK_INSTALL_HINT
+        return
+    ctx.report.note("forward", "wrk's keep-alive connections forwarded by the server role, each through "
+                               "its own stream (server.endpoint()) to the HTTP target: the tunnel's own "
+                               "per-message cost, no HTTP parsing in between; baseline: the same through "
+                               "twisted.protocols.portforward (one Python hop, as the tunnel client is)")
+    with ctx.rig(LibraryRig) as rig:
+        rig.setup("http")
+        _wrk_runs(ctx, "forward", rig, [("plain relay", "relay"), ("tunnel", "tunnel"), ("direct", "direct")])
+
+
 def requests(ctx: Context) -> None:
     report = ctx.report
     if wrk_path() is None:
@@ -502,6 +532,7 @@ SCENARIOS = {
     "streams100": streams100,
     "frontdoor": frontdoor,
     "requests": requests,
+    "forward": forward,
     "peerhop": peerhop,
     "slowreader": slowreader,
 }
