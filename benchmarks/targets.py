@@ -23,7 +23,8 @@ other side closes it: the target of the scale scenarios (a stream is known
 to be open end to end once its first byte came back).
 
 C{relay} is C{twisted.protocols.portforward}: each side the other's producer,
-one hop of Python relaying, the baseline that the tunnel is compared with.
+one hop of Python relaying, the baseline that the tunnel is compared with
+(with TCP_NODELAY on both sockets, as the tunnel's own relays).
 """
 
 from __future__ import annotations
@@ -191,10 +192,27 @@ def http_site():
 
 
 def relay_factory(to_port: int):
+    """portforward, Nagle off on both sockets as the tunnel's relays have it (a fair latency baseline)."""
     from twisted.protocols import portforward
 
-    portforward.ProxyClientFactory.noisy = False
+    class Client(portforward.ProxyClient):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
+    class ClientFactory(portforward.ProxyClientFactory):
+        protocol = Client
+        noisy = False
+
+    class Server(portforward.ProxyServer):
+        clientProtocolFactory = ClientFactory
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
     factory = portforward.ProxyFactory("127.0.0.1", to_port)
+    factory.protocol = Server
     factory.noisy = False
     return factory
 
