@@ -32,7 +32,7 @@ SCENARIOS = dict(PROGRAM_SCENARIOS, streams=scale.streams, sessions=scale.sessio
 
 FULL = dict(runs=3, size_mib=256, streams=100, streams_size_mib=256, slow_mib=1024, slow_rate=32.0,
             pauses=3, pause=2.0, duration=5.0, connections="1,16,128", max_growth_mib=8.0,
-            scale_streams=10000, scale_sessions=2000, idle_seconds=3.0, deadline=1800.0)
+            scale_streams=10000, scale_sessions=2000, idle_seconds=6.0, deadline=1800.0)
 SMOKE = dict(runs=1, size_mib=16, streams=100, streams_size_mib=16, slow_mib=32, slow_rate=100.0,
              pauses=1, pause=0.5, duration=1.0, connections="16", max_growth_mib=32.0,
              scale_streams=300, scale_sessions=30, idle_seconds=0.5, deadline=120.0)
@@ -53,7 +53,7 @@ def parse_args(argv):
                         help="attach py-spy (pip install py-spy) to every Python child; collapsed stacks "
                              "in DIR/<child>-<pid>.txt")
     sizes = parser.add_argument_group("sizes")
-    sizes.add_argument("--size-mib", type=int, help="stream and frontdoor: bytes per transfer")
+    sizes.add_argument("--size-mib", type=int, help="stream, frontdoor, peerhop: MiB per transfer")
     sizes.add_argument("--streams", type=int, help="streams100: concurrent streams")
     sizes.add_argument("--streams-size-mib", type=int, help="streams100: bytes over all streams")
     sizes.add_argument("--slow-mib", type=int, help="slowreader: body size")
@@ -61,8 +61,8 @@ def parse_args(argv):
     sizes.add_argument("--pauses", type=int, help="slowreader: times the reader stops")
     sizes.add_argument("--pause", type=float, help="slowreader: seconds per stop")
     sizes.add_argument("--max-growth-mib", type=float, help="slowreader: RSS growth that fails the check")
-    sizes.add_argument("--duration", type=float, help="requests: seconds per wrk run")
-    sizes.add_argument("--connections", help="requests: connection counts, comma-separated")
+    sizes.add_argument("--duration", type=float, help="requests, forward, peerhop: seconds per wrk run")
+    sizes.add_argument("--connections", help="requests, forward, peerhop: wrk connection counts, comma-separated")
     sizes.add_argument("--scale-streams", type=int, help="streams: streams open at once on one session")
     sizes.add_argument("--scale-sessions", type=int, help="sessions: sessions connected to one server")
     sizes.add_argument("--idle-seconds", type=float, help="streams, sessions: seconds of idle CPU measured")
