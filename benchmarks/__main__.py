@@ -62,7 +62,8 @@ def parse_args(argv):
     sizes.add_argument("--pause", type=float, help="slowreader: seconds per stop")
     sizes.add_argument("--max-growth-mib", type=float, help="slowreader: RSS growth that fails the check")
     sizes.add_argument("--duration", type=float, help="requests, forward, peerhop: seconds per wrk run")
-    sizes.add_argument("--connections", help="requests, forward, peerhop: wrk connection counts, comma-separated")
+    sizes.add_argument("--connections",
+                       help="requests, forward, peerhop: wrk connection counts, comma-separated")
     sizes.add_argument("--scale-streams", type=int, help="streams: streams open at once on one session")
     sizes.add_argument("--scale-sessions", type=int, help="sessions: sessions connected to one server")
     sizes.add_argument("--idle-seconds", type=float, help="streams, sessions: seconds of idle CPU measured")
