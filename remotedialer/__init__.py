@@ -34,6 +34,20 @@ Module map, from the wire up (one job each):
     _client      the client service (a link serving the server's dials)
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
+    _jsonlog     log events as one JSON object per line (--log-format json)
+    _drain       graceful drain: refuse new work, tell peers, let streams finish
+    _discovery   peers found by resolving a DNS name (a headless Service)
+    _splice      a caller's TCP connection spliced to a tunnel stream, answered on the dial's first sign
+    _forward     port forwards: a listener's connections to one target behind one client
+    _proxyaccess who may use the proxies, and which client a request goes through
+    _connectproxy  the HTTP CONNECT proxy (h11 parses the head)
+    _socks       the SOCKS5 handshake, sans-IO
+    _socksproxy  the SOCKS5 proxy protocol over that handshake
+    _forwardstats  each forwarder listener's counters
+    _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
+    _status      what a server or client is doing now, as plain data
+    _admin       the admin endpoint: /metrics, /healthz, /readyz, /status, the page
     _tap/        the twistd programs
     testing      test doubles: a tunnel in memory
 """
@@ -42,10 +56,14 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from remotedialer._acl import DialACL, parse_rule
+from remotedialer._admin import AdminEndpoint, AdminSite
 from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token
 from remotedialer._client import TunnelClient, endpoint_for_url
 from remotedialer._codec import MalformedMessage
+from remotedialer._connectproxy import ConnectProxyFactory
 from remotedialer._dialer import LocalDialer, allow_all, allow_patterns, deny_all
+from remotedialer._discovery import PeerDiscovery
+from remotedialer._drain import ServerDraining
 from remotedialer._endpoint import (
     ClientNotConnected,
     TunnelAgentEndpointFactory,
@@ -53,6 +71,8 @@ from remotedialer._endpoint import (
     tunnel_agent,
 )
 from remotedialer._flow import FlowLimits
+from remotedialer._forward import PortForwardFactory
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._interfaces import (
@@ -62,9 +82,13 @@ from remotedialer._interfaces import (
     ISessionObserver,
     ISessionOwner,
     IStreamOpener,
+    ITrafficObserver,
     ITunnelAuthorizer,
 )
+from remotedialer._jsonlog import json_log_observer
 from remotedialer._limits import SessionLimits, UpgradeLimits
+from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
+from remotedialer._proxyaccess import ProxyAccess, Route
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import (
     AuthorizationError,
@@ -74,6 +98,9 @@ from remotedialer._resource import (
 )
 from remotedialer._server import Server
 from remotedialer._session import Session, SessionFactory
+from remotedialer._socksproxy import SocksProxyFactory
+from remotedialer._splice import Forwarder
+from remotedialer._status import client_status, server_status
 from remotedialer._stream import StreamError, TunnelAddress, TunnelStream
 from remotedialer._websocket import nvx_active
 
@@ -83,7 +110,22 @@ except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdminEndpoint",
+    "AdminSite",
+    "ClientMetrics",
+    "ITrafficObserver",
+    "MetricsOptions",
+    "ServerMetrics",
+    "client_status",
+    "server_status",
     "AuthorizationError",
+    "ConnectProxyFactory",
+    "Forwarder",
+    "ForwarderStats",
+    "PortForwardFactory",
+    "ProxyAccess",
+    "Route",
+    "SocksProxyFactory",
     "CertificateAuthorizer",
     "Credentials",
     "DialACL",
@@ -107,7 +149,9 @@ __all__ = [
     "InsecureTLSPolicy",
     "LocalDialer",
     "MalformedMessage",
+    "PeerDiscovery",
     "Server",
+    "ServerDraining",
     "Session",
     "SessionFactory",
     "SessionLimits",
@@ -125,6 +169,7 @@ __all__ = [
     "deny_all",
     "endpoint_for_url",
     "header_authorizer",
+    "json_log_observer",
     "nvx_active",
     "tunnel_agent",
 ]

@@ -10,8 +10,10 @@ text (Go drops the whole session when its authorizer says no).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -21,6 +23,10 @@ from remotedialer._interfaces import IDialPolicy
 from remotedialer._logtext import failure_text, printable
 from remotedialer._relay import Relay
 from remotedialer._stream import TunnelStream
+
+
+class TooManyDials(Exception):
+    """A Connect refused because the session has its limit of dials in progress."""
 
 
 @implementer(IDialPolicy)
@@ -35,13 +41,23 @@ class Acceptor:
     """
     Serves inbound Connects of one session under C{policy} (an
     L{IDialPolicy}), with at most C{max_pending} dials in progress at once.
+    Given C{clock} and C{on_dialed}, each dial's outcome is reported as
+    C{on_dialed(seconds, failure or None)} (for metrics).
     """
 
     log = Logger()
 
-    def __init__(self, policy: IDialPolicy, max_pending: int = 1024) -> None:
+    def __init__(
+        self,
+        policy: IDialPolicy,
+        max_pending: int = 1024,
+        clock: IReactorTime | None = None,
+        on_dialed: Callable[[float, Failure | None], object] | None = None,
+    ) -> None:
         self._policy = policy
         self._max_pending = max_pending
+        self._clock = clock
+        self._on_dialed = on_dialed if clock is not None else None
         #: Dials whose target is not connected yet.
         self.pending = 0
 
@@ -50,13 +66,20 @@ class Acceptor:
         relay = Relay()
         stream.attach(relay)
         if self.pending >= self._max_pending:
-            stream.close_with_error(f"too many dials in progress (limit {self._max_pending})")
+            text = f"too many dials in progress (limit {self._max_pending})"
+            if self._on_dialed is not None:
+                self._on_dialed(0.0, Failure(TooManyDials(text)))
+            stream.close_with_error(text)
             return
         self.pending += 1
         d = maybe_deferred(self._policy.endpoint_for, proto, address)
+        on_dialed, clock = self._on_dialed, self._clock
+        started = clock.seconds() if clock is not None else 0.0
 
         def settled(result: object) -> object:
             self.pending -= 1
+            if on_dialed is not None and clock is not None and not stream.closed:
+                on_dialed(clock.seconds() - started, result if isinstance(result, Failure) else None)
             return result
 
         def connect(endpoint: IStreamClientEndpoint | None) -> defer.Deferred[IProtocol] | None:
@@ -74,7 +97,7 @@ class Acceptor:
         if failure.check(defer.CancelledError) or stream.closed:
             return
         reason = failure_text(failure)
-        self.log.info("stream {conn_id}: dial {target} failed: {reason}",
-                      conn_id=stream.conn_id, target=printable(f"{proto}/{address}"),
+        self.log.info("stream {stream_id}: dial {target} failed: {reason}",
+                      stream_id=stream.conn_id, target=printable(f"{proto}/{address}"),
                       reason=printable(reason))
         stream.close_with_error(reason)

@@ -7,6 +7,7 @@ backoff after any loss (refused handshakes included) is Twisted's, not ours.
 
 from __future__ import annotations
 
+import random as _random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from remotedialer._limits import SessionLimits
 from remotedialer._link import WebSocketLink
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
+from remotedialer._tunnellog import link_down, link_up
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
     PING_INTERVAL,
@@ -78,6 +80,27 @@ def endpoint_for_url(
 
 #: The longest wait between reconnect attempts (the default retry policy).
 RETRY_MAX = 10.0
+
+
+def reconnect_policy(
+    max_delay: float = RETRY_MAX, first: float = 1.0, random: Callable[[], float] = _random.random,
+) -> Callable[[int], float]:
+    """
+    Exponential backoff with jitter for ClientService: retry C{n} waits
+    between half and all of C{min(first * 2**(n-1), max_delay)} -- the first
+    within C{first} seconds, none past C{max_delay}, and thousands of agents
+    that lost one server spread over the whole window instead of coming
+    back together (Twisted's backoffPolicy adds at most 1 s, past its cap).
+    """
+    if not (first > 0 and max_delay > 0):
+        raise ValueError(f"reconnect delays must be over 0 s, not {first}/{max_delay}")
+    grow = backoffPolicy(initialDelay=first / 2, maxDelay=max_delay, factor=2.0, jitter=lambda: 0.0)
+
+    def policy(attempt: int) -> float:
+        delay = grow(attempt)
+        return delay / 2 + random() * delay / 2
+
+    return policy
 
 
 class _ClientOpener:
@@ -192,15 +215,16 @@ class TunnelClient(WebSocketLink):
             reactor,
             self._rotation,
             factory,
-            # Exponential, with jitter, first retry within about a second,
-            # capped at 10 s (Go's client retries every 5 s: staying away half
-            # a minute after a server restart is too long).
-            retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=RETRY_MAX),
+            # Exponential, with jitter, first retry within a second, capped
+            # at 10 s (Go's client retries every 5 s: staying away half a
+            # minute after a server restart is too long).
+            retry_policy or reconnect_policy(),
         )
         self._dialer = LocalDialer(reactor, connect_authorizer)
         self._on_connect = on_connect
-        self._sessions = SessionFactory(reactor, trace=trace, limits=flow_limits,
-                                        session_limits=session_limits)
+        #: Builds the tunnel's sessions (its C{observer} hears their traffic: metrics).
+        self.session_factory = SessionFactory(reactor, trace=trace, limits=flow_limits,
+                                              session_limits=session_limits)
         self._client_key = client_key
         self._waiters: list[defer.Deferred[Session]] = []
         self._ready = False
@@ -209,6 +233,16 @@ class TunnelClient(WebSocketLink):
     def url(self) -> str:
         """The server URL in use (or to be tried next)."""
         return self._rotation.url
+
+    @property
+    def client_key(self) -> str:
+        """The key our sessions carry (the server knows us by X-Tunnel-ID or our certificate)."""
+        return self._client_key
+
+    @property
+    def ready(self) -> bool:
+        """The tunnel is open and the on-connect hook has finished: the server can dial us."""
+        return self.session is not None and self._ready
 
     def stopService(self) -> defer.Deferred[None]:
         waiters, self._waiters = self._waiters, []
@@ -241,7 +275,7 @@ class TunnelClient(WebSocketLink):
     # The link.
 
     def make_session(self, protocol: _TunnelProtocol) -> Session:
-        return self._sessions.session(
+        return self.session_factory.session(
             protocol,
             client_key=self._client_key,
             dials_as_client=True,
@@ -249,7 +283,7 @@ class TunnelClient(WebSocketLink):
         )
 
     def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
-        self.log.info("tunnel to {url} open", url=self.url)
+        link_up(self.log, session, self.url)
         self._ready = False
         if self._on_connect is None:
             self._ready_now(session)
@@ -275,7 +309,7 @@ class TunnelClient(WebSocketLink):
             waiter.callback(session)
 
     def link_closed(self, session: Session) -> None:
-        self.log.info("tunnel to {url} closed", url=self.url)
+        link_down(self.log, session, self.url)
         if self.running:
             self._rotation.rotate()
 

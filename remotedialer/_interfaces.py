@@ -29,6 +29,7 @@ __all__ = [
     "ISessionObserver",
     "ISessionOwner",
     "IStreamOpener",
+    "ITrafficObserver",
     "ITunnelAuthorizer",
 ]
 
@@ -106,6 +107,40 @@ class IPeerObserver(Interface):
 
     def client_removed(session: Session, client_key: str, session_key: int) -> None:
         """Peer C{session} no longer has C{client_key}/C{session_key}."""
+
+
+class ITrafficObserver(Interface):
+    """
+    Hears of every session's start and end, of its streams opening and
+    closing and of the dials it makes: what metrics count.  Called on the
+    reactor, once per event (never per byte): keep each call cheap.
+    """
+
+    def session_started(session: Session) -> None:
+        """C{session} was made (its WebSocket is open)."""
+
+    def session_ended(session: Session) -> None:
+        """C{session} is over; its streams have ended (their L{stream_closed} came first)."""
+
+    def stream_opened(session: Session, stream: TunnelStream) -> None:
+        """A stream of C{session} began: one we opened, or a Connect from the far side."""
+
+    def stream_closed(session: Session, stream: TunnelStream) -> None:
+        """A stream of C{session} ended (exactly once for each L{stream_opened})."""
+
+    def stream_refused(session: Session | None, reason: str) -> None:
+        """
+        A stream we were asked to open could not be: C{reason} is
+        C{no_route} (no session reaches the client) or C{draining} (the
+        server is shutting down), C{session} then None; or
+        C{too_many_streams} or C{session_closed}.
+        """
+
+    def dial_finished(session: Session, seconds: float, failure: Failure | None) -> None:
+        """
+        A dial made for the far side's Connect connected (C{failure} None)
+        or failed, C{seconds} after the Connect arrived.
+        """
 
 
 class ISession(Interface):

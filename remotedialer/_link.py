@@ -47,6 +47,22 @@ class NamedEndpoint:
         return self._endpoint.connect(protocolFactory)
 
 
+@implementer(IStreamClientEndpoint)
+class _CountedEndpoint:
+    """Counts the link's connection attempts (metrics); says where it connects, as the endpoint does."""
+
+    def __init__(self, link: WebSocketLink, endpoint: IStreamClientEndpoint) -> None:
+        self._link = link
+        self._endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        self._link.attempts += 1
+        return self._endpoint.connect(protocolFactory)
+
+
 @implementer(ISessionOwner)
 class WebSocketLink(Service):
     """
@@ -56,6 +72,10 @@ class WebSocketLink(Service):
 
     log = Logger()
     session: Session | None = None
+    #: Connection attempts, tunnels opened and tunnels closed, since made (metrics).
+    attempts = 0
+    opened = 0
+    closed = 0
 
     def __init__(
         self,
@@ -76,7 +96,7 @@ class WebSocketLink(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._service = ClientService(
-            self._endpoint,
+            _CountedEndpoint(self, self._endpoint),
             self._factory,
             retryPolicy=lambda attempt: self._retry_policy(max(attempt, self._failed_opens)),
             clock=self.reactor,
@@ -85,6 +105,8 @@ class WebSocketLink(Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        if self.session is not None:
+            self.session.note_end("stopped")
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()
@@ -111,6 +133,7 @@ class WebSocketLink(Service):
     def session_opened(self, protocol: _TunnelProtocol, identity: Identity | None = None) -> Session:
         session = self.make_session(protocol)
         self.session = session
+        self.opened += 1
         self._protocol = protocol
         # The dialed-to side prunes streams we no longer hold (Go's clients
         # and peer links both do this).
@@ -123,6 +146,7 @@ class WebSocketLink(Service):
     def session_closed(self, session: Session) -> None:
         if self.session is session:
             self.session = None
+            self.closed += 1
             self._protocol = None
             if self._sync is not None and self._sync.running:
                 self._sync.stop()

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "failure_text", "printable"]
+__all__ = ["LOG_TEXT_LIMIT", "Throttle", "address", "cut", "duration", "failure_text", "printable"]
 
 #: Longest piece of peer-supplied text put in a log line or error message.
 LOG_TEXT_LIMIT = 128
@@ -111,3 +111,15 @@ class Throttle:
             count, self.suppressed = self.suppressed, 0
             self._log.warn("{source}: {count} more {what} in the last {window:g} s, not logged one by one",
                            source=self._source, count=count, what=self._what, window=self._window)
+
+
+def duration(seconds: float) -> str:
+    """How long something lived, for a log line: C{0.4 s}, C{12 s}, C{5 min 3 s}, C{2 h 4 min}."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -227,6 +227,8 @@ class Multiplexer:
         #: Bytes of Errors sent in answer to the far side's mistakes
         #: (unknown streams, refused Connects, malformed messages).
         self.replies_sent = 0
+        #: Bytes of every Error message sent (Go's transmit_error_bytes).
+        self.error_bytes_sent = 0
 
     # Output.
 
@@ -243,7 +245,9 @@ class Multiplexer:
         self._queue(_codec.encode(message))
 
     def _queue_error(self, conn_id: int, text: str) -> None:
-        self._queue_message(_codec.error(self._ids.next(), conn_id, text))
+        data = _codec.encode(_codec.error(self._ids.next(), conn_id, text))
+        self.error_bytes_sent += len(data)
+        self._queue(data)
 
     def _queue_reply(self, conn_id: int, text: str) -> None:
         before = self.bytes_sent

@@ -25,6 +25,7 @@ from remotedialer._interfaces import ISessionObserver
 from remotedialer._link import NamedEndpoint, WebSocketLink
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
+from remotedialer._tunnellog import link_down, link_up
 from remotedialer._websocket import _TunnelProtocol, client_factory
 
 if TYPE_CHECKING:
@@ -98,12 +99,14 @@ class PeerLink(WebSocketLink):
         )
 
     def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
-        self.log.info("peer {peer}: link open", peer=self.peer_id)
+        link_up(self.log, session, self.url, peer=self.peer_id)
         self._failed_opens = 0
-        for local in self.server.sessions.local_sessions():
+        # A draining server has told its peers its clients are leaving: a
+        # peer found meanwhile is not told otherwise.
+        for local in self.server.sessions.local_sessions() if not self.server.draining else ():
             session.announce_client(local.client_key, local.session_key, True)
         self.server.sessions.observe(self)
 
     def link_closed(self, session: Session) -> None:
-        self.log.info("peer {peer}: link closed", peer=self.peer_id)
+        link_down(self.log, session, self.url, peer=self.peer_id)
         self.server.sessions.unobserve(self)

@@ -102,7 +102,15 @@ class Relay(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.peer is not None:  # None once the other side is gone
-            self.peer.transport.write(data)
+            self.peer.partner_data(data)
+
+    def partner_data(self, data: bytes) -> None:
+        """The other half received C{data}: send it on (a proxy may answer its caller first)."""
+        self.transport.write(data)
+
+    def partner_lost(self, reason: Failure) -> None:
+        """The other half's connection ended: close ours like it (a proxy may answer instead)."""
+        close_like(self.transport, reason)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
@@ -114,4 +122,4 @@ class Relay(Protocol):
             # A TCP transport will not close while a producer (our dead
             # transport) is still registered on it.
             peer.transport.unregisterProducer()
-            close_like(peer.transport, reason)
+            peer.partner_lost(reason)

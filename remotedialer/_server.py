@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate
@@ -24,6 +25,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from remotedialer._dialer import ConnectAuthorizer, LocalDialer, deny_all
+from remotedialer._drain import DRAIN_TIMEOUT, DrainGate, ServerDraining, drain
 from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
 from remotedialer._flow import FlowLimits
 from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISessionOwner, IStreamOpener
@@ -35,6 +37,7 @@ from remotedialer._registry import SessionRegistry
 from remotedialer._resource import Authorizer, Identity, TunnelResource, header_authorizer
 from remotedialer._session import Session, SessionFactory
 from remotedialer._stream import TunnelStream
+from remotedialer._tunnellog import tunnel_down, tunnel_up
 from remotedialer._websocket import (
     IDLE_TIMEOUT,
     PING_INTERVAL,
@@ -150,11 +153,38 @@ class Server(MultiService):
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens,
                                         self._owner_conflict, auth_limiter)
+        #: Shutting down (L{drain}): no new sessions or streams.
+        self.draining = False
+        self._drain_waiters: list[defer.Deferred[None]] = []
+        self._drain_done = False
+        self._gate = DrainGate(self._resource, self)
 
     @property
     def resource(self) -> IResource:
         """The tunnel's twisted.web resource (the Go example serves it at /connect)."""
-        return self._resource
+        return self._gate
+
+    def _drain_finished(self, _: None) -> None:
+        self._drain_done = True
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> defer.Deferred[None]:
+        """
+        Shut down gracefully (L{remotedialer._drain}): refuse new sessions
+        and streams, tell peers our clients are leaving, give the streams in
+        flight up to C{timeout} seconds, then close the client sessions.
+        Fires when done; calling it again waits for the same drain.
+        """
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if self._drain_done:
+            waiter.callback(None)
+            return waiter
+        self._drain_waiters.append(waiter)
+        if len(self._drain_waiters) == 1:  # the first caller starts it
+            drain(self, timeout).addCallback(self._drain_finished)
+        return waiter
 
     # Dialing through clients.
 
@@ -167,6 +197,9 @@ class Server(MultiService):
 
         @raise ClientNotConnected: no session reaches the client.
         """
+        if self.draining:
+            self._refused("draining")
+            raise ServerDraining(string="server is shutting down")  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         session = self.sessions.local_session(client_key)
         if session is not None:
             return session.open_stream(proto, address)
@@ -174,7 +207,12 @@ class Server(MultiService):
             session = self.sessions.peer_session_for(client_key)
             if session is not None:
                 return session.open_stream(f"{client_key}{PEER_PROTO_SEPARATOR}{proto}", address)
+        self._refused("no_route")
         raise ClientNotConnected(f"failed to find Session for client {client_key}")
+
+    def _refused(self, reason: str) -> None:
+        if self.session_factory.observer is not None:
+            self.session_factory.observer.stream_refused(None, reason)
 
     def endpoint(self, client_key: str, proto: str, address: str) -> TunnelEndpoint:
         """An IStreamClientEndpoint reaching C{proto}/C{address} from C{client_key}."""
@@ -266,9 +304,8 @@ class Server(MultiService):
             listener=self if identity.is_peer else None,
         )
         session.fingerprint = identity.fingerprint
-        self.log.info("{kind} session {key}/{session_key} connected from {addr}",
-                      kind="peer" if identity.is_peer else "client", key=identity.client_key,
-                      session_key=session.session_key, addr=address(protocol.transport.getPeer()))
+        session.remote_addr = address(protocol.transport.getPeer())
+        tunnel_up(self.log, session)
         if not identity.is_peer:
             self._take_over(session)
         self.sessions.add(session)
@@ -311,7 +348,5 @@ class Server(MultiService):
         """Only dialed WebSockets fail to open; the server's never do."""
 
     def session_closed(self, session: Session) -> None:
-        self.log.info("{kind} session {key}/{session_key} closed",
-                      kind="peer" if session.is_peer else "client", key=session.client_key,
-                      session_key=session.session_key)
+        tunnel_down(self.log, session)
         self.sessions.remove(session)

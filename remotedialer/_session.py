@@ -34,9 +34,9 @@ from remotedialer._acceptor import Acceptor, RefuseAll
 from remotedialer._addresses import TunnelAddress, target_address
 from remotedialer._codec import MalformedMessage
 from remotedialer._flow import FlowLimits
-from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession
+from remotedialer._interfaces import IDialPolicy, IPeerObserver, ISession, ITrafficObserver
 from remotedialer._limits import SessionLimits
-from remotedialer._logtext import Throttle, printable
+from remotedialer._logtext import Throttle, address, failure_text, printable
 from remotedialer._mux import (
     CLIENT_FIRST_CONN_ID,
     MAX_DATA_CHUNK,
@@ -95,6 +95,7 @@ class Session:
         limits: FlowLimits | None = None,
         session_limits: SessionLimits | None = None,
         cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
+        observer: ITrafficObserver | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -108,6 +109,15 @@ class Session:
         #: A newer session of the same owner took over: no new dials come
         #: here, and the session ends once its streams have.
         self.superseded = False
+        #: When the session began (C{clock.seconds()}), and why it ended
+        #: (the first reason given; None while it lives): for the one log
+        #: line a tunnel's end makes.
+        self.opened_at = clock.seconds()
+        #: The far end's address as text (set by whoever knows it).
+        self.remote_addr = ""
+        self.end_reason: str | None = None
+        #: This side dialed the WebSocket (a client's tunnel, a server's peer link).
+        self.dials_as_client = dials_as_client
         self.mux = Multiplexer(
             client_key=client_key,
             session_key=session_key,
@@ -119,8 +129,10 @@ class Session:
         )
         self._send = send
         self._drop = drop
+        self._observer = observer
         self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll(),
-                                  self.mux.session_limits.max_pending_dials)
+                                  self.mux.session_limits.max_pending_dials,
+                                  clock, self._dialed if observer is not None else None)
         self._listener = listener
         self._trace = trace
         self._transport_paused = False
@@ -128,6 +140,8 @@ class Session:
         self._address: TunnelAddress | None = None
         # The class's logger: an instance's would refer back to the session.
         self._violations = Throttle(clock, Session.log, "protocol errors")
+        if observer is not None:
+            observer.session_started(self)
 
     def __repr__(self) -> str:
         kind = "peer" if self.is_peer else "client"
@@ -179,6 +193,11 @@ class Session:
         """Live streams, draining ones included."""
         return self.mux.stream_count
 
+    @property
+    def pending_dials(self) -> int:
+        """Dials for the far side's Connects whose target is not connected yet."""
+        return self._acceptor.pending
+
     # Dialing.
 
     def open_stream(self, proto: str, address: str) -> TunnelStream:
@@ -190,8 +209,10 @@ class Session:
         try:
             handle = self.mux.open_stream(proto, address)
         except SessionClosed as e:
+            self._refused("session_closed")
             raise ConnectionLost(str(e)) from None
         except TooManyStreams as e:
+            self._refused("too_many_streams")
             raise ConnectError(string=str(e)) from None
         stream = self._stream(
             handle,
@@ -215,7 +236,18 @@ class Session:
         return self._address
 
     def _stream(self, handle: StreamHandle, host: IAddress, peer: IAddress, target: str) -> TunnelStream:
-        return TunnelStream(self, handle, host=host, peer=peer, target=target)
+        stream = TunnelStream(self, handle, host=host, peer=peer, target=target)
+        if self._observer is not None:
+            self._observer.stream_opened(self, stream)
+        return stream
+
+    def _refused(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.stream_refused(self, reason)
+
+    def _dialed(self, seconds: float, failure: Failure | None) -> None:
+        if self._observer is not None:
+            self._observer.dial_finished(self, seconds, failure)
 
     # Messages in.
 
@@ -319,8 +351,8 @@ class Session:
             self.log.info("{direction} malformed size={size} {session}",
                           direction=direction, size=len(data), session=self)
             return
-        self.log.info("{direction} {type} conn={conn_id} size={size} {session}",
-                      direction=direction, type=message.type.name, conn_id=message.conn_id,
+        self.log.info("{direction} {type} conn={stream_id} size={size} {session}",
+                      direction=direction, type=message.type.name, stream_id=message.conn_id,
                       size=len(data), session=self)
 
     # Stream bookkeeping.
@@ -328,6 +360,8 @@ class Session:
     def stream_ended(self, stream: TunnelStream) -> None:
         """Called by a stream as it ends."""
         self._blocked.pop(stream.conn_id, None)
+        if self._observer is not None:
+            self._observer.stream_closed(self, stream)
         if self.superseded and not self.mux.closed:
             self.clock.callLater(0, self._end_if_drained)
 
@@ -356,6 +390,11 @@ class Session:
 
     # Ending.
 
+    def note_end(self, reason: str) -> None:
+        """Say why the session is ending (the first reason given is the one kept)."""
+        if self.end_reason is None:
+            self.end_reason = printable(reason)
+
     def drop(self, reason: Failure | None = None) -> None:
         """End the session from our side: every stream ends now, the WebSocket is dropped."""
         self.lose(reason if reason is not None else Failure(ConnectionLost("tunnel session dropped")))
@@ -371,12 +410,19 @@ class Session:
 
     def connection_lost(self, reason: Failure) -> None:
         """The WebSocket is gone: every stream ends with C{reason}."""
+        ending = not self.mux.closed
+        # The exception's own words ("server shutting down"), not its class's preamble.
+        args = reason.value.args if reason.value is not None else ()
+        plain = bool(args) and all(isinstance(arg, str) for arg in args)
+        self.note_end(": ".join(args) if plain else failure_text(reason))
         handles = self.mux.lose()
         self._blocked.clear()
         self._violations.flush()
         for handle in handles:
             if handle.context is not None:
                 handle.context.session_lost(reason)
+        if ending and self._observer is not None:
+            self._observer.session_ended(self)
 
 
 @attrs.define
@@ -390,6 +436,8 @@ class SessionFactory:
     trace: bool = False
     limits: FlowLimits | None = None
     session_limits: SessionLimits | None = None
+    #: Hears of every session's traffic events (metrics); None: nobody.
+    observer: ITrafficObserver | None = None
 
     def session(
         self,
@@ -402,7 +450,7 @@ class SessionFactory:
         listener: IPeerObserver | None = None,
     ) -> Session:
         """A session sending on the WebSocket C{protocol} (and dropping it on fatal input)."""
-        return Session(
+        session = Session(
             protocol.send_binary,
             client_key=client_key,
             dials_as_client=dials_as_client,
@@ -414,4 +462,8 @@ class SessionFactory:
             clock=self.clock,
             limits=self.limits,
             session_limits=self.session_limits,
+            observer=self.observer,
         )
+        if protocol.transport is not None:
+            session.remote_addr = address(protocol.transport.getPeer())
+        return session

@@ -262,6 +262,8 @@ class _TunnelProtocol(_WebSocket):
             return
         self._log.warn("{session}: a message left unfinished for {deadline} s, closing",
                        session=self.session, deadline=self.factory.limits.message_deadline)
+        if self.session is not None:
+            self.session.note_end(f"a message left unfinished for {self.factory.limits.message_deadline:g} s")
         self.dropConnection(abort=True)
 
     def onPing(self, payload: bytes) -> None:
@@ -291,6 +293,8 @@ class _TunnelProtocol(_WebSocket):
     def timeoutConnection(self) -> None:
         self._log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
                       timeout=self.factory.idle_timeout)
+        if self.session is not None:
+            self.session.note_end(f"no frame for {self.factory.idle_timeout:g} s")
         self.dropConnection(abort=True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:

@@ -61,11 +61,11 @@ class ServerAuthOptionsTests(TestCase):
         with open(clients, "a") as f:
             f.write(f"bar sha256:{hash_token('u')}\n")
         reloader.reload()
-        self.assertEqual(len(top.server.resource._authorizer._digests), 2)
+        self.assertEqual(len(top.server._resource._authorizer._digests), 2)
         with open(clients, "w") as f:
             f.write("broken\n")
         reloader.reload()  # logged; the previous table stays
-        self.assertEqual(len(top.server.resource._authorizer._digests), 2)
+        self.assertEqual(len(top.server._resource._authorizer._digests), 2)
 
     def test_mutual_tls_options(self):
         directory = self.mktemp()

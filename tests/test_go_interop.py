@@ -401,7 +401,7 @@ class PythonClientGoServerTests(GoInteropCase):
 
     def counts(self, server: Program, client: Program):
         return ({"go-server: pyclient": server.count(rb"Handling backend connection request \[pyclient\]")},
-                {"py-client": client.count(rb"tunnel to \S+ open")})
+                {"py-client": client.count(rb"tunnel to \S+ up")})
 
     @inline
     async def test_sanity(self):
@@ -449,7 +449,7 @@ class PythonPeerLinkGoServerTests(GoInteropCase):
 
     def counts(self, a: Program, b: Program):
         return ({"go-server-a: peer b": a.count(rb"Handling backend connection request \[b\]")},
-                {"py-server-b: link to a": b.count(rb"peer a: link open")})
+                {"py-server-b: link to a": b.count(rb"peer a: link to \S+ up")})
 
     @inline
     async def test_sanity(self):
@@ -482,7 +482,7 @@ class GoClientPythonServerTests(GoInteropCase):
 
     def counts(self, server: Program, client: Program):
         # The Go client does not reconnect: it exits when its tunnel ends.
-        return ({"py-server: goclient": server.count(rb"client session goclient/\d+ connected")},
+        return ({"py-server: goclient": server.count(rb"client goclient session \d+ up")},
                 {"go-client": client.count(rb"Connected to proxy")})
 
     @inline

@@ -121,3 +121,27 @@ def parse_limits(options: usage.Options, upgrade: bool = False) -> None:
     options["flow_limits"] = _build(FlowLimits, _FLOW_FLAGS, options)
     if upgrade:
         options["upgrade_limits"] = _build(UpgradeLimits, _UPGRADE_FLAGS, options)
+
+
+def _named(flag: str, kind: Callable[[str], object]) -> Callable[[str], object]:
+    def coerce(value: str) -> object:
+        try:
+            return kind(value)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise ValueError(f"--{flag} {value!r} is not {noun}") from None
+
+    return coerce
+
+
+def flags_named_in_errors(cls: type[_T]) -> type[_T]:
+    """
+    Class decorator for a program's Options: a number flag given something
+    else says which flag (Twisted's own message does not: "Parameter type
+    enforcement failed: could not convert string to float: 'x'").
+    """
+    parameters = getattr(cls, "optParameters", [])
+    for entry in parameters:
+        if len(entry) > 4 and entry[4] in (int, float):
+            entry[4] = _named(str(entry[0]), entry[4])
+    return cls

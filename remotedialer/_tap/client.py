@@ -9,16 +9,27 @@ nothing, and --allow-any restores Go's behaviour.
 
 from __future__ import annotations
 
+from twisted.application.service import IService
 from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from twisted.python import usage
 
 from remotedialer._acl import parse_rule
 from remotedialer._auth import secret_from
-from remotedialer._client import TunnelClient, endpoint_for_url
+from remotedialer._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
 from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
 from remotedialer._logtext import printable
-from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap._admin import AdminOptions, serve_client_admin
+from remotedialer._tap._common import (
+    VersionOption,
+    data_debug,
+    flags_named_in_errors,
+    limit_parameters,
+    load_ca_file,
+    parse_limits,
+)
+from remotedialer._tap._headers import read_header_file
+from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
@@ -27,10 +38,11 @@ TOKEN_ENV = "REMOTEDIALER_TOKEN"
 log = Logger()
 
 
-class Options(VersionOption, usage.Options):
+@flags_named_in_errors
+class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
-        "[--ca-file PEM] [--debug]"
+        "[--ca-file PEM] [--header-file FILE] [--log-format json] [--debug]"
     )
     optParameters = [
         ["connect", "c", DEFAULT_CONNECT,
@@ -45,6 +57,11 @@ class Options(VersionOption, usage.Options):
         ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which the tunnel is dead and redialed (Go: 60).", float],
+        ["header-file", None, None,
+         "File of extra upgrade headers, one 'Name: value' a line (keeps secret headers out of ps)."],
+        ["reconnect-max", None, RETRY_MAX,
+         "Longest wait, seconds, between reconnect attempts (exponential backoff with jitter, "
+         "the first within 1 s).", float],
         *limit_parameters(),
     ]
     optFlags = [
@@ -90,6 +107,10 @@ class Options(VersionOption, usage.Options):
         except (OSError, ValueError) as e:
             raise usage.UsageError(f"--token-file: {e}") from None
         self["token_header"] = {"Authorization": f"Bearer {token}"} if token else {}
+        if self["header-file"]:
+            self["headers"] = {**read_header_file(self["header-file"]), **self["headers"]}
+        if not self["reconnect-max"] > 0:
+            raise usage.UsageError(f"--reconnect-max must be over 0 s, not {self['reconnect-max']}")
         from twisted.internet import reactor
 
         if self["allow-any"] and self["allow"]:
@@ -126,7 +147,8 @@ class Options(VersionOption, usage.Options):
                 raise usage.UsageError(f"--connect: {e}") from None
 
 
-def makeService(options: Options) -> TunnelClient:
+def makeService(options: Options) -> IService:
+    """The client; with --admin-listen, a service of the client and its admin endpoint."""
     authorizer: ConnectAuthorizer
     if options["allow"]:
         authorizer = allow_patterns(options["allow"])
@@ -137,7 +159,7 @@ def makeService(options: Options) -> TunnelClient:
         log.warn("no --allow given: the server may dial nothing; "
                  "add --allow tcp/HOST:PORT (e.g. --allow tcp/127.0.0.1:8080) for each target")
         authorizer = deny_all
-    return TunnelClient(
+    client = TunnelClient(
         options["urls"],
         headers={"X-Tunnel-ID": options["id"], **options["token_header"], **options["headers"]},
         connect_authorizer=authorizer,
@@ -149,4 +171,6 @@ def makeService(options: Options) -> TunnelClient:
         idle_timeout=options["idle-timeout"],
         session_limits=options["session_limits"],
         flow_limits=options["flow_limits"],
+        retry_policy=reconnect_policy(options["reconnect-max"]),
     )
+    return serve_client_admin(client, options)

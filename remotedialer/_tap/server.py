@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -37,13 +37,26 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
+from remotedialer._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
+from remotedialer._forwardstats import ForwarderStats
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
 from remotedialer._guard import HeaderGuardFactory
 from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
-from remotedialer._tap._common import VersionOption, data_debug, limit_parameters, load_ca_file, parse_limits
+from remotedialer._tap import _peers_dns as peers_dns
+from remotedialer._tap._admin import AdminEndpoint, AdminOptions, serve_server_admin
+from remotedialer._tap._common import (
+    VersionOption,
+    data_debug,
+    flags_named_in_errors,
+    limit_parameters,
+    load_ca_file,
+    parse_limits,
+)
+from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
+from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
@@ -68,7 +81,8 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
     return peers
 
 
-class Options(VersionOption, usage.Options):
+@flags_named_in_errors
+class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -103,6 +117,9 @@ class Options(VersionOption, usage.Options):
          "Seconds between the keepalive pings of our peer links (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which a tunnel or peer link is dead (Go: 60).", float],
+        *peers_dns.PARAMETERS,
+        ["drain-timeout", None, DRAIN_TIMEOUT,
+         "On SIGTERM, seconds the streams in flight get to finish before the sessions close.", float],
         *limit_parameters(upgrade=True),
     ]
     optFlags = [
@@ -120,14 +137,17 @@ class Options(VersionOption, usage.Options):
         _check_listen("listen", self["listen"])
         try:
             # Only peer links ping: without peers the interval just has to be sane.
-            pinging = self["peers"] or self["peers-file"]
+            pinging = self["peers"] or self["peers-file"] or self["peers-dns"]
             check_keepalive(self["ping-interval"] if pinging else None, self["idle-timeout"])
             if not self["ping-interval"] > 0:
                 raise ValueError(f"ping interval must be over 0 s, not {self['ping-interval']}")
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
+        if not self["drain-timeout"] >= 0:
+            raise usage.UsageError(f"--drain-timeout must be 0 or more seconds, not {self['drain-timeout']}")
         self._parse_auth()
+        parse_forwarders(self)
         self["peer_list"] = parse_peers(self["peers"])
         for peer_id, _, _ in self["peer_list"]:
             if peer_id == self["id"] or "/" in peer_id:
@@ -139,6 +159,7 @@ class Options(VersionOption, usage.Options):
             except OSError as e:
                 raise usage.UsageError(f"--peers-file: {printable(str(e))}") from None
             self["peer_list"] += parse_peers(",".join(lines))
+        peers_dns.check(self)
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError(
                 "--peers needs --id and a peer token (--token-file, or $REMOTEDIALER_PEER_TOKEN)")
@@ -342,7 +363,7 @@ class _ReloadOnHangup(Service):
                 log.info("SIGHUP: TLS certificate reloaded")
 
 
-class ServerProgram(MultiService):
+class ServerProgram(DrainOnStop):
     """
     The program's service: the listening site and the L{Server}, with both
     the server and its front door at hand (tests reach them).
@@ -350,6 +371,9 @@ class ServerProgram(MultiService):
 
     server: Server
     front_door: FrontDoor
+    #: The counters of every forwarder listener (--forward, --connect-proxy-listen, --socks-listen).
+    forwarders: list[ForwarderStats]
+    admin: AdminEndpoint | None
 
 
 def makeService(options: Options) -> ServerProgram:
@@ -366,6 +390,7 @@ def makeService(options: Options) -> ServerProgram:
                     session_limits=options["session_limits"], flow_limits=options["flow_limits"])
     for peer_id, token, url in options["peer_list"]:
         server.add_peer(peer_id, token, url)
+    peers_dns.service(options, server)
     if options["target-insecure"]:
         log.warn("--target-insecure: https targets of the front door are not verified; "
                  "anyone on the path to them can impersonate them")
@@ -382,11 +407,11 @@ def makeService(options: Options) -> ServerProgram:
     early = refuse_unknown_client(server)
     if options["frontdoor-listen"]:
         front_root = Resource()
-        front_root.putChild(b"client", front_door)
+        front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(_quiet(Site(front_root)), upgrade, early=early)
         _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
-        root.putChild(b"client", front_door)
+        root.putChild(b"client", DrainGate(front_door, server))
     site: Any = HeaderGuardFactory(_quiet(Site(root)), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
@@ -398,4 +423,7 @@ def makeService(options: Options) -> ServerProgram:
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
     top.front_door = front_door
+    top.drain_timeout = options["drain-timeout"]
+    top.forwarders = add_forwarders(top, server, options)
+    top.admin = serve_server_admin(top, options, server, site, top.forwarders)
     return top

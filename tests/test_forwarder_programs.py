@@ -1,0 +1,162 @@
+"""
+The server program's forwarder flags: parsing and its one-line errors,
+and the real C{twistd remotedialer-server} with a port forward, the
+CONNECT proxy and SOCKS5 under front-door tokens, used by curl while a
+real C{twistd remotedialer-client} serves the target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from twisted.internet import reactor
+from twisted.python import usage
+from twisted.trial.unittest import SkipTest, TestCase
+
+from remotedialer._auth import hash_token
+from remotedialer._proxyaccess import Route
+from remotedialer._tap import server as server_tap
+from remotedialer._tap._forwarders import parse_forward
+from tests.support import eventually, listen_tcp, wait
+from tests.test_forwarders_e2e import curl, hello_site
+from tests.test_programs import Program, parse, program_env, run, twistd_argv
+
+
+class ForwarderOptionsTests(TestCase):
+    def test_parse_forward(self):
+        self.assertEqual(parse_forward("tcp:16443:interface=127.0.0.1=foo:tcp/10.0.0.5:6443"),
+                         ("tcp:16443:interface=127.0.0.1", Route("foo", "tcp", "10.0.0.5:6443")))
+        self.assertEqual(parse_forward("16443=foo:tcp/[fd00::1]:6443"),
+                         ("tcp:16443:interface=127.0.0.1", Route("foo", "tcp", "[fd00::1]:6443")))
+        self.assertEqual(parse_forward("2375=c:1:unix//var/run/docker.sock"),
+                         ("tcp:2375:interface=127.0.0.1", Route("c:1", "unix", "/var/run/docker.sock")))
+
+    def _bad(self, argv, *fragments):
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(server_tap.Options, argv)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_bad_flags(self):
+        self._bad(["--forward", "16443"], "--forward '16443': not LISTEN=CLIENT:proto/host:port")
+        self._bad(["--forward", "16443=foo:tcp/10.0.0.5"], "--forward", "missing port")
+        self._bad(["--forward", "16443=foo:udp/10.0.0.5:53"], "proto 'udp': use tcp, tcp4, tcp6 or unix")
+        self._bad(["--forward", "bogus:1=foo:tcp/10.0.0.5:1"], "--forward 'bogus:1'")
+        self._bad(["--connect-proxy-listen", "99999"], "--connect-proxy-listen", "port 99999 is not 0-65535")
+        self._bad(["--socks-listen", "1080", "--forward", "1080=foo:tcp/h:1"], "a listener is given twice")
+        self._bad(["--proxy-dial-wait", "-1"], "--proxy-dial-wait must be 0-30 seconds")
+
+    def test_listeners_join_the_server_s_own(self):
+        """No front-door or proxy request may target a forwarder's own port."""
+        options = parse(server_tap.Options, ["--forward", "16443=foo:tcp/10.0.0.5:6443",
+                                             "--connect-proxy-listen", "8124", "--socks-listen",
+                                             "tcp:1080:interface=127.0.0.1"])
+        self.assertEqual(options["connect-proxy-listen"], "tcp:8124:interface=127.0.0.1")
+        self.assertEqual(options["frontdoor_access"].own_ports, frozenset([8123, 16443, 8124, 1080]))
+        service = server_tap.makeService(options)
+        self.assertEqual([s.name for s in service.forwarders],
+                         ["forward:tcp:16443:interface=127.0.0.1",
+                          "connect-proxy:tcp:8124:interface=127.0.0.1", "socks:tcp:1080:interface=127.0.0.1"])
+        self.assertEqual(service.forwarders[0].target, "foo:tcp/10.0.0.5:6443")
+
+
+    def test_a_forward_beyond_loopback_is_warned_about(self):
+        from tests.forwarding import LogLines
+
+        log = LogLines(self)
+        server_tap.makeService(parse(server_tap.Options, ["--forward", "tcp:16443=foo:tcp/10.0.0.5:6443",
+                                                          "--forward", "16444=foo:tcp/10.0.0.5:22"]))
+        self.assertEqual(log.matching("listens beyond loopback"), [
+            "--forward tcp:16443: listens beyond loopback: "
+            "anyone who reaches it reaches foo:tcp/10.0.0.5:6443"])
+
+
+class ForwarderProgramTests(TestCase):
+    timeout = 90
+
+    def spawn(self, *args: str) -> Program:
+        program = Program()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        argv = twistd_argv() + list(args)
+        reactor.spawnProcess(program, argv[0], argv, env=program_env(), path=cwd)
+        self.addCleanup(lambda: run(program.terminate(grace=5)))
+        return program
+
+    async def finished(self, program: Program, timeout: float = 30.0) -> int | None:
+        await eventually(lambda: not program.running, timeout=timeout)
+        return await program.ended
+
+    def test_help_lists_the_forwarder_flags(self):
+        async def go():
+            program = self.spawn("remotedialer-server", "--help")
+            self.assertEqual(await self.finished(program), 0, program.err)
+            for flag in (b"--forward=", b"--connect-proxy-listen=", b"--socks-listen=",
+                         b"--proxy-dial-wait="):
+                self.assertIn(flag, program.out)
+
+        return run(go())
+
+    def test_curl_through_the_server_program(self):
+        """
+        The real programs, with front-door tokens: curl through a port
+        forward, the CONNECT proxy and SOCKS5 reaches a page behind the
+        client; a wrong token is 407.
+        """
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed")
+
+        async def go():
+            directory = os.path.abspath(self.mktemp())
+            os.makedirs(directory)
+            target = f"127.0.0.1:{(await listen_tcp(hello_site(), self)).getHost().port}"
+            client_token, proxy_token = "client-t0ken", "proxy-t0ken"
+            files = {"clients": f"sub sha256:{hash_token(client_token)}\n",
+                     "frontdoor-tokens": f"sha256:{hash_token(proxy_token)}\n",
+                     "token": client_token + "\n"}
+            for name, text in files.items():
+                with open(os.path.join(directory, name), "w") as f:
+                    f.write(text)
+            any_port = "tcp:0:interface=127.0.0.1"
+            server = self.spawn(
+                "-n", "--pidfile=", "remotedialer-server", "--listen", any_port,
+                "--clients-file", os.path.join(directory, "clients"),
+                "--frontdoor-tokens-file", os.path.join(directory, "frontdoor-tokens"),
+                "--forward", f"{any_port}=sub:tcp/{target}", "--connect-proxy-listen", any_port,
+                "--socks-listen", any_port)
+            pattern = rb"(HeaderGuardFactory|forward:\S+|connect-proxy:\S+|socks:\S+) starting on (\d+)"
+            await eventually(lambda: len(re.findall(pattern, server.out)) == 4 or not server.running,
+                             timeout=30)
+            ports = {kind.split(b":")[0]: int(port) for kind, port in re.findall(pattern, server.out)}
+            self.assertEqual(len(ports), 4, server.out + server.err)
+            client = self.spawn("-n", "--pidfile=", "remotedialer-client",
+                                "--connect", f"ws://127.0.0.1:{ports[b'HeaderGuardFactory']}/connect",
+                                "--id", "sub", "--token-file", os.path.join(directory, "token"),
+                                "--allow", f"tcp/{target}")
+            forward_url = f"http://127.0.0.1:{ports[b'forward']}/hello"
+            for _ in range(200):  # until the client's tunnel is up (closed at once before)
+                out, err, code = await curl(forward_url)
+                if code == 0 or not client.running:
+                    break
+                await wait(0.1)
+            self.assertEqual((out, code), (b"hello through the tunnel\n", 0), client.out + client.err)
+            url = f"http://{target}/hello"
+            connect = f"http://sub:{proxy_token}@127.0.0.1:{ports[b'connect-proxy']}"
+            out, err, code = await curl("-p", "--proxy", connect, url)
+            self.assertEqual((out, code), (b"hello through the tunnel\n", 0), err)
+            out, err, code = await curl("--socks5-hostname", f"127.0.0.1:{ports[b'socks']}",
+                                        "--proxy-user", f"sub:{proxy_token}", url)
+            self.assertEqual((out, code), (b"hello through the tunnel\n", 0), err)
+            out, err, code = await curl("-p", "--proxy", f"http://sub:wrong@127.0.0.1:{ports[b'connect-proxy']}",
+                                        url)
+            self.assertIn(b"response 407", err)
+            for program in (client, server):
+                await program.terminate()
+                self.assertNotIn(b"Traceback", program.out + program.err)
+            self.assertNotIn(proxy_token.encode(), server.out + server.err)
+
+        return run(go())
