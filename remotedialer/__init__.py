@@ -34,6 +34,8 @@ Module map, from the wire up (one job each):
     _client      the client service (a link serving the server's dials)
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
+    _pool        the front door's kept-alive connections, one pool per client key
+    _site        the server's web site: access log opt-in, request bodies streamed
     _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
     _jsonlog     log events as one JSON object per line (--log-format json)
     _drain       graceful drain: refuse new work, tell peers, let streams finish
@@ -98,6 +100,7 @@ from remotedialer._resource import (
 )
 from remotedialer._server import Server
 from remotedialer._session import Session, SessionFactory
+from remotedialer._site import ServerSite
 from remotedialer._socksproxy import SocksProxyFactory
 from remotedialer._splice import Forwarder
 from remotedialer._status import client_status, server_status
@@ -137,6 +140,7 @@ __all__ = [
     "ClientNotConnected",
     "FlowLimits",
     "FrontDoor",
+    "ServerSite",
     "HeaderGuardFactory",
     "IDialPolicy",
     "IPeerObserver",

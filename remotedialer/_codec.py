@@ -77,10 +77,13 @@ class MalformedMessage(ValueError):
     """
     The one exception for any message that does not decode.  ``conn_id`` is
     the stream id when the header got that far (None otherwise), so the
-    receiver can close that stream and nothing more.
+    receiver can close that stream and nothing more; ``message_type`` the
+    type when the header got that far (a bad Connect is not about the data
+    of a live stream with its id).
     """
 
     conn_id: int | None = None
+    message_type: MessageType | None = None
 
 
 LEGACY_DEADLINE = 15000
@@ -310,6 +313,14 @@ def _decode_rest(data: bytes, offset: int, id: int, conn_id: int) -> Message:
     mtype = _TYPES_BY_VALUE.get(raw_type)
     if mtype is None:
         raise MalformedMessage(f"unknown message type {raw_type}")
+    try:
+        return _decode_payload(data, offset, id, conn_id, mtype)
+    except MalformedMessage as e:
+        e.message_type = mtype
+        raise
+
+
+def _decode_payload(data: bytes, offset: int, id: int, conn_id: int, mtype: MessageType) -> Message:
     if mtype is MessageType.DATA or mtype is MessageType.CONNECT:
         if data.startswith(_DEADLINE_BYTES, offset):
             offset += len(_DEADLINE_BYTES)

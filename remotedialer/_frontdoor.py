@@ -30,6 +30,7 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Callable
@@ -55,13 +56,14 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
-    HTTPConnectionPool,
+    RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
+    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -70,8 +72,9 @@ from remotedialer._addresses import split_host_port
 from remotedialer._auth import token_matches
 from remotedialer._deferred import maybe_deferred
 from remotedialer._endpoint import ClientNotConnected, TunnelAgentEndpointFactory
-from remotedialer._headlimit import HeadLimitedEndpointFactory
+from remotedialer._headlimit import HeadLimitedConnection, HeadLimitedEndpointFactory
 from remotedialer._logtext import failure_text
+from remotedialer._pool import IDLE_TIMEOUT, MAX_IDLE, ClientPool, ClientPools
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -82,6 +85,8 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = 15.0
 #: Longest wait for a response start that a caller may ask for.
 MAX_TIMEOUT = 3600.0
+#: Retries of a request whose kept-alive connection turned out closed.
+MAX_RETRIES = 2
 
 #: Headers that belong to one hop, never forwarded (RFC 9110 7.6.1).
 HOP_BY_HOP = {
@@ -233,9 +238,19 @@ class _Discard(_BodyProtocol):
 class _Exchange:
     """One front-door request: its fetch, its body relay, whether its reader left."""
 
-    def __init__(self, request: Request, url: bytes) -> None:
+    def __init__(self, request: Request, url: bytes, client_key: str, headers: Headers,
+                 deadline: float) -> None:
         self.request = request
         self.url = url
+        self.client_key = client_key
+        self.headers = headers
+        self.body: IBodyProducer | None = None
+        self.deadline = deadline
+        self.timeout = 0.0
+        self.attempts = 1
+        self.reused = False
+        #: The pool whose connection this exchange uses.
+        self.pool: ClientPool | None = None
         self.reader_gone = False
         #: Why the upstream connection ended, as its transport said.
         self.connection_lost: Failure | None = None
@@ -246,6 +261,25 @@ class _Exchange:
 
     def upstream_lost(self, reason: Failure) -> None:
         self.connection_lost = reason
+
+    def began(self, connection: HeadLimitedConnection) -> None:
+        """Our request goes out on C{connection} (a new one, or kept alive)."""
+        self.reused = connection.requests > 1
+
+    def retryable(self, failure: Failure) -> bool:
+        """
+        As twisted.web's own pool decides (which cannot here: see
+        L{remotedialer._pool}): an idempotent request without a body whose
+        kept-alive connection failed before any answer, not cancelled.
+        """
+        if self.attempts > MAX_RETRIES or self.body is not None or not self.reused:
+            return False
+        if self.request.method not in (b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"):
+            return False
+        if not failure.check(RequestTransmissionFailed, ResponseNeverReceived):
+            return False
+        reasons = getattr(failure.value, "reasons", None) or []
+        return not any(isinstance(r, Failure) and r.check(defer.CancelledError) for r in reasons)
 
     def _reader_left(self, _reason: Failure) -> None:
         # Stop fetching, or stop the body (closing the tunnel stream).
@@ -307,6 +341,7 @@ _LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 CREDENTIAL_HEADERS = {b"authorization", b"cookie"}
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(host: str) -> bool:
     host = host.strip("[]").lower()
     if host in _LOOPBACK_NAMES:
@@ -376,6 +411,9 @@ class FrontDoor(Resource):
         lines.  Over either: 502 (see L{remotedialer._headlimit}).
     @param access: who may use it (L{FrontDoorAccess}; default: loopback
         callers only, credentials not forwarded).
+    @param idle_connections: kept-alive connections per client and target
+        (0: a new tunnel stream for every request); C{idle_timeout} how long
+        one may idle (see L{remotedialer._pool}).
     """
 
     isLeaf = True
@@ -389,14 +427,18 @@ class FrontDoor(Resource):
         response_head_bytes: int = 64 * 1024,
         response_headers: int = 100,
         access: FrontDoorAccess | None = None,
+        idle_connections: int = MAX_IDLE,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._server = server
         self._access = access if access is not None else FrontDoorAccess()
         self._head_limits = (response_head_bytes, response_headers)
         self._reactor = reactor if reactor is not None else server.reactor
-        self._pool = HTTPConnectionPool(self._reactor, persistent=False)
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+        #: Kept-alive connections, one pool per client key (L{ClientPools}).
+        self.pools = ClientPools(self._reactor, getattr(server, "sessions", None),
+                                 max_idle=idle_connections, idle_timeout=idle_timeout)
 
     def render(self, request: Request) -> bytes | int:
         refusal = self._access.refusal(request)
@@ -431,21 +473,32 @@ class FrontDoor(Resource):
         dropped = HOP_BY_HOP if self._access.forward_credentials else HOP_BY_HOP | CREDENTIAL_HEADERS
         headers = Headers({k: v for k, v in request.requestHeaders.getAllRawHeaders()
                            if k.lower() not in dropped})
-        exchange = _Exchange(request, url)
+        exchange = _Exchange(request, url, client_key, headers, self._reactor.seconds() + timeout)
+        exchange.timeout = timeout
+        streamed = getattr(request, "body_producer", None)  # a ServerSite's StreamingRequest
+        if streamed is not None:
+            exchange.body = streamed
+        elif request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+            exchange.body = FileBodyProducer(request.content)
+        self._fetch(exchange)
+        return NOT_DONE_YET
+
+    def _fetch(self, exchange: _Exchange) -> None:
+        """Ask the target (again, after a kept-alive connection failed under a retryable request)."""
+        pool = exchange.pool = self.pools.pool_for(exchange.client_key)
+        inner = TunnelAgentEndpointFactory(self._server, exchange.client_key, self._tls_policy)
         endpoints = HeadLimitedEndpointFactory(
-            TunnelAgentEndpointFactory(self._server, client_key, self._tls_policy), *self._head_limits,
-            on_lost=exchange.upstream_lost)
-        agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
-        body = None
-        if request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-            body = FileBodyProducer(request.content)
-        d = exchange.fetch = maybe_deferred(agent.request, request.method, url, headers, body)
+            inner, *self._head_limits, on_lost=exchange.upstream_lost, on_begin=exchange.began,
+            on_connection_lost=pool.connection_lost)
+        agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
+        d = exchange.fetch = maybe_deferred(agent.request, exchange.request.method, exchange.url,
+                                            exchange.headers, exchange.body)
         # Agent turns a cancelled request into ResponseNeverReceived, which
         # addTimeout would not recognise as its own timeout: say so ourselves.
-        d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
+        timeout = max(0.0, exchange.deadline - self._reactor.seconds())
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda r, t: _timed_out(r, exchange.timeout))
         d.addCallback(self._respond, exchange)
         d.addErrback(self._failed, exchange)
-        return NOT_DONE_YET
 
     def _respond(self, response: IResponse, exchange: _Exchange) -> defer.Deferred[None] | None:
         request = exchange.request
@@ -460,13 +513,26 @@ class FrontDoor(Resource):
             request.setHeader(b"Content-Length", str(response.length).encode())
         relay = exchange.relay = _BodyRelay(exchange)
         response.deliverBody(relay)
-        relay.done.addCallback(lambda _: None if exchange.reader_gone else request.finish())
+        relay.done.addCallback(self._body_done, exchange)
         return relay.done
+
+    @staticmethod
+    def _body_done(_: None, exchange: _Exchange) -> None:
+        if exchange.pool is not None:
+            exchange.pool.request_done()
+        if not exchange.reader_gone:
+            exchange.request.finish()
 
     def _failed(self, failure: Failure, exchange: _Exchange) -> None:
         request, url = exchange.request, exchange.url.decode("utf-8", "replace")
         if exchange.reader_gone:
             return  # the reader left first; stopping the upstream was our doing
+        if exchange.retryable(failure):
+            # A kept-alive connection that the target (or the tunnel) had
+            # closed as we sent on it: ask again.
+            exchange.attempts += 1
+            self._fetch(exchange)
+            return
         reason = describe_failure(failure)
         if reason is None:
             self.log.failure("front door: fetching {url} failed unexpectedly", failure, url=url)

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import attrs
 
+from remotedialer._codec import MAX_CONNECT_PAYLOAD
+
 __all__ = ["SessionLimits", "UpgradeLimits"]
 
 KIB = 1024
@@ -29,6 +31,12 @@ _Number = TypeVar("_Number", bound=float)
 def _positive(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be over 0, not {value!r}")
+
+
+def _at_most_gos(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value > MAX_CONNECT_PAYLOAD:
+        raise ValueError(
+            f"{attribute.name} must be at most {MAX_CONNECT_PAYLOAD} (what Go reads), not {value!r}")
 
 
 @attrs.frozen
@@ -47,10 +55,15 @@ class SessionLimits:
         stream, and opening one more locally raises.
     @ivar max_pending_dials: Connects from the far side still dialing their
         target; one over it is refused with an Error.
-    @ivar session_buffer: bytes received and not yet taken by readers,
-        over all the session's streams.  Past half of it every buffering
-        stream is sent Pause; past all of it the streams holding the most
-        are ended with an Error until it fits.
+    @ivar session_buffer: memory the session may pin for slow readers.
+        Its receive buffers (bytes received, not yet taken by readers, over
+        all streams) hold at most 15/16 of it, the rest left for the message
+        being assembled and the readers' own write buffers.  Past half of
+        that every buffering stream is sent Pause; past all of it the
+        streams holding the most are ended with an Error until it fits.
+    @ivar max_connect_target: bytes of a Connect's target ("proto/host:port")
+        accepted; a longer one is refused with an Error for that stream.
+        Go reads at most 266 (the default, and the most allowed).
     @ivar send_high_water: bytes we may queue to a WebSocket whose TCP
         send buffer is full (the far side is not reading) before we stop
         reading from it too, so that a peer that sends without reading
@@ -63,6 +76,7 @@ class SessionLimits:
     max_pending_dials: int = attrs.field(default=1024, validator=_positive)
     session_buffer: int = attrs.field(default=64 * MIB, validator=_positive)
     send_high_water: int = attrs.field(default=4 * MIB, validator=_positive)
+    max_connect_target: int = attrs.field(default=MAX_CONNECT_PAYLOAD, validator=[_positive, _at_most_gos])
 
 
 @attrs.frozen

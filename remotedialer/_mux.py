@@ -467,7 +467,10 @@ class Multiplexer:
         if conn_id == 0:
             return
         stream = self.streams.get(conn_id)
-        if stream is not None:
+        if stream is not None and e.message_type is MessageType.CONNECT:
+            # Like a well-formed Connect for a live id: refused, the live stream left alone.
+            self._queue_reply(conn_id, f"connection id {conn_id} already in use")
+        elif stream is not None:
             self._apply(stream, _I.ABORT, f"malformed message: {e}")
             self._events.append(StreamEnded(stream, f"malformed message: {e}"))
         else:
@@ -497,10 +500,21 @@ class Multiplexer:
             text = f"receive buffer over {self.limits.hard_cap} bytes: far side ignored Pause"
             self._apply(stream, _I.OVER_CAP, text)
             self._events.append(StreamEnded(stream, text))
-        if self.buffered > self.session_limits.session_buffer // 2:
+        if self.buffered > self._receive_budget // 2:
             self._over_session_budget()
         elif self._pausing_all:
             self._pausing_all = False
+
+    @property
+    def _receive_budget(self) -> int:
+        """
+        What the receive buffers may hold: the session budget less a
+        sixteenth, kept for what else a session pins while its readers are
+        slow (the message being assembled, the readers' own write buffers),
+        so that the whole stays within the budget.
+        """
+        budget = self.session_limits.session_buffer
+        return budget - budget // 16
 
     def _over_session_budget(self) -> None:
         """
@@ -515,7 +529,7 @@ class Multiplexer:
                 if inbound.size and not inbound.pause_sent:
                     inbound.pause_sent = True
                     self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
-        budget = self.session_limits.session_buffer
+        budget = self._receive_budget
         while self.buffered > budget:
             largest = max(self.all_streams, key=lambda s: s.inbound.size, default=None)
             if largest is None or not largest.inbound.size:
@@ -533,6 +547,12 @@ class Multiplexer:
             return
         if conn_id in self.streams:
             self._queue_reply(conn_id, f"connection id {conn_id} already in use")
+            return
+        limit = self.session_limits.max_connect_target
+        if len(message.payload) > limit:
+            text = f"Connect target of {len(message.payload)} bytes is over the limit of {limit}"
+            self._queue_reply(conn_id, text)
+            self._events.append(ProtocolViolation(f"Connect for stream {conn_id} refused: {text}", conn_id))
             return
         if self.stream_count >= self.session_limits.max_streams:
             text = f"too many streams (limit {self.session_limits.max_streams})"

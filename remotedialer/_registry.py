@@ -2,10 +2,11 @@
 Which sessions a server holds, and the routing rule for dials.
 
 Routing (docs/protocol.md sections 2 and 5): a client key is reached through
-its oldest live local session that no newer one has replaced.  The server
-lets a new session of the key's owner replace the older ones at once (a
-client that reconnected after a network blip leaves a half-open session
-behind), so in practice there is one; the replaced ones only drain.
+its newest live local session that is not replaced.  A new session of the
+key's owner gets the dials at once; an older one that does not answer a
+ping is replaced (a client that reconnected after a network blip leaves a
+half-open session behind) and only drains, one that answers stays (two
+processes of one client), so when the newest ends the next takes over.
 Failing a local session, a peer session that announced the key -- the peer
 with the lowest peer id, and of its sessions the oldest -- so every server
 picks the same route for the same state.  Peer sessions' clients are never
@@ -63,8 +64,8 @@ class SessionRegistry:
                 self.log.failure("{observer} failed on {event}", observer=observer, event=event)
 
     def local_session(self, client_key: str) -> Session | None:
-        """The oldest live session of C{client_key} not replaced by a newer one."""
-        for session in self._clients.get(client_key, ()):
+        """The newest live session of C{client_key} not replaced by a newer one."""
+        for session in reversed(self._clients.get(client_key, ())):
             if not session.closed and not session.superseded:
                 return session
         return None

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from treq.client import HTTPClient
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
+#: How long an owner's older session has to answer a ping when a new one
+#: arrives, before it counts as half-open and is replaced.
+PROBE_TIMEOUT = 5.0
 #: Proto prefix separator for dials forwarded to a peer (docs/protocol.md section 5).
 PEER_PROTO_SEPARATOR = "::"
 
@@ -193,7 +196,7 @@ class Server(MultiService):
     ) -> TunnelStream:
         """
         Open a stream to C{proto}/C{address} behind C{client_key}: through its
-        oldest local session, else through a peer that announced it.
+        newest local session, else through a peer that announced it.
 
         @raise ClientNotConnected: no session reaches the client.
         """
@@ -327,12 +330,33 @@ class Server(MultiService):
         return None
 
     def _take_over(self, session: Session) -> None:
-        """The newest session of an owner gets the dials; the older ones drain and end."""
+        """
+        The newest session of an owner gets the dials at once.  Each older
+        one is asked whether it is still alive: one that stays silent (a
+        client that reconnected leaves a half-open session behind) is
+        replaced -- it drains and ends; one that answers belongs to another
+        process with the same credential (two replicas of an agent during a
+        rolling update), and both are kept, as Go keeps them, so that the
+        two do not take the key from each other in turn.
+        """
+        timeout = min(PROBE_TIMEOUT, self.idle_timeout / 2)
         for old in self.sessions.local_sessions_of(session.client_key):
             if not old.closed and not old.superseded:
-                self.log.info("client {key}: session {new} replaces {old} (it ends once its streams have)",
-                              key=session.client_key, new=session.session_key, old=old.session_key)
-                old.supersede()
+                old.probe(timeout).addCallback(self._probed, old, session)
+
+    def _probed(self, alive: bool, old: Session, new: Session) -> None:
+        key = printable(new.client_key)
+        if old.closed or old.superseded:
+            return
+        if alive:
+            self.log.warn("client {key}: session {new} opened while session {old} still answers "
+                          "(two processes with one credential?): both kept, dials go to the newest",
+                          key=key, new=new.session_key, old=old.session_key)
+            return
+        self.log.info("client {key}: session {new} replaces {old}, silent for {timeout:g} s "
+                      "(it ends once its streams have)", key=key, new=new.session_key,
+                      old=old.session_key, timeout=min(PROBE_TIMEOUT, self.idle_timeout / 2))
+        old.supersede()
 
     def client_added(self, session: Session, client_key: str, session_key: int) -> None:
         """A peer announced a client (AddClient)."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IAddress, IProtocol, IPushProducer, IReactorTime
 from twisted.internet.task import CooperativeTask
@@ -96,7 +97,10 @@ class Session:
         session_limits: SessionLimits | None = None,
         cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
         observer: ITrafficObserver | None = None,
+        probe: Callable[[float], Deferred[bool]] | None = None,
     ) -> None:
+        #: Asks the far side whether it is alive (the WebSocket's ping).
+        self._probe = probe
         if clock is None:
             from twisted.internet import reactor
 
@@ -365,6 +369,15 @@ class Session:
         if self.superseded and not self.mux.closed:
             self.clock.callLater(0, self._end_if_drained)
 
+    def probe(self, timeout: float) -> Deferred[bool]:
+        """
+        Whether the far side answers within C{timeout} seconds (False
+        without a WebSocket to ask, or once the session has ended).
+        """
+        if self._probe is None or self.mux.closed:
+            return succeed(False)
+        return self._probe(timeout)
+
     def supersede(self) -> None:
         """A newer session of the same owner replaces this one: drain, then end."""
         self.superseded = True
@@ -463,6 +476,7 @@ class SessionFactory:
             limits=self.limits,
             session_limits=self.session_limits,
             observer=self.observer,
+            probe=protocol.probe,
         )
         if protocol.transport is not None:
             session.remote_addr = address(protocol.transport.getPeer())

@@ -47,6 +47,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket import USES_NVX
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -192,6 +193,8 @@ class _TunnelProtocol(_WebSocket):
     _pressure: _SendPressure | None = None
     _message_deadline: IDelayedCall | None = None
     _completed = 0  # messages and control frames received whole
+    #: Liveness probes waiting for the far side to be heard from (L{probe}).
+    _probes: list[tuple[Deferred[bool], IDelayedCall]] | None = None
 
     def start_session(self, session: Session) -> None:
         """
@@ -237,8 +240,38 @@ class _TunnelProtocol(_WebSocket):
             super().dataReceived(data)
             return
         self.resetTimeout()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        if self._probes:
+            self._settle_probes(True)
         super().dataReceived(data)
         self._watch_message_deadline()
+
+    def probe(self, timeout: float) -> Deferred[bool]:
+        """
+        Whether the far side is alive now: a ping goes out, and the Deferred
+        fires True once anything arrives (the pong, or any other frame),
+        False after C{timeout} seconds of silence or if the WebSocket ends.
+        """
+        answer: Deferred[bool] = Deferred()
+        if self.session is None or self.state != self.STATE_OPEN:
+            answer.callback(False)
+            return answer
+        if self._probes is None:
+            self._probes = []
+        timer = self.callLater(timeout, self._probe_expired, answer)
+        self._probes.append((answer, timer))
+        self.sendPing()
+        return answer
+
+    def _probe_expired(self, answer: Deferred[bool]) -> None:
+        if self._probes is not None:
+            self._probes = [(d, t) for d, t in self._probes if d is not answer]
+        answer.callback(False)
+
+    def _settle_probes(self, alive: bool) -> None:
+        probes, self._probes = self._probes or [], None
+        for answer, timer in probes:
+            timer.cancel()
+            answer.callback(alive)
 
     def _message_in_progress(self) -> bool:
         return self.current_frame is not None or bool(self.inside_message)
@@ -309,6 +342,7 @@ class _TunnelProtocol(_WebSocket):
         pinger, self._pinger = self._pinger, None
         if pinger is not None and pinger.running:
             pinger.stop()
+        self._settle_probes(False)
         session, self.session = self.session, None
         if session is not None:
             text = reason or ("closed" if wasClean else "connection lost")

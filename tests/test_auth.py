@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token, read_secret
+from remotedialer._server import PROBE_TIMEOUT
 from tests.netsim import Network
 from tests.support import Collector, Echo
 
@@ -81,28 +82,58 @@ class TokenAuthTests(SynchronousTestCase):
             self.connect(key, token)
         self.assertEqual(self.server.clients(), [])
 
-    def test_same_credential_replaces_old_session(self) -> None:
-        """A reconnect with the same token takes the key at once; the old session ends once drained."""
+    def test_second_process_with_same_credential_kept(self) -> None:
+        """
+        A second live process with the same token (two replicas of an agent
+        in a rolling update): the old session answers the server's ping, so
+        both are kept -- neither takes the key from the other -- and dials go
+        to the newest; once it ends, the older one has them again.
+        """
         echo = self.net.listen(Factory.forProtocol(Echo))
-        first = self.connect("foo", "s3cret")
+        self.connect("foo", "s3cret")
         [old] = self.server.sessions.local_sessions_of("foo")
         reader = Collector()
         self.net.connect(self.server.endpoint("foo", "tcp", echo.address), reader)
-        self.connect("foo", "s3cret")  # a second client process with the same token
+        second = self.connect("foo", "s3cret")
+        self.net.run(PROBE_TIMEOUT + 1)
         sessions = self.server.sessions.local_sessions_of("foo")
         self.assertEqual(len(sessions), 2)
         new = sessions[1]
-        self.assertTrue(old.superseded)
+        self.assertFalse(old.superseded or old.closed)
         self.assertIs(self.server.sessions.local_session("foo"), new)
-        self.assertFalse(old.closed)  # its stream is still going
         reader.transport.write(b"still here")
         self.net.flush()
         self.assertEqual(b"".join(reader.chunks), b"still here")
+        second.stopService()
+        self.net.run(0.5)
+        self.assertEqual(self.server.sessions.local_sessions_of("foo"), [old])
+        self.assertIs(self.server.sessions.local_session("foo"), old)
+
+    def test_silent_old_session_replaced(self) -> None:
+        """
+        A reconnect that leaves a half-open session behind (nothing more
+        arrives from it): dials go to the new session at once, and the old
+        one, silent through the probe, is replaced and ends once drained.
+        """
+        echo = self.net.listen(Factory.forProtocol(Echo))
+        self.connect("foo", "s3cret")
+        [old] = self.server.sessions.local_sessions_of("foo")
+        [link] = [c for c in self.net.connections if not c.closed]
+        reader = Collector()
+        self.net.connect(self.server.endpoint("foo", "tcp", echo.address), reader)
+        self.net.flush()
+        link.server.reading = False  # the old client's bytes stop arriving
+        self.connect("foo", "s3cret")
+        new = self.server.sessions.local_sessions_of("foo")[1]
+        self.assertIs(self.server.sessions.local_session("foo"), new)
+        self.assertFalse(old.superseded)
+        self.net.run(PROBE_TIMEOUT + 0.5)
+        self.assertTrue(old.superseded)
+        self.assertFalse(old.closed)  # its stream is still there
         reader.transport.loseConnection()
-        self.net.run(0.1)
+        self.net.run(0.5)
         self.assertTrue(old.closed)
         self.assertEqual(self.server.sessions.local_sessions_of("foo"), [new])
-        del first
 
     def test_other_credential_for_live_key_refused(self) -> None:
         """
@@ -143,7 +174,7 @@ class TokenAuthTests(SynchronousTestCase):
 
 class InsecureNewestWinsTests(SynchronousTestCase):
     def test_newest_wins(self) -> None:
-        """With the header authorizer (any client), the newest session of a key takes over."""
+        """With the header authorizer (any client), the newest session of a key gets the dials."""
         net = Network(self)
         site = net.serve_tunnel()
         net.client(site.url, "foo")
@@ -151,9 +182,9 @@ class InsecureNewestWinsTests(SynchronousTestCase):
         [old] = site.server.sessions.local_sessions_of("foo")
         net.client(site.url, "foo")
         net.run(0.5)
-        self.assertTrue(old.closed)  # it carried no stream
-        [new] = site.server.sessions.local_sessions_of("foo")
+        new = site.server.sessions.local_session("foo")
         self.assertIsNot(new, old)
+        self.assertEqual(site.server.sessions.local_sessions_of("foo"), [old, new])
 
 
 class CertificateAuthorizerTests(SynchronousTestCase):

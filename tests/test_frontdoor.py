@@ -382,7 +382,8 @@ class FrontDoorTests(TestCase):
         self.server = Server(reactor=reactor)
         self.root = root = Resource()
         root.putChild(b"connect", self.server.resource)
-        root.putChild(b"client", FrontDoor(self.server, tls_policy=tls_policy))
+        self.front_door = FrontDoor(self.server, tls_policy=tls_policy)
+        root.putChild(b"client", self.front_door)
         self.front_factory = WrappingFactory(Site(root))
         self.front = await listen_tcp(self.front_factory, self)
         self.target = Target()
@@ -595,6 +596,9 @@ class FrontDoorTests(TestCase):
             self.assertEqual(reader.header(b"Content-Length"), str(HUGE).encode())
             self.assertEqual(reader.body_bytes, HUGE)
             self.assertEqual(reader.sha256, expected)
+            # Kept alive for the next request, until the pool lets it go.
+            self.assertLessEqual(len(self.client.session.streams), 1)
+            self.front_door.pools.close()
             await eventually(lambda: not self.client.session.streams, timeout=5)
 
         return run(go())

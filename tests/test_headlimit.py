@@ -77,3 +77,34 @@ class HeadLimitTests(SynchronousTestCase):
             sent += 102
         self.assertLess(sent, 1200)
         self.assertLess(len(recorder.data), 1000)
+
+    def test_rearmed_for_each_request(self) -> None:
+        """begin() (a kept-alive connection handed out again) counts the next response's head."""
+        wrapper, transport, recorder = self.connect(head_bytes=100_000, max_headers=10)
+        wrapper.begin()
+        wrapper.dataReceived(head(10) + b"body")
+        self.assertFalse(transport.disconnecting)
+        wrapper.dataReceived(head(11))  # not a head: the first response's body, not counted
+        self.assertFalse(transport.disconnecting)
+        wrapper.begin()
+        self.assertEqual(wrapper.requests, 2)
+        wrapper.dataReceived(head(11))
+        self.assertTrue(transport.disconnecting)
+
+    def test_informational_head_then_counted_head(self) -> None:
+        """After a 1xx head another head follows: it is counted too, in the same read or a later one."""
+        for split in (False, True):
+            wrapper, transport, recorder = self.connect(head_bytes=100_000, max_headers=10)
+            informational = b"HTTP/1.1 100 Continue\r\n\r\n"
+            if split:
+                wrapper.dataReceived(informational)
+                wrapper.dataReceived(head(11))
+            else:
+                wrapper.dataReceived(informational + head(11))
+            self.assertTrue(transport.disconnecting, split)
+            self.assertEqual(recorder.data, informational)
+
+            wrapper, transport, recorder = self.connect(head_bytes=100_000, max_headers=10)
+            wrapper.dataReceived(informational + head(10) + b"body")
+            self.assertFalse(transport.disconnecting)
+            self.assertEqual(recorder.data, informational + head(10) + b"body")

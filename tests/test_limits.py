@@ -91,8 +91,9 @@ class MaxStreamsTests(SynchronousTestCase):
 
 class SessionBudgetTests(SynchronousTestCase):
     def setUp(self) -> None:
-        # Per stream: Pause past 1000, cut at 4000; the session: 3000 in all.
-        self.m = Multiplexer(limits=FLOW, session_limits=SessionLimits(session_buffer=3000))
+        # Per stream: Pause past 1000, cut at 4000; the session: 3200 in all,
+        # of which receive buffers may hold 3000 (a sixteenth is kept back).
+        self.m = Multiplexer(limits=FLOW, session_limits=SessionLimits(session_buffer=3200))
         self.streams = []
         for conn_id in (2, 3, 4):
             [event] = connect(self.m, conn_id)
@@ -103,7 +104,7 @@ class SessionBudgetTests(SynchronousTestCase):
         return self.m.receive(_codec.encode_data(9, conn_id, b"x" * size))
 
     def test_half_budget_pauses_every_buffering_stream(self) -> None:
-        """At half the budget nothing happens; one byte past it, every stream holding data gets Pause."""
+        """At half the receive budget nothing happens; one byte past it, every buffering stream gets Pause."""
         self.feed(2, 700)
         self.feed(3, 800)
         self.assertEqual(self.m.buffered, 1500)
@@ -116,7 +117,7 @@ class SessionBudgetTests(SynchronousTestCase):
         self.assertEqual(sent(self.m), [])  # once per excursion
 
     def test_over_budget_ends_largest(self) -> None:
-        """Exactly the budget is held; one byte more ends the stream holding the most."""
+        """Exactly the receive budget (15/16 of the session's) is held; one byte more ends the largest."""
         self.feed(2, 900)
         self.feed(3, 999)
         self.feed(4, 999)
@@ -138,6 +139,33 @@ class SessionBudgetTests(SynchronousTestCase):
         self.m.resume_reading(self.streams[0])
         self.assertEqual(self.m.read(self.streams[0]), b"x" * 900)
         self.assertEqual(self.m.buffered, 0)
+
+
+class ConnectTargetTests(SynchronousTestCase):
+    def target(self, m: Multiplexer, conn_id: int, size: int):
+        """A Connect whose payload ("tcp/" + address) is C{size} bytes."""
+        address = "h" * (size - len("tcp/") - len(":80")) + ":80"
+        return m.receive(_codec.encode(_codec.connect(1, conn_id, "tcp", address)))
+
+    def test_limit(self) -> None:
+        """A target of limit-1 or limit bytes is dialed; limit+1 is refused with an Error for that id only."""
+        m = Multiplexer(session_limits=SessionLimits(max_connect_target=64))
+        for conn_id, size in ((2, 63), (3, 64)):
+            [event] = self.target(m, conn_id, size)
+            self.assertIsInstance(event, ConnectRequested)
+        [event] = self.target(m, 4, 65)
+        self.assertIsInstance(event, ProtocolViolation)
+        self.assertFalse(event.fatal)
+        [error] = sent(m)
+        self.assertEqual((error.type, error.conn_id, error.error_text()),
+                         (MessageType.ERROR, 4, "Connect target of 65 bytes is over the limit of 64"))
+        self.assertEqual(sorted(m.streams), [2, 3])
+
+    def test_default_is_gos(self) -> None:
+        """Go reads at most 266 bytes of a Connect: the default, and the most allowed."""
+        self.assertEqual(SessionLimits().max_connect_target, _codec.MAX_CONNECT_PAYLOAD)
+        self.assertRaises(ValueError, SessionLimits, max_connect_target=_codec.MAX_CONNECT_PAYLOAD + 1)
+        self.assertRaises(ValueError, SessionLimits, max_connect_target=0)
 
 
 class PendingDialsTests(SynchronousTestCase):

@@ -424,6 +424,23 @@ class MalformedTests(SynchronousTestCase):
         self.assertEqual(types(sent(m)), [(MessageType.ERROR, 2)])
         self.assertEqual(m.streams, {})
 
+    def test_bad_connect_for_live_stream(self) -> None:
+        """
+        A malformed Connect naming a live stream is treated as a duplicate
+        Connect: Error 'already in use', and the live stream is left alone
+        (it was not meant for that stream's data).
+        """
+        m = mux()
+        live = inbound_stream(m, 5)
+        events = m.receive(bytes.fromhex("020a04b0ea01") + b"noslash")
+        self.assertEqual([type(e) for e in events], [ProtocolViolation])
+        self.assertEqual((events[0].conn_id, events[0].fatal), (5, False))
+        [error] = sent(m)
+        self.assertEqual((error.type, error.conn_id, error.error_text()),
+                         (MessageType.ERROR, 5, "connection id 5 already in use"))
+        self.assertEqual(m.streams, {5: live})
+        self.assertIs(live.state, StreamState.OPEN)
+
     def test_bad_sync_not_fatal(self) -> None:
         """A SyncConnections payload not a multiple of 8 is a non-fatal violation on id 0."""
         m = mux()

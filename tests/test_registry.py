@@ -16,15 +16,15 @@ def session(key: str, peer: bool = False, clock: Clock | None = None) -> Session
 
 
 class RoutingTests(SynchronousTestCase):
-    def test_oldest_live_local_session(self):
-        """The oldest session wins; one already closed is passed over."""
+    def test_newest_live_local_session(self):
+        """The newest session wins; one already closed is passed over."""
         registry = SessionRegistry()
         first, second = session("foo"), session("foo")
         registry.add(first)
         registry.add(second)
-        self.assertIs(registry.local_session("foo"), first)
-        first.connection_lost(Failure(ConnectionLost()))
         self.assertIs(registry.local_session("foo"), second)
+        second.connection_lost(Failure(ConnectionLost()))
+        self.assertIs(registry.local_session("foo"), first)
 
     def test_replaced_session_passed_over(self):
         """A session a newer one of its owner replaced gets no more dials (it only drains)."""

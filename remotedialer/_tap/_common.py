@@ -65,9 +65,12 @@ _SESSION_FLAGS: list[_Flag] = [
     ("max-streams", "max_streams", int, "Streams open at once per tunnel session."),
     ("max-pending-dials", "max_pending_dials", int, "Dials in progress at once per tunnel session."),
     ("session-buffer", "session_buffer", int,
-     "Bytes held for slow readers per tunnel session (past half: Pause all; past it: end the largest)."),
+     "Bytes a tunnel session may pin for slow readers (its receive buffers get 15/16: past half "
+     "of that, Pause all; past it, end the largest)."),
     ("send-high-water", "send_high_water", int,
      "Bytes of replies queued to a peer that does not read, before we stop reading from it."),
+    ("max-connect-target", "max_connect_target", int,
+     "Longest dial target ('proto/host:port', bytes) accepted from the far side (Go reads at most 266)."),
 ]
 _FLOW_FLAGS: list[_Flag] = [
     ("stream-buffer", "hard_cap", int,

@@ -33,7 +33,6 @@ from twisted.python import usage
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
@@ -45,6 +44,8 @@ from remotedialer._logtext import printable
 from remotedialer._ratelimit import FailureLimiter
 from remotedialer._resource import header_authorizer
 from remotedialer._server import Server
+from remotedialer._site import ServerSite
+from remotedialer._tap import _frontdoor as frontdoor_tuning
 from remotedialer._tap import _peers_dns as peers_dns
 from remotedialer._tap._admin import AdminEndpoint, AdminOptions, serve_server_admin
 from remotedialer._tap._common import (
@@ -60,6 +61,8 @@ from remotedialer._tap._logging import LogFormatOption
 from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
+#: Request bodies streamed to the front door as they arrive (remotedialer._site).
+STREAMED = (b"/client/",)
 #: Where the peer token may come from instead of --token.
 PEER_TOKEN_ENV = "REMOTEDIALER_PEER_TOKEN"
 log = Logger()
@@ -121,6 +124,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         ["drain-timeout", None, DRAIN_TIMEOUT,
          "On SIGTERM, seconds the streams in flight get to finish before the sessions close.", float],
         *limit_parameters(upgrade=True),
+        *frontdoor_tuning.PARAMETERS,
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -130,6 +134,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         ["frontdoor-open", None, "Answer front-door callers from any address, unauthenticated."],
         ["forward-credentials", None,
          "Pass the front-door caller's Authorization and Cookie headers on to targets."],
+        *frontdoor_tuning.FLAGS,
     ]
 
     def postOptions(self) -> None:
@@ -144,6 +149,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self, upgrade=True)
+        frontdoor_tuning.check(self)
         if not self["drain-timeout"] >= 0:
             raise usage.UsageError(f"--drain-timeout must be 0 or more seconds, not {self['drain-timeout']}")
         self._parse_auth()
@@ -289,12 +295,6 @@ def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> Certific
                               verify=True, caCerts=cas, requireCertificate=True)
 
 
-def _quiet(site: Site) -> Site:
-    """No "Starting factory <repr>" line: the listening port logs where it listens."""
-    site.noisy = False
-    return site
-
-
 def _warning_authorizer(request: IRequest) -> str | None:
     """Go's example authorizer (any X-Tunnel-ID), saying so for every new client."""
     key = header_authorizer(request)
@@ -375,6 +375,16 @@ class ServerProgram(DrainOnStop):
     forwarders: list[ForwarderStats]
     admin: AdminEndpoint | None
 
+    def startService(self) -> None:
+        frontdoor_tuning.tune_gc()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+
+    def stopService(self) -> Any:
+        # Idle kept-alive front-door connections are open streams: the
+        # drain would wait for them.  (The 503s of the drain make no new ones.)
+        self.front_door.pools.close()
+        return super().stopService()
+
 
 def makeService(options: Options) -> ServerProgram:
     authorizer = options["authorizer"]
@@ -402,17 +412,18 @@ def makeService(options: Options) -> ServerProgram:
         log.warn("--frontdoor-open: anyone who reaches the front door can reach every client's network")
     front_door = FrontDoor(server, tls_policy=options["target_tls_policy"],
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers,
-                           access=access)
+                           access=access, **frontdoor_tuning.front_door_options(options))
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     early = refuse_unknown_client(server)
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", DrainGate(front_door, server))
-        front_site = HeaderGuardFactory(_quiet(Site(front_root)), upgrade, early=early)
+        front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
+                                        early=early)
         _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
-    site: Any = HeaderGuardFactory(_quiet(Site(root)), upgrade, early=early)
+    site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651

@@ -1,0 +1,343 @@
+"""
+The server program's web site: twisted.web's Site, with the access log
+opt-in and request bodies streamed to the front door instead of spooled.
+
+An access-log line per request, written synchronously, was a fifth of the
+server's time on small front-door requests (Go logs none by default), so
+it is off unless asked for (C{--access-log}).
+
+twisted.web renders a request only once its whole body is in
+(C{request.content}, a temporary file past 100 KB), so a front-door upload
+would be spooled to disk before its client is even looked up.  Here a
+request with a body under one of C{stream_prefixes} is rendered as soon as
+its head is in: L{StreamingRequest} gives the resource a
+L{RequestBody} (C{request.body_producer}, an IBodyProducer for Agent)
+that forwards each chunk as it arrives, and stops reading from the caller
+while its consumer (the tunnel stream) is paused.  An answer given before
+the body is all in (an unknown client, a refusal, a target that answered
+early) ends the connection after the answer: the rest of the body is never
+read (under HTTP/2, whose twisted.web channel cannot end a stream whose
+request is still arriving, the rest is taken and dropped).
+
+twisted.web tells a request its method and path only when its body is
+complete: the request line is taken from the HTTP/1.1 channel as it is
+parsed (L{StreamingHTTPChannel}) and, under HTTP/2, from the stream's
+pseudo-headers (C{H2Stream.command}/C{path}); HTTP/2 itself is still
+served by twisted.web's own channel, picked by ALPN as twisted.web does.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, Request
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.server import Request as SiteRequest
+from twisted.web.server import Site
+from zope.interface import implementer
+
+__all__ = ["RequestBody", "ServerSite", "StreamingHTTPChannel", "StreamingRequest"]
+
+#: Bytes of body held for a consumer that has not started (or is paused)
+#: before the caller's connection stops being read.
+HELD_BODY = 64 * 1024
+
+
+@implementer(IBodyProducer)
+class RequestBody:
+    """
+    The body of a request as it arrives, for Agent: chunks go to the
+    consumer at once (held, up to L{HELD_BODY}, until it starts); the
+    caller's connection is paused while the consumer is, or while too much
+    is held.
+    """
+
+    def __init__(self, request: StreamingRequest, length: int | None) -> None:
+        self.length: object = length if length is not None else UNKNOWN_LENGTH
+        self.complete = False
+        self._request = request
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._consumer: IConsumer | None = None
+        self._done: defer.Deferred[None] | None = None
+        self._stopped = False
+        self._reading_paused = False
+        self._consumer_paused = False
+        #: Bytes of body taken from the caller so far, and the most held at once.
+        self.received = 0
+        self.peak_held = 0
+
+    # From the request.
+
+    def chunk(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._stopped:
+            return
+        if self._consumer is not None and not self._held and not self._consumer_paused:
+            self._consumer.write(data)
+            return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        self.peak_held = max(self.peak_held, self._held_bytes)
+        if self._held_bytes > HELD_BODY:
+            # (Again, even if paused already: twisted.web's channel may have
+            # resumed reading for its own reasons, such as a drained write.)
+            self._reading_paused = True
+            self._request.pause_reading()
+
+    def finished(self) -> None:
+        """The last byte of the body is in."""
+        self.complete = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.complete and not self._held and self._done is not None and not self._done.called:
+            self._done.callback(None)
+
+    # IBodyProducer
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        self._consumer = consumer
+        self._done = defer.Deferred()
+        self._flush()
+        return self._done
+
+    def _flush(self) -> None:
+        while self._held and self._consumer is not None and not self._consumer_paused and not self._stopped:
+            data = self._held.pop(0)
+            self._held_bytes -= len(data)
+            self._consumer.write(data)
+        if not self._held and not self._consumer_paused:
+            self._resume_reading()
+        self._maybe_done()
+
+    def pauseProducing(self) -> None:
+        self._consumer_paused = True
+        self._pause_reading()
+
+    def resumeProducing(self) -> None:
+        self._consumer_paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """The consumer is gone (the fetch failed, or was cancelled): take no more."""
+        self._stopped = True
+        self._held.clear()
+        self._held_bytes = 0
+        self._resume_reading()  # the request's own ending decides what becomes of the rest
+
+    def abandon(self) -> None:
+        """The request was answered before its body was all in: stop reading it, for good."""
+        self._stopped = True
+        self._held.clear()
+        self._pause_reading()
+
+    def discard(self) -> None:
+        """The request was answered before its body was all in: take the rest, and drop it."""
+        self._stopped = True
+        self._held.clear()
+        self._resume_reading()
+
+    # The caller's connection.
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.complete:
+            self._reading_paused = True
+            self._request.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.complete:
+            self._reading_paused = False
+            self._request.resume_reading()
+
+
+class StreamingRequest(SiteRequest):
+    """A Site request whose body may be streamed (see module docstring)."""
+
+    #: The request's body as it arrives, when it is streamed; else None (use C{content}).
+    body_producer: RequestBody | None = None
+    #: (method, target, version) from the HTTP/1.1 request line, set by L{StreamingHTTPChannel}.
+    request_line: tuple[bytes, bytes, bytes] | None = None
+    _early: IDelayedCall | None = None
+    _rendered_early = False
+
+    def _line(self) -> tuple[bytes, bytes, bytes] | None:
+        if self.request_line is not None:
+            return self.request_line
+        command, path = getattr(self.channel, "command", None), getattr(self.channel, "path", None)
+        if isinstance(command, bytes) and isinstance(path, bytes):  # an H2Stream
+            return command, path, b"HTTP/2"
+        return None
+
+    def _streams(self, path: bytes) -> bool:
+        prefixes = getattr(getattr(self.channel, "site", None), "stream_prefixes", ())
+        return bool(prefixes) and path.startswith(tuple(prefixes))
+
+    def gotLength(self, length: int | None) -> None:
+        line = self._line()
+        if length != 0 and line is not None and self._streams(line[1]):
+            self.content = BytesIO()  # stays empty: the body goes to body_producer
+            self.body_producer = RequestBody(self, length)
+            # Render from the reactor, not from inside the channel's parsing:
+            # a small body may be complete within this same read.
+            site: Site = self.channel.site  # type: ignore[attr-defined]  # set by every Site's channel
+            self._early = site.reactor.callLater(0, self._render_early, line)
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def _render_early(self, line: tuple[bytes, bytes, bytes]) -> None:
+        self._early = None
+        self._rendered_early = True
+        super().requestReceived(*line)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_producer is not None:
+            self.body_producer.chunk(data)
+        else:
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The channel says the body is all in (and, for twisted.web, that rendering may start)."""
+        body = self.body_producer
+        if body is None:
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's
+            return
+        body.finished()
+        if self._finish_when_complete:
+            self._finish_when_complete = False
+            super().finish()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+            return
+        if not self._rendered_early:
+            if self._early is not None and self._early.active():
+                self._early.cancel()
+            self._early = None
+            self._rendered_early = True
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's
+
+    _finish_when_complete = False
+
+    def finish(self) -> None:
+        body = self.body_producer
+        if body is not None and not body.complete:
+            if getattr(self.channel, "transport", None) is not None:  # HTTP/1.x
+                # Answered before the body was all in: this answer is the
+                # connection's last, and the rest of the body is never read.
+                body.abandon()
+                self.channel.persistent = False
+            else:
+                # HTTP/2: twisted.web forgets a finished stream, and fails on
+                # the request's DATA frames still to come; so the answer
+                # (already sent) ends its stream once the body is in, dropped.
+                body.discard()
+                self._finish_when_complete = True
+                return
+        super().finish()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._early is not None and self._early.active():
+            self._early.cancel()
+        self._early = None
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    # Reading from the caller: its TCP (or TLS) transport under HTTP/1.x,
+    # the stream itself under HTTP/2 (which then holds back its flow-control window).
+
+    def _reader(self) -> Any:
+        channel = getattr(self, "channel", None)  # None once the request is over
+        transport = getattr(channel, "transport", None)
+        return transport if transport is not None else channel
+
+    def pause_reading(self) -> None:
+        reader = self._reader()
+        if reader is not None:
+            reader.pauseProducing()
+
+    def resume_reading(self) -> None:
+        reader = self._reader()
+        if reader is not None and not self.finished:
+            reader.resumeProducing()
+
+
+class StreamingHTTPChannel(HTTPChannel):
+    """twisted.web's HTTP/1.1 channel, telling each request its request line as soon as it is parsed."""
+
+    def lineReceived(self, line: bytes) -> None:
+        before = len(self.requests)
+        super().lineReceived(line)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        if len(self.requests) > before:
+            parts = line.split(b" ")
+            request = self.requests[-1]
+            if len(parts) == 3 and isinstance(request, StreamingRequest):
+                request.request_line = (parts[0], parts[1], parts[2])
+
+
+class _ChannelChoice(Protocol):
+    """
+    Picks a connection's channel at its first bytes, when TLS (if any) has
+    negotiated: twisted.web's own for h2, L{StreamingHTTPChannel} otherwise.
+    """
+
+    def __init__(self, site: ServerSite, addr: IAddress | None) -> None:
+        self._site = site
+        self._addr = addr
+        self._channel: IProtocol | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._channel is None:
+            transport = self.transport
+            assert transport is not None
+            h2 = getattr(transport, "negotiatedProtocol", None) == b"h2"
+            self._channel = self._site.channel(self._addr, h2)
+            self._channel.makeConnection(transport)
+        self._channel.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.connectionLost(reason)
+
+
+class ServerSite(Site):
+    """
+    A Site whose access log is off unless C{access_log}, which says nothing
+    of itself, and which streams the bodies of requests under
+    C{stream_prefixes} (e.g. C{[b"/client/"]}) to their resources.
+    """
+
+    noisy = False  # no "Starting factory <repr>": the listening port logs where it listens
+    requestFactory = StreamingRequest
+
+    def __init__(self, resource: Any, access_log: bool = False, stream_prefixes: tuple[bytes, ...] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        self.access_log = access_log
+        self.stream_prefixes = tuple(stream_prefixes)
+
+    def log(self, request: Request) -> None:
+        if self.access_log:
+            super().log(request)
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if not self.stream_prefixes:
+            return super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        choice = _ChannelChoice(self, addr)
+        choice.factory = self
+        return choice
+
+    def channel(self, addr: IAddress | None, h2: bool) -> IProtocol:
+        """The channel for one connection, set up as twisted.web's Site does its own."""
+        if h2:
+            protocol: IProtocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # Twisted's
+            return protocol
+        channel: Any = StreamingHTTPChannel()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        channel.factory = self
+        channel.callLater = self.reactor.callLater
+        channel.timeOut = self.timeOut
+        channel.requestFactory = self.requestFactory
+        channel.site = self
+        return channel  # type: ignore[no-any-return]
