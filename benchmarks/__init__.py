@@ -11,11 +11,14 @@ Module map:
                 a TCP payload source/sink, an HTTP /big server, a plain
                 Twisted relay (the baseline)
     roles       library-level tunnel roles, ``python -m benchmarks.roles``:
-                a Server running transfers through server.endpoint(), and a
-                TunnelClient
+                a Server running transfers, port-forwards and groups of open
+                streams through server.endpoint(); a TunnelClient; many
+                TunnelClients
     loadgen     readers in the load generator: an HTTP GET over a plain
                 socket (fast or paced), and wrk
-    scenarios   stream, streams100, frontdoor, slowreader, requests
+    scenarios   stream, streams100, frontdoor, requests, forward, peerhop,
+                slowreader (and Go's programs beside ours)
+    scale       streams (10,000 on one session), sessions (2,000 on one server)
 
 Nothing here is imported by the library or its tests.
 """

@@ -55,16 +55,53 @@ def module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+#: twistd's C{--reactor} for the real programs (C{--reactor NAME}; None: twistd's default, epoll).
+REACTOR: str | None = None
+
+
 def twistd_argv(plugin: str, *args: str) -> list[str]:
     """A real program, as its users run it (C{python -m twisted} is C{twist}, not twistd)."""
+    reactor = [f"--reactor={REACTOR}"] if REACTOR else []
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", plugin, *args]
+            "-n", "--pidfile=", *reactor, plugin, *args]
+
+
+def raise_fd_limit() -> int:
+    """
+    Raise this process's soft limit on open files to its hard limit (the
+    scale scenarios hold tens of thousands of sockets); returns the limit
+    now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Where C{--profile DIR} puts each Python child's py-spy profile (None: off).
+PROFILE_DIR: str | None = None
+
+
+def py_spy() -> str | None:
+    """The py-spy program (C{pip install py-spy}), next to our interpreter or on PATH."""
+    import shutil
+
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return here if os.access(here, os.X_OK) else shutil.which("py-spy")
 
 
 class ChildError(RuntimeError):
@@ -88,8 +125,17 @@ class Child:
             stdout=subprocess.PIPE if control else self._log,
         )
         self.pid = self.proc.pid
+        self.spy = None
+        if PROFILE_DIR and argv[0] == sys.executable and py_spy():
+            # Attached from outside: the child runs as it always does, and
+            # py-spy writes its collapsed stacks when the child exits.
+            self.spy = subprocess.Popen(
+                [py_spy(), "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw",
+                 "--nonblocking", "--output", os.path.join(PROFILE_DIR, f"{name}-{self.pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.terminated = False
         self.killed = False
+        self.stopped = False
         self._lines: queue.Queue = queue.Queue()
         self._next_id = 0
         if control:
@@ -153,6 +199,9 @@ class Child:
 
     def stop(self, grace: float = 5.0) -> None:
         """Close stdin (our children stop on EOF), then SIGTERM, then SIGKILL."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.control and self.alive():
             try:
                 self.proc.stdin.close()
@@ -171,6 +220,12 @@ class Child:
                 self.killed = True
                 self.proc.kill()
                 self.proc.wait()
+        if self.spy is not None:
+            try:
+                self.spy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.spy.kill()
+                self.spy.wait()
         self._log.close()
 
     @property
@@ -200,13 +255,14 @@ class Rig:
 
     def check_alive(self) -> None:
         for child in self.children:
-            child.check_alive()
+            if not child.stopped:
+                child.check_alive()
 
     def __enter__(self) -> Rig:
         return self
 
     def __exit__(self, *exc) -> None:
-        died = [c for c in self.children if not c.alive()]
+        died = [c for c in self.children if not c.stopped and not c.alive()]
         for child in reversed(self.children):
             child.stop()
         for child in self.children:
@@ -254,6 +310,16 @@ def proc_status(pid: int) -> dict:
         return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
     except (OSError, KeyError, ValueError):
         return {"VmRSS": None, "VmHWM": None}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def reset_hwm(pid: int) -> bool:
@@ -336,6 +402,8 @@ class Figure:
     #: baseline median), or "difference" (median - baseline median) where
     #: the baseline is near zero and a ratio would be noise (memory growth).
     compare: str = "ratio"
+    #: The key of the same figure measured on Go's programs (the "vs Go" column).
+    reference: str | None = None
 
     @property
     def key(self) -> str:
@@ -395,6 +463,12 @@ class Report:
             return None
         return fig.median - base.median
 
+    def versus_reference(self, fig: Figure) -> str:
+        ref = self.figures.get(fig.reference) if fig.reference else None
+        if ref is None or fig.median is None or not ref.median:
+            return ""
+        return f"{fig.median / ref.median:.2f}x"
+
     def versus(self, fig: Figure) -> str:
         """The table's comparison cell."""
         if not fig.baseline:
@@ -412,7 +486,9 @@ class Report:
         def num(x, d):
             return "-" if x is None else f"{x:.{d}f}"
 
-        rows = [("scenario", "figure", "median", "spread (min-max)", "runs", "vs baseline", "baseline")]
+        go = any(f.reference for f in self.figures.values())
+        rows = [("scenario", "figure", "median", "spread (min-max)", "runs", "vs baseline", "baseline")
+                + (("vs Go",) if go else ())]
         for fig in self.figures.values():
             lo_hi = fig.spread
             base = self.figures.get(fig.baseline) if fig.baseline else None
@@ -424,7 +500,7 @@ class Report:
                 str(len(fig.values)),
                 self.versus(fig),
                 base.name if base is not None else "",
-            ))
+            ) + ((self.versus_reference(fig),) if go else ()))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         out = []
         for i, row in enumerate(rows):
@@ -435,8 +511,8 @@ class Report:
 
     def render(self) -> str:
         c = self.config
-        out = [f"remotedialer benchmarks ({c['mode']}), 127.0.0.1, Python {c['python']}, {c['cpus']} CPUs, "
-               f"{c['runs']} run(s) per figure; MB/s = 10^6 B/s of payload",
+        out = [f"remotedialer benchmarks ({c['mode']}), 127.0.0.1, Python {c['python']}, {c['cpus']} CPUs "
+               f"({c.get('machine', '?')}), {c['runs']} run(s) per figure; MB/s = 10^6 B/s of payload",
                "vs baseline: median / the baseline's median (Nx), or median - baseline median (+N unit) for "
                "memory growth, whose baseline is near zero",
                ""]
@@ -466,7 +542,10 @@ class Report:
                 "values": fig.values, "median": fig.median,
                 "min": lo_hi[0] if lo_hi else None, "max": lo_hi[1] if lo_hi else None,
                 "baseline": fig.baseline, "ratio": self.ratio(fig), "difference": self.difference(fig),
-                "compare": fig.compare,
+                "compare": fig.compare, "reference": fig.reference,
+                "vs_reference": (fig.median / self.figures[fig.reference].median
+                                 if fig.reference in self.figures and fig.median is not None
+                                 and self.figures[fig.reference].median else None),
                 "higher_is_better": fig.higher_is_better,
             })
         return {"config": self.config, "ok": self.ok, "figures": figures, "checks": self.checks,
@@ -497,6 +576,7 @@ def serve_child(on_ready, on_line=None) -> None:
     )
     from twisted.protocols.basic import LineReceiver
 
+    raise_fd_limit()
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stderr),
                               [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])],

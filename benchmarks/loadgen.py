@@ -7,7 +7,7 @@ The readers that run in the load generator itself (no Twisted):
     reported for the caller to check.
   - L{run_wrk}: C{wrk --latency} for a fixed time at a number of
     connections, every response's status and body checked by
-    C{wrk_check.lua}; req/s, p50 and p99 parsed from its output.
+    C{wrk_check.lua}; req/s, p50, p99 and p99.9 parsed from its output.
 """
 
 from __future__ import annotations
@@ -174,10 +174,16 @@ def parse_wrk(out: str) -> dict:
     total = find(r"^\s+(\d+) requests in")
     errors = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
     checked = find(r"^checked good=(\d+) bad=(\d+)")
+    tail = find(r"^percentiles p50=(\d+) p99=(\d+) p999=(\d+)")
     if not (rps and p50 and p99 and total):
         raise ValueError(f"cannot parse wrk's output: {out[-800:]!r}")
+    p50_ms, p99_ms = _ms(p50[0]), _ms(p99[0])
+    p999_ms = None
+    if tail:  # the script's own, to the microsecond
+        p50_ms, p99_ms, p999_ms = (int(x) / 1000 for x in tail)
     return {
-        "rps": float(rps[0]), "p50_ms": _ms(p50[0]), "p99_ms": _ms(p99[0]), "requests": int(total[0]),
+        "rps": float(rps[0]), "p50_ms": p50_ms, "p99_ms": p99_ms, "p999_ms": p999_ms,
+        "requests": int(total[0]),
         "socket_errors": sum(int(x) for x in errors) if errors else 0,
         "good": int(checked[0]) if checked else None, "bad": int(checked[1]) if checked else None,
     }

@@ -2,8 +2,9 @@
 The target services, each in its own process:
 
     python -m benchmarks.targets stream          a TCP payload sink/source
-    python -m benchmarks.targets http            GET /big?size=N[&seed=S]
+    python -m benchmarks.targets http            GET /big/N[/S] (or /big?size=N&seed=S)
     python -m benchmarks.targets relay --to PORT a plain Twisted TCP relay
+    python -m benchmarks.targets echo            echoes every byte, holds the connection
 
 Each listens on 127.0.0.1 (an ephemeral port unless C{--port}), then prints
 its readiness line C{{"ready": true, "port": N}} on stdout; stdin EOF or
@@ -17,8 +18,13 @@ C{http} answers C{size} bytes of payload C{seed} with a Content-Length; the
 body is written by a push producer that honours pause (so a slow reader
 slows it down instead of filling its memory).
 
+C{echo} answers every byte it gets and keeps the connection open until the
+other side closes it: the target of the scale scenarios (a stream is known
+to be open end to end once its first byte came back).
+
 C{relay} is C{twisted.protocols.portforward}: each side the other's producer,
-one hop of Python relaying, the baseline that the tunnel is compared with.
+one hop of Python relaying, the baseline that the tunnel is compared with
+(with TCP_NODELAY on both sockets, as the tunnel's own relays).
 """
 
 from __future__ import annotations
@@ -140,8 +146,20 @@ class StreamTarget(Protocol):
                 self.transport.loseConnection()
 
 
+class Echo(Protocol):
+    """The C{echo} role."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def big_path(size: int, seed: int = 0) -> str:
+    """The path of C{size} bytes of payload C{seed} on the C{http} target."""
+    return f"/big/{size}/{seed}"
+
+
 def http_site():
-    """The C{http} role's site: /big?size=N&seed=S."""
+    """The C{http} role's site: /big/N/S or /big?size=N&seed=S (N bytes of payload S)."""
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Site
 
@@ -149,9 +167,10 @@ def http_site():
         isLeaf = True
 
         def render_GET(self, request):
+            parts = [p for p in request.postpath if p]
             try:
-                size = int(request.args.get(b"size", [b"0"])[0])
-                seed = int(request.args.get(b"seed", [b"0"])[0])
+                size = int(parts[0] if parts else request.args.get(b"size", [b"0"])[0])
+                seed = int(parts[1] if len(parts) > 1 else request.args.get(b"seed", [b"0"])[0])
             except ValueError:
                 size = -1
             if size < 0:
@@ -173,10 +192,27 @@ def http_site():
 
 
 def relay_factory(to_port: int):
+    """portforward, Nagle off on both sockets as the tunnel's relays have it (a fair latency baseline)."""
     from twisted.protocols import portforward
 
-    portforward.ProxyClientFactory.noisy = False
+    class Client(portforward.ProxyClient):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
+    class ClientFactory(portforward.ProxyClientFactory):
+        protocol = Client
+        noisy = False
+
+    class Server(portforward.ProxyServer):
+        clientProtocolFactory = ClientFactory
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
     factory = portforward.ProxyFactory("127.0.0.1", to_port)
+    factory.protocol = Server
     factory.noisy = False
     return factory
 
@@ -184,7 +220,7 @@ def relay_factory(to_port: int):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.targets",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("role", choices=["stream", "http", "relay"])
+    parser.add_argument("role", choices=["stream", "http", "relay", "echo"])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument("--to", type=int, help="relay: the port on 127.0.0.1 to relay to")
     args = parser.parse_args(argv)
@@ -193,6 +229,9 @@ def main(argv=None) -> None:
         factory.noisy = False
     elif args.role == "http":
         factory = http_site()
+    elif args.role == "echo":
+        factory = Factory.forProtocol(Echo)
+        factory.noisy = False
     else:
         if not args.to:
             parser.error("relay needs --to PORT")

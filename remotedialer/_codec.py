@@ -17,7 +17,9 @@ which is written as unsigned LEB128 (1 to 10 bytes).  Decoding rejects what Go's
 above 1.
 
 This module is pure (no I/O).  DATA is the hot path, so its header pieces are
-precomputed and :func:`encode_data` builds the bytes without a :class:`Message`.
+precomputed and :func:`encode_data` builds the bytes without a :class:`Message`;
+:func:`decode_data` reads a well-formed DATA message without one either (and
+leaves everything else, malformed input included, to :func:`decode`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "connect",
     "data",
     "decode",
+    "decode_data",
     "decode_varint",
     "encode",
     "encode_data",
@@ -240,6 +243,40 @@ def encode(message: Message) -> bytes:
 def encode_data(id: int, conn_id: int, payload: bytes) -> bytes:
     """Same bytes as ``encode(data(id, conn_id, payload))``, without the Message."""
     return b"".join((encode_varint(id), encode_varint(conn_id), _DATA_SUFFIX, payload))
+
+
+_DATA_TYPE_BYTE = _VARINT_CACHE[MessageType.DATA][0]  # 0x02, the minimal varint of 1
+_DEADLINE_LEN = len(_DEADLINE_BYTES)
+
+
+def decode_data(data: bytes) -> tuple[int, bytes] | None:
+    """
+    ``(conn_id, payload)`` of a well-formed DATA message, without building a
+    :class:`Message`; None for anything else (another type, a non-minimal
+    type varint, malformed bytes): :func:`decode` then says what it is.
+    Whatever it returns, ``decode`` returns the same conn_id and payload.
+    """
+    try:
+        if data[0] < 0x80:  # the message id: ignored, but it must be a valid varint
+            offset = 1
+        else:
+            _, offset = decode_varint(data, 0)
+        b = data[offset]
+        if b < 0x80:
+            conn_id = _ONE_BYTE_VALUES[b]
+            offset += 1
+        else:
+            conn_id, offset = decode_varint(data, offset)
+        if data[offset] != _DATA_TYPE_BYTE:
+            return None
+        offset += 1
+        if data.startswith(_DEADLINE_BYTES, offset):
+            offset += _DEADLINE_LEN
+        else:
+            _, offset = decode_varint(data, offset)
+    except (IndexError, MalformedMessage):
+        return None
+    return conn_id, data[offset:]
 
 
 def _read_header_field(data: bytes, offset: int, name: str) -> tuple[int, int]:

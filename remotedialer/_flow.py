@@ -65,7 +65,9 @@ class ReceiveBuffer:
     __slots__ = ("_chunks", "size", "reading", "pause_sent", "discarding", "_limits")
 
     def __init__(self, limits: FlowLimits) -> None:
-        self._chunks: deque[bytes] = deque()
+        # Made on first use: an empty deque is 760 bytes, and most streams
+        # never hold anything (a session may carry 10,000 of them).
+        self._chunks: deque[bytes] | None = None
         self._limits = limits
         #: Bytes held.
         self.size = 0
@@ -90,9 +92,13 @@ class ReceiveBuffer:
         """A chunk came from the far side."""
         if self.discarding:
             return Verdict.DROP
-        if self.reading and not self._chunks:
-            return Verdict.DELIVER
-        self._chunks.append(data)
+        chunks = self._chunks
+        if not chunks:
+            if self.reading:
+                return Verdict.DELIVER
+            if chunks is None:
+                chunks = self._chunks = deque()
+        chunks.append(data)
         self.size += len(data)
         if self.size > self._limits.hard_cap:
             return Verdict.OVER_CAP
@@ -103,9 +109,12 @@ class ReceiveBuffer:
 
     def take(self) -> bytes | None:
         """The next held chunk for a reading reader, or None."""
-        if not self.reading or not self._chunks:
+        chunks = self._chunks
+        if not self.reading or not chunks:
             return None
-        chunk = self._chunks.popleft()
+        chunk = chunks.popleft()
+        if not chunks:
+            self._chunks = None  # drained: give the deque back
         self.size -= len(chunk)
         return chunk
 
@@ -117,5 +126,5 @@ class ReceiveBuffer:
         return False
 
     def clear(self) -> None:
-        self._chunks.clear()
+        self._chunks = None
         self.size = 0

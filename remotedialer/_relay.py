@@ -5,13 +5,17 @@ a TCP connection, or two tunnel streams when a peer server forwards).
 
 Each half registers the other's transport as its producer, so a slow reader
 at either end pauses the writer at the other, through every hop.
+
+A TCP half turns Nagle off (as Go's net package does for every TCP
+connection): relayed bytes are written as they come, so a small request or
+reply must not wait for the far end's delayed ACK.
 """
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -70,6 +74,8 @@ class Relay(Protocol):
         self._lost = False
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
         if self.peer is None:
             self.transport.pauseProducing()
             return

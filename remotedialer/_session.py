@@ -141,6 +141,7 @@ class Session:
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
+        self._address: TunnelAddress | None = None
         # The class's logger: an instance's would refer back to the session.
         self._violations = Throttle(clock, Session.log, "protocol errors")
         if observer is not None:
@@ -194,7 +195,7 @@ class Session:
     @property
     def stream_count(self) -> int:
         """Live streams, draining ones included."""
-        return len(self.mux.all_streams)
+        return self.mux.stream_count
 
     @property
     def pending_dials(self) -> int:
@@ -219,7 +220,7 @@ class Session:
             raise ConnectError(string=str(e)) from None
         stream = self._stream(
             handle,
-            host=TunnelAddress("tunnel", str(self.session_key), self.client_key),
+            host=self._tunnel_address(),
             peer=target_address(proto, address, self.client_key),
             target=f"{proto}/{address}",
         )
@@ -231,6 +232,12 @@ class Session:
         stream = self.open_stream(proto, address)
         stream.attach(protocol)
         return stream
+
+    def _tunnel_address(self) -> TunnelAddress:
+        """This session's end of its streams: one immutable address shared by them all."""
+        if self._address is None:
+            self._address = TunnelAddress("tunnel", str(self.session_key), self.client_key)
+        return self._address
 
     def _stream(self, handle: StreamHandle, host: IAddress, peer: IAddress, target: str) -> TunnelStream:
         stream = TunnelStream(self, handle, host=host, peer=peer, target=target)
@@ -279,7 +286,7 @@ class Session:
         stream = self._stream(
             event.stream,
             host=target_address(proto, address, self.client_key),
-            peer=TunnelAddress("tunnel", str(self.session_key), self.client_key),
+            peer=self._tunnel_address(),
             target=f"{proto}/{address}",
         )
         self._acceptor.accept(stream, proto, address)
@@ -377,7 +384,7 @@ class Session:
         self._end_if_drained()
 
     def _end_if_drained(self) -> None:
-        if self.superseded and not self.mux.closed and not self.mux.all_streams:
+        if self.superseded and not self.mux.closed and not self.mux.stream_count:
             self.drop(Failure(ConnectionLost("replaced by a newer session of the same client")))
 
     # IPushProducer: the WebSocket's TCP transport pushes back.

@@ -21,6 +21,7 @@ from remotedialer._codec import (
     MessageIds,
     MessageType,
     decode,
+    decode_data,
     decode_varint,
     encode,
     encode_data,
@@ -248,6 +249,43 @@ class RoundTripTests(SynchronousTestCase):
         """Receivers ignore the deadline value, whatever it is."""
         raw = b"\x0e\x04\x02" + encode_varint(-123456789) + b"hi"
         self.assertEqual(decode(raw), Message(7, 2, MessageType.DATA, b"hi"))
+
+
+class DecodeDataTests(SynchronousTestCase):
+    """decode_data, the hot path's reader of DATA, agrees with decode on every input."""
+
+    @given(int64s, int64s, st.binary(max_size=300))
+    def test_data(self, id: int, conn_id: int, payload: bytes) -> None:
+        """Every DATA message we (or Go) encode is read, with its stream id and payload."""
+        self.assertEqual(decode_data(encode_data(id, conn_id, payload)), (conn_id, payload))
+
+    @given(st.binary(max_size=40))
+    def test_agrees_with_decode(self, data: bytes) -> None:
+        """On any bytes, a result is exactly decode's; None leaves decode to judge them."""
+        fast = decode_data(data)
+        if fast is None:
+            return
+        message = decode(data)
+        self.assertIs(message.type, MessageType.DATA)
+        self.assertEqual(fast, (message.conn_id, message.payload))
+
+    @given(st.sampled_from([m for m, _ in GOLDEN if m.type is not MessageType.DATA]))
+    def test_other_types(self, message: Message) -> None:
+        """Anything but DATA goes to decode."""
+        self.assertIsNone(decode_data(encode(message)))
+
+    def test_golden(self) -> None:
+        """The golden DATA vector, and its deadline in another encoding."""
+        self.assertEqual(decode_data(bytes.fromhex("0e0402b0ea0168656c6c6f")), (2, b"hello"))
+        self.assertEqual(decode_data(bytes.fromhex("0e040200" + "68656c6c6f")), (2, b"hello"))
+
+    def test_malformed(self) -> None:
+        """Truncated headers and bad varints are None: decode raises for them."""
+        for hexed in ("", "0e", "0e04", "0e0402", "0e0402b0", "ffffffffffffffffffff01040200",
+                      "0e0482", "0e04028080"):
+            data = bytes.fromhex(hexed)
+            self.assertIsNone(decode_data(data), hexed)
+            self.assertRaises(MalformedMessage, decode, data)
 
 
 class MalformedTests(SynchronousTestCase):

@@ -118,6 +118,23 @@ class TakeTests(SynchronousTestCase):
         self.assertEqual(buffer.size, 0)
         self.assertIs(buffer.flow, ReceiveFlow.FLOWING)
 
+    def test_storage_only_while_holding(self) -> None:
+        """
+        A buffer that holds nothing keeps no container (an empty deque is
+        760 bytes; a session may carry 10,000 streams): one is made for the
+        first held chunk and given back once the reader has taken them all.
+        """
+        buffer = ReceiveBuffer(LIMITS)
+        self.assertIs(buffer.arrived(b"a"), Verdict.DELIVER)
+        self.assertIsNone(buffer._chunks)
+        buffer.reading = False
+        buffer.arrived(b"bc")
+        self.assertIsNotNone(buffer._chunks)
+        buffer.reading = True
+        self.assertEqual(buffer.take(), b"bc")
+        self.assertIsNone(buffer._chunks)
+        self.assertIs(buffer.arrived(b"d"), Verdict.DELIVER)
+
     def test_clear(self) -> None:
         """clear() drops the backlog."""
         buffer = paused_buffer()

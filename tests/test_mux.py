@@ -254,6 +254,7 @@ class ReceiveFlowTests(SynchronousTestCase):
         self.assertIsNot(new, old)
         self.assertEqual(m.receive(_codec.encode_data(3, 2, b"new")), [DataReceived(new, b"new")])
         self.assertEqual(set(m.all_streams), {old, new})
+        self.assertEqual(m.stream_count, 2)  # the draining one counts
 
     def test_remote_eof_no_backlog(self) -> None:
         """EOF with nothing buffered ends the stream at once, cleanly, even for a paused reader."""

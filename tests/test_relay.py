@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +27,37 @@ from tests.memory import (
     SessionPair,
     inject,
 )
+
+
+@implementer(ITCPTransport)
+class TCPLikeTransport(RecordingTransport):
+    """A RecordingTransport that is a TCP connection: it has Nagle to switch off."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def getTcpNoDelay(self) -> bool:
+        return self.no_delay
+
+
+class NagleTests(SynchronousTestCase):
+    """Relayed bytes go out at once: a TCP half turns Nagle off (as Go does)."""
+
+    def test_tcp_halves(self) -> None:
+        first_transport, second_transport = TCPLikeTransport(), TCPLikeTransport()
+        first = Relay()
+        first.makeConnection(first_transport)
+        Relay(first).makeConnection(second_transport)
+        self.assertEqual((first_transport.no_delay, second_transport.no_delay), (True, True))
+
+    def test_other_transports(self) -> None:
+        """A transport that is not TCP (a tunnel stream, a pipe) is left alone."""
+        first, transport = Relay(), RecordingTransport()
+        first.makeConnection(transport)
+        self.assertFalse(hasattr(transport, "no_delay"))
+        self.assertEqual(transport.calls, ["pauseProducing"])
 
 
 class PlainRelayTests(SynchronousTestCase):
