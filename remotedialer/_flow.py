@@ -8,6 +8,15 @@ FLOWING (every chunk goes straight to the reader), BUFFERING (the reader
 is paused or has a backlog, under the pause threshold) and PAUSE_SENT (we
 told the far side to stop; Resume follows once the backlog drains below
 the resume threshold).
+
+The hard cap judges the far side only for what it sent after it I{knew}
+of our Pause.  What was in flight when the Pause left (socket buffers both
+ways: tens of MiB on a host with large TCP buffers) is not disobedience.
+Where a round trip can be observed (a WebSocket ping behind the Pause,
+whose pong comes back after the far side has read the Pause), the stream
+is I{fenced} at the pong, and only bytes arriving after that count
+against the cap; until then the session's budget bounds it.  Without
+fences the cap counts everything held, as before.
 """
 
 from __future__ import annotations
@@ -62,9 +71,10 @@ class Verdict(enum.Enum):
 class ReceiveBuffer:
     """Received bytes a paused reader has not taken yet, with their accounting."""
 
-    __slots__ = ("_chunks", "size", "reading", "pause_sent", "discarding", "_limits")
+    __slots__ = ("_chunks", "size", "reading", "pause_sent", "discarding", "_limits",
+                 "fenced", "after_fence", "pauses")
 
-    def __init__(self, limits: FlowLimits) -> None:
+    def __init__(self, limits: FlowLimits, fences: bool = False) -> None:
         # Made on first use: an empty deque is 760 bytes, and most streams
         # never hold anything (a session may carry 10,000 of them).
         self._chunks: deque[bytes] | None = None
@@ -76,6 +86,13 @@ class ReceiveBuffer:
         self.pause_sent = False
         #: The reader is gone: what arrives is dropped, not held.
         self.discarding = False
+        #: None: no fences, the cap counts all that is held.  Else whether
+        #: the far side is known to have read our latest Pause.
+        self.fenced: bool | None = False if fences else None
+        #: Bytes arrived since the fence passed.
+        self.after_fence = 0
+        #: Pauses sent so far (a fence is for one Pause only).
+        self.pauses = 0
 
     @property
     def flow(self) -> ReceiveFlow:
@@ -100,12 +117,31 @@ class ReceiveBuffer:
                 chunks = self._chunks = deque()
         chunks.append(data)
         self.size += len(data)
-        if self.size > self._limits.hard_cap:
-            return Verdict.OVER_CAP
+        fenced = self.fenced
+        if fenced is None:
+            if self.size > self._limits.hard_cap:
+                return Verdict.OVER_CAP
+        elif fenced:
+            self.after_fence += len(data)
+            if self.after_fence > self._limits.hard_cap - self._limits.pause_threshold:
+                return Verdict.OVER_CAP
         if self.size > self._limits.pause_threshold and not self.pause_sent:
-            self.pause_sent = True
+            self.paused()
             return Verdict.SEND_PAUSE
         return Verdict.HOLD
+
+    def paused(self) -> None:
+        """A Pause goes out: a new fence is needed before the cap applies."""
+        self.pause_sent = True
+        self.pauses += 1
+        if self.fenced is not None:
+            self.fenced = False
+            self.after_fence = 0
+
+    def fence_passed(self, pauses: int) -> None:
+        """The far side has read our Pause number C{pauses}: from now on it is judged."""
+        if self.fenced is False and self.pause_sent and self.pauses == pauses:
+            self.fenced = True
 
     def take(self) -> bytes | None:
         """The next held chunk for a reading reader, or None."""
@@ -122,6 +158,9 @@ class ReceiveBuffer:
         """True once, when a Pause we sent may be lifted (backlog under the resume threshold)."""
         if self.pause_sent and self.size < self._limits.resume_threshold:
             self.pause_sent = False
+            if self.fenced is not None:
+                self.fenced = False
+                self.after_fence = 0
             return True
         return False
 

@@ -89,10 +89,10 @@ class StreamHandle:
 
     __slots__ = ("conn_id", "state", "inbound", "held", "remote_paused", "sync_epoch", "context")
 
-    def __init__(self, conn_id: int, limits: FlowLimits, sync_epoch: int) -> None:
+    def __init__(self, conn_id: int, limits: FlowLimits, sync_epoch: int, fences: bool = False) -> None:
         self.conn_id = conn_id
         self.state = StreamState.OPEN
-        self.inbound = ReceiveBuffer(limits)
+        self.inbound = ReceiveBuffer(limits, fences)
         #: Writes held while the far side has paused us (None: none; made
         #: on first use, as an empty deque is 760 bytes).
         self.held: deque[bytes] | None = None
@@ -201,7 +201,14 @@ class Multiplexer:
         message_ids: _codec.MessageIds | None = None,
         limits: FlowLimits | None = None,
         session_limits: SessionLimits | None = None,
+        fences: bool = False,
     ) -> None:
+        #: The adapter observes round trips (L{start_fence}/L{fence_passed}):
+        #: the hard cap then counts only what arrives after the far side
+        #: read our Pause (see L{remotedialer._flow}).
+        self.fences = fences
+        #: Streams sent a Pause since the last fence began, with its number.
+        self._unfenced: list[tuple[StreamHandle, int]] = []
         self.client_key = client_key
         self.session_key = new_session_key() if session_key is None else session_key
         self.is_peer = is_peer
@@ -370,6 +377,7 @@ class Multiplexer:
         self.streams = {}
         self._draining = set()
         self._outbox = []
+        self._unfenced = []
         return streams
 
     @property
@@ -423,7 +431,7 @@ class Multiplexer:
                 self._queue_error(stream.conn_id, text)
 
     def _register(self, conn_id: int) -> StreamHandle:
-        stream = StreamHandle(conn_id, self.limits, self._sync_epoch)
+        stream = StreamHandle(conn_id, self.limits, self._sync_epoch, self.fences)
         self.streams[conn_id] = stream
         return stream
 
@@ -495,7 +503,7 @@ class Multiplexer:
             return
         self.buffered += len(payload)
         if verdict is Verdict.SEND_PAUSE:
-            self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
+            self._queue_pause(stream)
         elif verdict is Verdict.OVER_CAP:
             text = f"receive buffer over {self.limits.hard_cap} bytes: far side ignored Pause"
             self._apply(stream, _I.OVER_CAP, text)
@@ -504,6 +512,29 @@ class Multiplexer:
             self._over_session_budget()
         elif self._pausing_all:
             self._pausing_all = False
+
+    def _queue_pause(self, stream: StreamHandle) -> None:
+        self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
+        if self.fences:
+            self._unfenced.append((stream, stream.inbound.pauses))
+
+    @property
+    def awaiting_fence(self) -> bool:
+        """Pauses went out that no round trip has followed yet: the adapter should start one."""
+        return bool(self._unfenced)
+
+    def start_fence(self) -> list[tuple[StreamHandle, int]]:
+        """
+        The adapter sends a ping now (after the queued Pauses); hand the
+        result to L{fence_passed} once its pong has come back.
+        """
+        batch, self._unfenced = self._unfenced, []
+        return batch
+
+    def fence_passed(self, batch: list[tuple[StreamHandle, int]]) -> None:
+        """The far side has read the Pauses of C{batch}: what it sends them now counts against the cap."""
+        for stream, pauses in batch:
+            stream.inbound.fence_passed(pauses)
 
     @property
     def _receive_budget(self) -> int:
@@ -527,8 +558,8 @@ class Multiplexer:
             for stream in self.streams.values():
                 inbound = stream.inbound
                 if inbound.size and not inbound.pause_sent:
-                    inbound.pause_sent = True
-                    self._queue_message(_codec.pause(self._ids.next(), stream.conn_id))
+                    inbound.paused()
+                    self._queue_pause(stream)
         budget = self._receive_budget
         while self.buffered > budget:
             largest = max(self.all_streams, key=lambda s: s.inbound.size, default=None)

@@ -19,6 +19,7 @@ transport drains.  Each writer overshoots by at most one chunk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -98,7 +99,11 @@ class Session:
         cooperate: Callable[[Iterator[None]], CooperativeTask[Iterator[None]]] | None = None,
         observer: ITrafficObserver | None = None,
         probe: Callable[[float], Deferred[bool]] | None = None,
+        round_trip: Callable[[Callable[[], object]], None] | None = None,
     ) -> None:
+        #: Calls back once the far side has read all we sent (a ping's pong):
+        #: fences the hard cap behind our Pauses (L{remotedialer._flow}).
+        self._round_trip = round_trip
         #: Asks the far side whether it is alive (the WebSocket's ping).
         self._probe = probe
         if clock is None:
@@ -130,6 +135,7 @@ class Session:
             message_ids=message_ids,
             limits=limits,
             session_limits=session_limits,
+            fences=round_trip is not None,
         )
         self._send = send
         self._drop = drop
@@ -261,6 +267,8 @@ class Session:
             self._trace_message("REQUEST", data)
         events = self.mux.receive(data)
         self.flush()
+        if self.mux.awaiting_fence and self._round_trip is not None:
+            self._round_trip(partial(self.mux.fence_passed, self.mux.start_fence()))
         for event in events:
             self._dispatch[type(event)](self, event)
 
@@ -477,6 +485,7 @@ class SessionFactory:
             session_limits=self.session_limits,
             observer=self.observer,
             probe=protocol.probe,
+            round_trip=protocol.round_trip,
         )
         if protocol.transport is not None:
             session.remote_addr = address(protocol.transport.getPeer())

@@ -195,6 +195,12 @@ class _TunnelProtocol(_WebSocket):
     _completed = 0  # messages and control frames received whole
     #: Liveness probes waiting for the far side to be heard from (L{probe}).
     _probes: list[tuple[Deferred[bool], IDelayedCall]] | None = None
+    #: Pings sent and pongs received, and who waits for the pong of which
+    #: ping (L{round_trip}): one pong answers each ping, in order (Go's and
+    #: Autobahn's), so the n-th pong is the n-th ping's.
+    _pings_sent = 0
+    _pongs_received = 0
+    _round_trips: list[tuple[int, Callable[[], object]]] | None = None
 
     def start_session(self, session: Session) -> None:
         """
@@ -308,6 +314,30 @@ class _TunnelProtocol(_WebSocket):
     def onPong(self, payload: bytes) -> None:
         self._completed += 1
         super().onPong(payload)
+        self._pongs_received += 1
+        waiting = self._round_trips
+        if waiting and waiting[0][0] <= self._pongs_received:
+            done = [callback for target, callback in waiting if target <= self._pongs_received]
+            self._round_trips = [(t, c) for t, c in waiting if t > self._pongs_received]
+            for callback in done:
+                callback()
+
+    def sendPing(self, payload: bytes | None = None) -> None:
+        self._pings_sent += 1
+        super().sendPing(payload)
+
+    def round_trip(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} once the far side has read everything sent so far:
+        a ping goes out behind it, and its pong comes back (never, if the
+        WebSocket ends first).
+        """
+        if self.session is None or self.state != self.STATE_OPEN:
+            return
+        self.sendPing()
+        if self._round_trips is None:
+            self._round_trips = []
+        self._round_trips.append((self._pings_sent, callback))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._completed += 1
@@ -343,6 +373,7 @@ class _TunnelProtocol(_WebSocket):
         if pinger is not None and pinger.running:
             pinger.stop()
         self._settle_probes(False)
+        self._round_trips = None
         session, self.session = self.session, None
         if session is not None:
             text = reason or ("closed" if wasClean else "connection lost")

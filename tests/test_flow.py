@@ -190,3 +190,54 @@ class ResumeTests(SynchronousTestCase):
         self.assertIs(buffer.arrived(b"x" * (PAUSE + 1)), Verdict.SEND_PAUSE)
         buffer.clear()
         self.assertTrue(buffer.should_resume())
+
+
+class FenceTests(SynchronousTestCase):
+    """
+    With fences, the hard cap judges only what arrives after the far side
+    read our Pause: what was in flight when it left is not disobedience.
+    """
+
+    def paused(self) -> ReceiveBuffer:
+        buffer = ReceiveBuffer(LIMITS, fences=True)
+        buffer.reading = False
+        self.assertEqual(buffer.arrived(b"x" * (PAUSE + 1)), Verdict.SEND_PAUSE)
+        return buffer
+
+    def test_in_flight_before_the_fence_is_held(self) -> None:
+        """Ten times the cap arriving before the fence passes is held, not cut."""
+        buffer = self.paused()
+        for _ in range(10):
+            self.assertEqual(buffer.arrived(b"x" * CAP), Verdict.HOLD)
+        self.assertEqual(buffer.size, PAUSE + 1 + 10 * CAP)
+
+    def test_after_the_fence_the_cap_counts(self) -> None:
+        """After the fence, cap - pause threshold more bytes are held; one more ends the stream."""
+        buffer = self.paused()
+        buffer.arrived(b"x" * CAP)  # in flight
+        buffer.fence_passed(buffer.pauses)
+        self.assertEqual(buffer.arrived(b"x" * (CAP - PAUSE - 1)), Verdict.HOLD)
+        self.assertEqual(buffer.arrived(b"x"), Verdict.HOLD)
+        self.assertEqual(buffer.arrived(b"x"), Verdict.OVER_CAP)
+
+    def test_fence_of_an_older_pause_does_not_count(self) -> None:
+        """A fence started for a Pause that was since lifted and sent again does not judge the new one."""
+        buffer = self.paused()
+        old = buffer.pauses
+        buffer.reading = True
+        while buffer.take() is not None:
+            pass
+        self.assertTrue(buffer.should_resume())
+        buffer.reading = False
+        self.assertEqual(buffer.arrived(b"x" * (PAUSE + 1)), Verdict.SEND_PAUSE)
+        buffer.fence_passed(old)
+        self.assertEqual(buffer.arrived(b"x" * (5 * CAP)), Verdict.HOLD)
+        buffer.fence_passed(buffer.pauses)
+        self.assertEqual(buffer.arrived(b"x" * (CAP - PAUSE + 1)), Verdict.OVER_CAP)
+
+    def test_without_fences_everything_held_counts(self) -> None:
+        """Without fences (nobody observes round trips) the cap counts all that is held."""
+        buffer = paused_buffer()
+        buffer.arrived(b"x" * (PAUSE + 1))
+        self.assertEqual(buffer.arrived(b"x" * (CAP - PAUSE - 1)), Verdict.HOLD)
+        self.assertEqual(buffer.arrived(b"x"), Verdict.OVER_CAP)

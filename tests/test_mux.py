@@ -331,6 +331,41 @@ class ReceiveFlowTests(SynchronousTestCase):
         self.assertEqual(errors, [(0, "bad connection id 0"), (-5, "bad connection id -5")])
 
 
+class FenceTests(SynchronousTestCase):
+    def test_pause_then_fence(self) -> None:
+        """
+        With fences, a Pause asks the adapter for a round trip; data in
+        flight before it passes is held (the session budget bounds it), and
+        the hard cap judges what comes after.
+        """
+        m = mux(limits=SMALL, fences=True)
+        stream = inbound_stream(m)
+        m.pause_reading(stream)
+        m.receive(_codec.encode_data(3, 2, b"x" * 101))
+        self.assertEqual(types(sent(m)), [(MessageType.PAUSE, 2)])
+        self.assertTrue(m.awaiting_fence)
+        batch = m.start_fence()
+        self.assertFalse(m.awaiting_fence)
+        for _ in range(4):
+            self.assertEqual(m.receive(_codec.encode_data(4, 2, b"x" * 400)), [])
+        self.assertIs(stream.state, StreamState.OPEN)
+        m.fence_passed(batch)
+        self.assertEqual(m.receive(_codec.encode_data(5, 2, b"x" * 300)), [])
+        [ended] = m.receive(_codec.encode_data(6, 2, b"x"))
+        self.assertIsInstance(ended, StreamEnded)
+        self.assertIn("far side ignored Pause", ended.error)
+
+    def test_no_fences_by_default(self) -> None:
+        """A multiplexer nobody fences judges at once, as before: nothing awaits a round trip."""
+        m = mux(limits=SMALL)
+        stream = inbound_stream(m)
+        m.pause_reading(stream)
+        m.receive(_codec.encode_data(3, 2, b"x" * 101))
+        self.assertFalse(m.awaiting_fence)
+        [ended] = m.receive(_codec.encode_data(4, 2, b"x" * 300))
+        self.assertIsInstance(ended, StreamEnded)
+
+
 class SyncTests(SynchronousTestCase):
     def test_prune_after_one_interval(self) -> None:
         """A stream missing from SyncConnections is pruned (no Error) only after a whole interval."""

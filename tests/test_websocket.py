@@ -191,6 +191,33 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.advance(2, deliver=False)
         self.assertTrue(self.client_io.disconnecting)
 
+    def test_round_trip_waits_for_its_pong(self):
+        """
+        round_trip calls back once the pong of a ping sent behind everything
+        so far has come back: not on data, not on the pong of an earlier
+        ping still in flight, and never once the WebSocket has ended.
+        """
+        done = []
+        self.client.onPing = lambda payload: None  # holds its answers for now
+        self.server.sendPing()  # an earlier ping (a probe's)
+        self.server.round_trip(lambda: done.append("first"))
+        self.pump.flush()
+        self.assertEqual(done, [])
+        self.client.sendMessage(b"\x02\x00\x06", isBinary=True)  # data is no answer
+        self.pump.flush()
+        self.assertEqual(done, [])
+        self.client.sendPong(b"")  # the earlier ping's pong
+        self.pump.flush()
+        self.assertEqual(done, [])
+        self.client.sendPong(b"")  # round_trip's
+        self.pump.flush()
+        self.assertEqual(done, ["first"])
+        self.server.round_trip(lambda: done.append("never"))
+        self.server.dropConnection(abort=True)
+        self.pump.flush()
+        self.clock.advance(1)
+        self.assertEqual(done, ["first"])
+
     def test_any_frame_is_liveness(self):
         """Data alone keeps our end's idle timer from firing (pings are not needed on our side)."""
         self.client.sendPing = lambda payload=None: None  # no pings at all
