@@ -46,6 +46,7 @@ Module map, from the wire up (one job each):
     _connectproxy  the HTTP CONNECT proxy (h11 parses the head)
     _socks       the SOCKS5 handshake, sans-IO
     _socksproxy  the SOCKS5 proxy protocol over that handshake
+    _handshake   what both proxies share before they splice: a bounded handshake, its factory
     _forwardstats  each forwarder listener's counters
     _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
     _status      what a server or client is doing now, as plain data

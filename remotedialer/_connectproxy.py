@@ -33,15 +33,11 @@ import binascii
 from http import HTTPStatus
 
 import h11
-from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.protocol import Factory, connectionDone
-from twisted.python.failure import Failure
 
 from remotedialer._addresses import split_host_port
-from remotedialer._limits import UpgradeLimits
+from remotedialer._handshake import HandshakeFactory, HandshakeSplice
 from remotedialer._logtext import address, printable
-from remotedialer._proxyaccess import ProxyAccess, Refusal
-from remotedialer._splice import Forwarder, TunnelSplice
+from remotedialer._proxyaccess import Refusal
 
 __all__ = ["ConnectProxyFactory", "proxy_credentials"]
 
@@ -79,21 +75,15 @@ def proxy_credentials(value: bytes) -> tuple[str | None, bytes]:
     raise ValueError("Proxy-Authorization: use Basic (user name: the client) or Bearer")
 
 
-class _ConnectProxy(TunnelSplice):
+class _ConnectProxy(HandshakeSplice):
     """One proxy connection: its request head, then a splice (see module docstring)."""
 
-    def __init__(self, factory: ConnectProxyFactory) -> None:
-        super().__init__(factory.forwarder)
-        self.factory = factory
+    factory: ConnectProxyFactory
+
+    def __init__(self, factory: HandshakeFactory) -> None:
+        super().__init__(factory)
         self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=factory.limits.header_bytes)
         self._handshaking = True
-        self._pending = False
-        self._deadline: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:
-        self._pending = True
-        self.factory.pending += 1
-        self._deadline = self.forwarder.clock.callLater(self.factory.limits.timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._handshaking:
@@ -191,25 +181,11 @@ class _ConnectProxy(TunnelSplice):
         self.transport.write(data)
         self.transport.loseConnection()
 
-    def _too_slow(self) -> None:
-        self._deadline = None
-        self._refuse(408, "handshake-timeout",
-                     f"no complete request head within {self.factory.limits.timeout:g} s")
-
-    def _settled(self) -> None:
-        if self._pending:
-            self._pending = False
-            self.factory.pending -= 1
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._settled()
-        super().connectionLost(reason)
+    def too_slow(self, within: str) -> None:
+        self._refuse(408, "handshake-timeout", f"no complete request head {within}")
 
 
-class ConnectProxyFactory(Factory):
+class ConnectProxyFactory(HandshakeFactory):
     """
     The CONNECT proxy's listening factory (see module docstring).
 
@@ -217,24 +193,6 @@ class ConnectProxyFactory(Factory):
         C{limits.max_pending} new ones are closed at once.
     """
 
-    noisy = False  # the listening port says where it listens, with our logPrefix
-
-    def __init__(self, forwarder: Forwarder, access: ProxyAccess | None = None,
-                 limits: UpgradeLimits | None = None) -> None:
-        self.forwarder = forwarder
-        self.access = access if access is not None else ProxyAccess()
-        self.limits = limits if limits is not None else UpgradeLimits()
-        self.pending = 0
-
-    def logPrefix(self) -> str:
-        return self.forwarder.stats.name
-
-    def buildProtocol(self, addr: IAddress | None) -> _ConnectProxy | None:
-        self.forwarder.stats.accepted()
-        if self.pending >= self.limits.max_pending:
-            self.forwarder.refused("too-many-handshakes",
-                                   f"{self.pending} connections are still sending their request heads "
-                                   "(the limit): closed", address(addr))
-            return None
-        return _ConnectProxy(self)
+    splice = _ConnectProxy
+    handshaking = "sending their request heads"
 

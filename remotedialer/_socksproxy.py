@@ -17,15 +17,10 @@ progress at once (L{UpgradeLimits}), as the CONNECT proxy's head is.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.protocol import Factory, connectionDone
-from twisted.python.failure import Failure
-
-from remotedialer._limits import UpgradeLimits
+from remotedialer._handshake import HandshakeFactory, HandshakeSplice
 from remotedialer._logtext import address
-from remotedialer._proxyaccess import ProxyAccess, Refusal
+from remotedialer._proxyaccess import Refusal
 from remotedialer._socks import Authenticate, ConnectRequest, Event, Failed, Reply, Socks5Server, State
-from remotedialer._splice import Forwarder, TunnelSplice
 
 __all__ = ["SocksProxyFactory", "reply_for"]
 
@@ -51,22 +46,16 @@ def reply_for(reason: str, text: str) -> Reply:
     return Reply.GENERAL_FAILURE
 
 
-class _SocksProxy(TunnelSplice):
+class _SocksProxy(HandshakeSplice):
     """One SOCKS5 connection: its handshake, then a splice (see module docstring)."""
 
-    def __init__(self, factory: SocksProxyFactory) -> None:
-        super().__init__(factory.forwarder)
-        self.factory = factory
+    factory: SocksProxyFactory
+
+    def __init__(self, factory: HandshakeFactory) -> None:
+        super().__init__(factory)
         self._machine = Socks5Server(allow_no_auth=not factory.access.needs_password)
         self._user: str | None = None
         self._password: bytes | None = None
-        self._pending = False
-        self._deadline: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:
-        self._pending = True
-        self.factory.pending += 1
-        self._deadline = self.forwarder.clock.callLater(self.factory.limits.timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
         if self._machine.state is State.OPEN:
@@ -128,25 +117,11 @@ class _SocksProxy(TunnelSplice):
         if data:
             self.transport.write(data)
 
-    def _too_slow(self) -> None:
-        self._deadline = None
-        self._close("handshake-timeout",
-                    f"no complete SOCKS5 handshake within {self.factory.limits.timeout:g} s")
-
-    def _settled(self) -> None:
-        if self._pending:
-            self._pending = False
-            self.factory.pending -= 1
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._settled()
-        super().connectionLost(reason)
+    def too_slow(self, within: str) -> None:
+        self._close("handshake-timeout", f"no complete SOCKS5 handshake {within}")
 
 
-class SocksProxyFactory(Factory):
+class SocksProxyFactory(HandshakeFactory):
     """
     The SOCKS5 proxy's listening factory (see module docstring).
 
@@ -154,23 +129,5 @@ class SocksProxyFactory(Factory):
         C{limits.max_pending} new ones are closed at once.
     """
 
-    noisy = False  # the listening port says where it listens, with our logPrefix
-
-    def __init__(self, forwarder: Forwarder, access: ProxyAccess | None = None,
-                 limits: UpgradeLimits | None = None) -> None:
-        self.forwarder = forwarder
-        self.access = access if access is not None else ProxyAccess()
-        self.limits = limits if limits is not None else UpgradeLimits()
-        self.pending = 0
-
-    def logPrefix(self) -> str:
-        return self.forwarder.stats.name
-
-    def buildProtocol(self, addr: IAddress | None) -> _SocksProxy | None:
-        self.forwarder.stats.accepted()
-        if self.pending >= self.limits.max_pending:
-            self.forwarder.refused("too-many-handshakes",
-                                   f"{self.pending} connections are still in their SOCKS5 handshake "
-                                   "(the limit): closed", address(addr))
-            return None
-        return _SocksProxy(self)
+    splice = _SocksProxy
+    handshaking = "in their SOCKS5 handshake"
