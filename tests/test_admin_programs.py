@@ -25,7 +25,7 @@ from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 from remotedialer._tap._admin import ClientProgram, loopback_only
 from tests.support import eventually, listen_tcp, wait
-from tests.test_programs import Program, parse, program_env, twistd_argv
+from tests.test_programs import Program, ProgramTestCase, parse
 
 
 def run(coroutine):
@@ -109,17 +109,7 @@ async def _get(url, pool):
     return response.code, await response.content()
 
 
-class AdminProgramTests(TestCase):
-    timeout = 90
-
-    def spawn(self, *args: str) -> Program:
-        program = Program()
-        cwd = self.mktemp()
-        os.makedirs(cwd)
-        argv = twistd_argv() + list(args)
-        reactor.spawnProcess(program, argv[0], argv, env=program_env(), path=cwd)
-        self.addCleanup(lambda: run(program.terminate(grace=5)))
-        return program
+class AdminProgramTests(ProgramTestCase):
 
     async def ports(self, program: Program, *names: str) -> list[int]:
         """The ports the program's listeners (by log prefix) said they started on."""

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 
-from twisted.internet import reactor
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -21,7 +20,7 @@ from remotedialer._tap import server as server_tap
 from remotedialer._tap._forwarders import parse_forward
 from tests.support import eventually, listen_tcp, wait
 from tests.test_forwarders_e2e import curl, hello_site
-from tests.test_programs import Program, parse, program_env, run, twistd_argv
+from tests.test_programs import ProgramTestCase, parse, run
 
 
 class ForwarderOptionsTests(TestCase):
@@ -75,21 +74,7 @@ class ForwarderOptionsTests(TestCase):
             "anyone who reaches it reaches foo:tcp/10.0.0.5:6443"])
 
 
-class ForwarderProgramTests(TestCase):
-    timeout = 90
-
-    def spawn(self, *args: str) -> Program:
-        program = Program()
-        cwd = self.mktemp()
-        os.makedirs(cwd)
-        argv = twistd_argv() + list(args)
-        reactor.spawnProcess(program, argv[0], argv, env=program_env(), path=cwd)
-        self.addCleanup(lambda: run(program.terminate(grace=5)))
-        return program
-
-    async def finished(self, program: Program, timeout: float = 30.0) -> int | None:
-        await eventually(lambda: not program.running, timeout=timeout)
-        return await program.ended
+class ForwarderProgramTests(ProgramTestCase):
 
     def test_help_lists_the_forwarder_flags(self):
         async def go():

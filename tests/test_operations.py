@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.names import dns, server
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -29,7 +29,7 @@ from remotedialer._client import reconnect_policy
 from remotedialer._tap import client as client_tap
 from tests.support import eventually, listen_tcp, wait
 from tests.test_discovery import MemoryZone
-from tests.test_programs import Program, program_env, twistd_argv
+from tests.test_programs import Program, ProgramTestCase
 
 
 class ReconnectPolicyTests(SynchronousTestCase):
@@ -169,17 +169,8 @@ def _json_lines(program: Program) -> list[dict]:
     return [json.loads(line) for line in program.out.decode().splitlines() if line.strip()]
 
 
-class ProgramTests(TestCase):
+class ProgramTests(ProgramTestCase):
     timeout = 60
-
-    def spawn(self, *args: str) -> Program:
-        program = Program()
-        cwd = self.mktemp()
-        os.makedirs(cwd)
-        argv = twistd_argv() + list(args)
-        reactor.spawnProcess(program, argv[0], argv, env=program_env(), path=cwd)
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(program.terminate(grace=5)))
-        return program
 
     async def _server(self, *args: str, listen: str = "tcp:0:interface=127.0.0.1") -> tuple[Program, int]:
         program = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",

@@ -510,7 +510,9 @@ class Program(ProcessProtocol):
         return await self.ended
 
 
-class SubprocessTests(TestCase):
+class ProgramTestCase(TestCase):
+    """Tests of the real programs: each spawned in a scratch directory, stopped at the end."""
+
     timeout = 90
 
     def spawn(self, *args: str) -> Program:
@@ -525,6 +527,9 @@ class SubprocessTests(TestCase):
     async def finished(self, program: Program, timeout: float = 30.0) -> int | None:
         await eventually(lambda: not program.running, timeout=timeout)
         return await program.ended
+
+
+class SubprocessTests(ProgramTestCase):
 
     def test_help_lists_both_plugins(self):
         """twistd --help lists both programs; each program's --help shows its flags."""
