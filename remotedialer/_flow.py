@@ -35,10 +35,10 @@ MIB = 1024 * KIB
 @attrs.frozen
 class FlowLimits:
     """
-    The thresholds of docs/protocol.md section 4.  Go's are 2 MiB / 256 KiB; the
-    hard cap is well above Pause because an obedient sender still has
-    socket buffers' worth of data in flight when our Pause reaches it (up
-    to ~6 MiB measured on loopback alone).
+    The thresholds of docs/protocol.md section 4.  Go's are 2 MiB / 256 KiB.
+    The hard cap is well above Pause: with fences it counts what arrives
+    after the far side read our Pause (hard cap - Pause threshold more),
+    without them everything held, in-flight data included.
     """
 
     pause_threshold: int = 2 * MIB
