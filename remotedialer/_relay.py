@@ -73,9 +73,13 @@ class Relay(Protocol):
         self._connecting: Deferred[IProtocol] | None = None
         self._lost = False
 
-    def connectionMade(self) -> None:
+    def no_delay(self) -> None:
+        """On TCP, send what we relay at once (Nagle off, as Go does for every TCP connection)."""
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+
+    def connectionMade(self) -> None:
+        self.no_delay()
         if self.peer is None:
             self.transport.pauseProducing()
             return

@@ -58,8 +58,9 @@ class _SocksProxy(HandshakeSplice):
         self._password: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._machine.state is State.OPEN:
-            super().dataReceived(data)  # relayed to the stream
+        if self._machine.state is State.OPEN or self.route is not None:
+            # Relayed to the stream, even before our reply (optimistic data).
+            super().dataReceived(data)
             return
         self._handle(self._machine.receive_data(data))
 

@@ -117,6 +117,7 @@ class TunnelSplice(Relay):
         already sent past its handshake (sent on once the stream is open).
         """
         self.route = route
+        self.no_delay()
         self.transport.pauseProducing()  # until the stream is there to take it
         endpoint = TunnelEndpoint(self.forwarder.opener, route.client_key, route.proto, route.address)
         d = self.connect_peer(endpoint)

@@ -30,6 +30,26 @@ class PortForwardTests(SynchronousTestCase):
         self.forwarder = forwarder(self.tunnel, "forward", dial_wait=0, reaches=lambda key: connected)
         return PortForwardFactory(self.forwarder, Route("foo", "tcp", address))
 
+    def test_callers_tcp_turns_nagle_off(self):
+        """
+        The caller's TCP connection relays small replies at once (Nagle off,
+        as every relay's TCP half): the port forward's, and any splice's
+        (both proxies splice once their handshake is done).
+        """
+        from remotedialer._splice import TunnelSplice
+        from tests.test_relay import TCPLikeTransport
+
+        forward = self.factory("10.0.0.6:22").buildProtocol(LOOPBACK)
+        splice = TunnelSplice(self.forwarder)
+        for protocol in (forward, splice):
+            transport = TCPLikeTransport()
+            transport.getPeer = lambda: LOOPBACK
+            protocol.makeConnection(transport)
+            if protocol is splice:
+                splice.splice(Route("foo", "tcp", "10.0.0.6:22"))
+            self.assertTrue(transport.no_delay, protocol)
+        self.tunnel.flush()
+
     def test_relays_both_ways(self):
         _, caller = connect_caller(self.tunnel, self.factory("10.0.0.6:22"))
         self.tunnel.flush()

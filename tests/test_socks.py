@@ -193,6 +193,20 @@ class SocksProxyTests(SynchronousTestCase):
         self.tunnel.flush()
         self.assertEqual(received(caller), b"\x05\x00" + SUCCESS)
 
+    def test_data_sent_before_the_reply_is_relayed(self):
+        """
+        Optimistic data (sent after the request, before our reply: a TLS
+        ClientHello pipelined by the caller) reaches the target, in order.
+        """
+        caller = self.caller(client_bytes("10.0.0.5.foo.tunnel", 6443, None))
+        caller.transport.write(b"HELLO-OPTIMISTIC ")
+        self.tunnel.flush()
+        self.tunnel.clock.advance(self.forwarder.dial_wait)
+        self.tunnel.flush()
+        caller.transport.write(b"AFTER")
+        self.tunnel.flush()
+        self.assertEqual(received(caller), b"\x05\x00" + SUCCESS + b"HELLO-OPTIMISTIC AFTER")
+
     def test_failures_get_reply_codes(self):
         """Refused by the client's rules: 0x02; client not connected: 0x03; no client: 0x02."""
         caller = self.caller(client_bytes("10.9.9.9", 80, (b"foo", b"")))
