@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
@@ -80,7 +81,12 @@ class ClientPool(HTTPConnectionPool):
                     on_begin(connection)
             return protocol
 
-        return d.addCallback(begin)
+        def failed(reason: Failure) -> Failure:
+            if not self.connections:  # it never had one: do not keep it for ever
+                self._owner.forget(self)
+            return reason
+
+        return d.addCallbacks(begin, failed)
 
     def connection_lost(self, connection: HeadLimitedConnection) -> None:
         self.connections.discard(connection)

@@ -13,7 +13,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import WrappingFactory
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -181,3 +181,26 @@ class PoolTests(TestCase):
             self.assertEqual(factory.connections, 3)
 
         return run(go())
+
+
+class ForgottenPoolTests(SynchronousTestCase):
+    def test_failed_dial_leaves_no_pool(self) -> None:
+        """
+        A pool whose first dial fails (the client is not connected) is not
+        kept: requests for a thousand unknown names leave no pool behind.
+        """
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectError
+        from twisted.internet.task import Clock
+
+        from remotedialer._pool import ClientPools
+
+        class Refusing:
+            def connect(self, factory):
+                return fail(ConnectError("client k is not connected"))
+
+        pools = ClientPools(Clock(), None)
+        for i in range(1000):
+            d = pools.pool_for(f"k{i}").getConnection(("http", b"10.0.0.1", 80), Refusing())
+            self.failureResultOf(d, ConnectError)
+        self.assertEqual(len(pools), 0)
