@@ -23,6 +23,7 @@ from zope.interface import implementer
 from remotedialer._client import endpoint_for_url
 from remotedialer._interfaces import ISessionObserver
 from remotedialer._link import NamedEndpoint, WebSocketLink
+from remotedialer._logtext import public_url
 from remotedialer._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer._session import Session
 from remotedialer._tunnellog import link_down, link_up
@@ -75,7 +76,7 @@ class PeerLink(WebSocketLink):
         return (self.token, self.url) == (token, url)
 
     def startService(self) -> None:
-        self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=self.url)
+        self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=public_url(self.url))
         super().startService()
 
     # The registry tells us of local sessions while the link is up.

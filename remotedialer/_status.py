@@ -11,8 +11,8 @@ which JavaScript's numbers would round).  Times are the reactor's seconds
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
+from remotedialer._logtext import public_url
 from remotedialer._session import Session
 
 if TYPE_CHECKING:
@@ -26,20 +26,6 @@ __all__ = ["client_status", "public_url", "server_status", "session_status"]
 ANNOUNCED_LIMIT = 1000
 
 Status = dict[str, Any]
-
-
-def public_url(url: str) -> str:
-    """C{url} without user information (a password) or query (it may carry a token)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "(unparsable URL)"
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def session_status(session: Session) -> Status:

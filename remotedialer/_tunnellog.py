@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from remotedialer._logtext import duration, printable
+from remotedialer._logtext import duration, printable, public_url
 from remotedialer._session import Session
 
 __all__ = ["link_down", "link_up", "tunnel_down", "tunnel_up"]
@@ -56,10 +56,10 @@ def link_up(log: Logger, session: Session, url: str, peer: str | None = None) ->
     side logs, and would only mislead a reader matching the two logs.
     """
     if peer is None:
-        log.info("tunnel to {url} up (client {client_key})", url=url,
+        log.info("tunnel to {url} up (client {client_key})", url=public_url(url),
                  client_key=printable(session.client_key))
     else:
-        log.info("peer {peer}: link to {url} up", url=url, peer=peer)
+        log.info("peer {peer}: link to {url} up", url=public_url(url), peer=peer)
 
 
 def link_down(log: Logger, session: Session, url: str, peer: str | None = None) -> None:
@@ -67,8 +67,8 @@ def link_down(log: Logger, session: Session, url: str, peer: str | None = None) 
     lived = _lived(session)
     reason = session.end_reason or "closed"
     if peer is None:
-        log.info("tunnel to {url} down after {lived_text}: {reason}", url=url, lived=lived,
+        log.info("tunnel to {url} down after {lived_text}: {reason}", url=public_url(url), lived=lived,
                  lived_text=duration(lived), reason=reason, client_key=printable(session.client_key))
     else:
-        log.info("peer {peer}: link to {url} down after {lived_text}: {reason}", url=url, peer=peer,
-                 lived=lived, lived_text=duration(lived), reason=reason)
+        log.info("peer {peer}: link to {url} down after {lived_text}: {reason}", url=public_url(url),
+                 peer=peer, lived=lived, lived_text=duration(lived), reason=reason)

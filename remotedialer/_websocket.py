@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from remotedialer._interfaces import IFlowTransport, ISessionOwner
 from remotedialer._limits import SessionLimits
+from remotedialer._logtext import public_url
 from remotedialer._session import Session
 
 if TYPE_CHECKING:
@@ -411,7 +412,7 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: i
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
-            self._log.warn("tunnel to {url} not opened: {reason}", url=self.factory.url,
+            self._log.warn("tunnel to {url} not opened: {reason}", url=public_url(self.factory.url),
                            reason=reason or "connection lost")
             self.factory.owner.link_failed()
 

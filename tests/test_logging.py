@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
@@ -145,6 +145,17 @@ class TunnelLinesTests(SynchronousTestCase):
         self.assertEqual(client_down[0]["client_key"], "foo")
         self.assertNotIn("session_id", client_down[0])  # the server's id is not the client's to tell
         self.assertTrue(session.closed)
+
+    def test_url_secrets_not_logged(self):
+        """A tunnel URL's user information and query (they may carry a token) stay out of the lines."""
+        net = self.net
+        site = net.serve_tunnel("10.0.0.1:8123")
+        url = site.url.replace("ws://", "ws://user:s3cret@") + "?token=s3cret"
+        client = net.client(url, "foo", retry_policy=lambda attempt: 60.0)
+        net.result(client.when_connected())
+        [up] = lines(self.events, "tunnel to {url} up")
+        self.assertEqual(up["url"], site.url)
+        self.assertEqual([e for e in self.events if "s3cret" in formatEvent(e)], [])
 
     def test_reason_of_idle_timeout(self):
         """A tunnel dropped for silence says so, on the server's line."""
