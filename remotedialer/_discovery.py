@@ -137,6 +137,7 @@ class PeerDiscovery(Service):
         lookups = [self._lookup(self.resolver.lookupAddress), self._lookup(self.resolver.lookupIPV6Address)]
         d = defer.gatherResults(lookups, consumeErrors=True)
         pending: defer.Deferred[None] = d.addCallbacks(self._resolved, self._failed)
+        pending.addErrback(self._not_applied)  # so that the LoopingCall goes on
 
         def settled(result: object) -> object:
             if self._pending is pending:
@@ -158,6 +159,10 @@ class PeerDiscovery(Service):
             return set()
 
         return result.addErrback(no_such_name)
+
+    def _not_applied(self, failure: Failure) -> None:
+        self.log.failure("peer discovery: applying the answer for {name} failed; trying again at the "
+                         "next check", failure, name=self.dns_name)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(defer.CancelledError):

@@ -90,6 +90,25 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(len(lines(self.events, "gone from")), 2)
         self.assertEqual(len(lines(self.events, "found in")), 3)
 
+    def test_a_failing_apply_does_not_stop_the_checks(self):
+        """An unexpected error applying an answer is logged; the next check runs all the same."""
+        self.zone.set(NAME, ["10.0.0.1", "10.0.0.2"])
+        add_peer, calls = self.server.add_peer, []
+
+        def failing_once(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return add_peer(*args)
+
+        self.server.add_peer = failing_once
+        discovery = self.discovery()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.server.peers, {})
+        self.clock.advance(5.0)
+        self.assertEqual(set(self.server.peers), {"10.0.0.2:8123"})
+        self.assertEqual(discovery.peers, {"10.0.0.2:8123"})
+
     def test_other_peers_left_alone(self):
         self.server.add_peer("static", "t", "ws://10.9.9.9:8123/connect")
         self.zone.set(NAME, ["10.0.0.1", "10.0.0.2"])
