@@ -147,10 +147,14 @@ class SendPayload(Protocol):
             if chunk is None:
                 self._chunks = None
                 self.transport.unregisterProducer()
-                if self._close:
-                    self.transport.loseConnection()
+                self.sent()
                 return
             self.transport.write(chunk)
+
+    def sent(self) -> None:
+        """All of the payload is written."""
+        if self._close:
+            self.transport.loseConnection()
 
     def stopProducing(self) -> None:
         self._paused = True

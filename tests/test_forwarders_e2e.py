@@ -30,7 +30,7 @@ from remotedialer._forwardstats import ForwarderStats
 from remotedialer._proxyaccess import Route
 from remotedialer._socksproxy import SocksProxyFactory
 from remotedialer._splice import Forwarder
-from tests.support import Collector, Echo, Payload, TunnelHarness, eventually, listen_tcp
+from tests.support import Collector, Echo, Payload, SendPayload, TunnelHarness, eventually, listen_tcp
 from tests.test_frontdoor import listen_tls, make_ca
 
 MiB = 1024 * 1024
@@ -57,7 +57,7 @@ async def curl(*args: str) -> tuple[bytes, bytes, int]:
     return await getProcessOutputAndValue("curl", ["-sS", "--max-time", "20", *args], env=env)
 
 
-class _Duplex(Protocol):
+class _Duplex(SendPayload):
     """
     Sends C{payload} (honouring pause, as a push producer) while reading
     slowly: after every C{every} bytes it stops reading for C{delay}
@@ -66,45 +66,20 @@ class _Duplex(Protocol):
 
     def __init__(self, payload: Payload | None, expect: int, delay: float = 0.008,
                  every: int = 256 * 1024) -> None:
-        self._chunks = payload.chunks() if payload is not None else None
+        super().__init__(payload if payload is not None else Payload(0), close=False)
         self._expect = expect
         self._delay = delay
         self._every = every
         self._since = 0
-        self._paused = False
         self.hash = hashlib.sha256()
         self.received = 0
-        self.pauses = 0
         self.done = defer.Deferred()
         self.reason = None
-        self.sent_all = payload is None
+        self.sent_all = False
 
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        if not self._paused:
-            self.pauses += 1
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        reactor.callLater(0, self._produce)
-
-    def stopProducing(self) -> None:
-        self._paused = True
-
-    def _produce(self) -> None:
-        while not self._paused and self._chunks is not None:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._chunks = None
-                self.sent_all = True
-                self.transport.unregisterProducer()
-                self._maybe_close()
-                return
-            self.transport.write(chunk)
+    def sent(self) -> None:
+        self.sent_all = True
+        self._maybe_close()
 
     def dataReceived(self, data: bytes) -> None:
         self.hash.update(data)
