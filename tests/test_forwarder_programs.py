@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 
-from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
 from remotedialer._auth import hash_token
@@ -20,7 +19,7 @@ from remotedialer._tap import server as server_tap
 from remotedialer._tap._forwarders import parse_forward
 from tests.support import eventually, listen_tcp, wait
 from tests.test_forwarders_e2e import curl, hello_site
-from tests.test_programs import ProgramTestCase, parse, run
+from tests.test_programs import ProgramTestCase, assert_usage_error, parse, run
 
 
 class ForwarderOptionsTests(TestCase):
@@ -33,12 +32,7 @@ class ForwarderOptionsTests(TestCase):
                          ("tcp:2375:interface=127.0.0.1", Route("c:1", "unix", "/var/run/docker.sock")))
 
     def _bad(self, argv, *fragments):
-        with self.assertRaises(usage.UsageError) as caught:
-            parse(server_tap.Options, argv)
-        message = str(caught.exception)
-        self.assertNotIn("\n", message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
+        assert_usage_error(self, argv, *fragments)
 
     def test_bad_flags(self):
         self._bad(["--forward", "16443"], "--forward '16443': not LISTEN=CLIENT:proto/host:port")

@@ -59,6 +59,16 @@ def parse(options_class, argv, *, auth: bool = True):
     return options
 
 
+
+def assert_usage_error(testcase, argv, *fragments, options=None):
+    """C{argv} is refused with a one-line usage error holding every fragment."""
+    with testcase.assertRaises(usage.UsageError) as caught:
+        parse(options or server_tap.Options, argv)
+    message = str(caught.exception)
+    testcase.assertNotIn("\n", message)
+    for fragment in fragments:
+        testcase.assertIn(fragment, message)
+
 class ServerOptionsTests(TestCase):
     def test_defaults(self):
         options = parse(server_tap.Options, [])
@@ -79,12 +89,7 @@ class ServerOptionsTests(TestCase):
         self.assertTrue(options["debug"])
 
     def _bad(self, argv, *fragments):
-        with self.assertRaises(usage.UsageError) as caught:
-            parse(server_tap.Options, argv)
-        message = str(caught.exception)
-        self.assertNotIn("\n", message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
+        assert_usage_error(self, argv, *fragments)
 
     def test_malformed_peers(self):
         for peers in ["a:t", "a:t:http://h/connect", ":t:ws://h/c", "a::ws://h/c", "a:t:ws://h/c,b"]:
@@ -181,12 +186,7 @@ class ClientOptionsTests(TestCase):
         self.assertEqual(options["ca-file"], cert)
 
     def _bad(self, argv, *fragments):
-        with self.assertRaises(usage.UsageError) as caught:
-            parse(client_tap.Options, argv)
-        message = str(caught.exception)
-        self.assertNotIn("\n", message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
+        assert_usage_error(self, argv, *fragments, options=client_tap.Options)
 
     def test_bad_connect(self):
         self._bad(["--connect", "http://h/connect"], "--connect", "http://h/connect")
