@@ -37,6 +37,7 @@ from benchmarks.harness import (
     MiB,
     Report,
     Rig,
+    cpu_seconds,
     free_port,
     module_argv,
     port_open,
@@ -512,6 +513,8 @@ def _wrk_runs(ctx: Context, scenario: str, rig, pair: list[tuple[str, str]]) -> 
                     raise Abort("not enough time left for wrk")
                 rig.check_alive()
                 url = rig.url(way_via, 100, impl)
+                busy = _busy_processes(rig, way_via, impl)
+                cpu_before = {role: cpu_seconds(pid) for role, pid in busy.items()}
                 try:
                     r = run_wrk(url, c, s.duration, body)
                 except ValueError as e:
@@ -530,7 +533,33 @@ def _wrk_runs(ctx: Context, scenario: str, rig, pair: list[tuple[str, str]]) -> 
                     for metric, key, _, _ in _METRICS:
                         if r.get(key) is not None:
                             figs[c, metric, way_label].values.append(r[key])
+                    # CPU per request: what each of our processes spent, whatever else ran beside.
+                    for role, pid in busy.items():
+                        before, after = cpu_before[role], cpu_seconds(pid)
+                        if before is not None and after is not None and r.get("requests"):
+                            fig = report.figure(scenario, f"{role} CPU per request at {c} conn, {way_label}",
+                                                "us", higher_is_better=False, decimals=0)
+                            fig.values.append((after - before) / r["requests"] * 1e6)
                 report.detail(scenario, dict(r, way=way_label, run=run + 1))
+    for key, fig in report.figures.items():  # our CPU per request next to Go's
+        go_key = key + ", Go"
+        if fig.scenario == scenario and " CPU per request " in fig.name and go_key in report.figures:
+            fig.reference = go_key
+
+
+def _busy_processes(rig, via: str, impl: str) -> dict[str, int]:
+    """The processes of ours (or Go's) that a wrk run through C{via} keeps busy: role -> pid."""
+    if via == "direct":
+        return {}
+    if via == "relay":
+        return {"relay": rig.relay.pid}
+    if via == "tunnel":  # the library rig: a port forward on the server role
+        return {"server": rig.server.pid, "client": rig.client.pid}
+    deployment = rig.deployments[impl]
+    servers = {"server": deployment.server.pid}
+    if via == "hop":
+        servers = {"entry server": deployment.hop_server.pid, "home server": deployment.server.pid}
+    return servers | {"client": deployment.client.pid}
 
 
 def forward(ctx: Context) -> None:
