@@ -264,7 +264,56 @@ class StreamingRequest(SiteRequest):
 
 
 class StreamingHTTPChannel(HTTPChannel):
-    """twisted.web's HTTP/1.1 channel, telling each request its request line as soon as it is parsed."""
+    """
+    twisted.web's HTTP/1.1 channel, telling each request its request line
+    as soon as it is parsed, and asking its transport for the local address
+    once per connection: every twisted.web request takes it (C{request.host}),
+    and for TCP that is a C{getsockname} system call per request.
+    """
+
+    _host: IAddress | None = None
+    #: The connection's one idle timer (see L{setTimeout}).
+    _idle_call: IDelayedCall | None = None
+
+    def getHost(self) -> IAddress:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        return host
+
+    # The idle timeout, with one timer per connection.  twisted.web turns it
+    # off while each request is handled (C{setTimeout(None)}) and on again
+    # after it (C{setTimeout(saved)}): TimeoutMixin cancels its timer and
+    # schedules a new one each time, two changes to the reactor's timer heap
+    # per request.  Here the timer stays scheduled while the timeout is off;
+    # if it comes due then, it does nothing (and the timeout, when turned on
+    # again, schedules a new one).  When it fires is unchanged.
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]  # TimeoutMixin says int
+        if period is not None:
+            call = self._idle_call
+            if call is not None and call.active():
+                call.reset(period)
+            else:
+                self._idle_call = self.callLater(period, self._idle_due)  # type: ignore[no-untyped-call]
+        return previous
+
+    def resetTimeout(self) -> None:
+        call, period = self._idle_call, self.timeOut
+        if call is not None and period is not None:
+            call.reset(period)
+
+    def _idle_due(self) -> None:
+        self._idle_call = None
+        if self.timeOut is not None:
+            self.timeoutConnection()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     def lineReceived(self, line: bytes) -> None:
         before = len(self.requests)

@@ -3,13 +3,16 @@ The server program's site (remotedialer._site) in memory: the access log
 is written only when asked for; a streamed body (RequestBody) goes to its
 consumer as it arrives, is held (boundedly) before the consumer starts or
 while it is paused, and pauses reading from the caller while it is held;
-the server program's front-door tuning flags.
+the server program's front-door tuning flags; the HTTP/1.1 channel asks
+for its local address once per connection, and keeps one idle timer per
+connection that still fires after the same idle time.
 """
 
 from __future__ import annotations
 
 import os
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -18,6 +21,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from remotedialer._site import HELD_BODY, RequestBody, ServerSite
 from remotedialer._tap import server as server_tap
@@ -112,6 +116,93 @@ class RequestBodyTests(SynchronousTestCase):
         body.abandon()
         body.chunk(b"more")
         self.assertEqual((consumer.data, request.paused, body.received), (b"", 1, 4))
+
+
+class Held(Resource):
+    """Answers nothing until the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> int:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(hostAddress=IPv4Address("TCP", "127.0.0.1", 8123))
+        self.host_asked = 0
+
+    def getHost(self) -> IPv4Address:
+        self.host_asked += 1
+        return super().getHost()
+
+
+GET = b"GET /client/x HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class ChannelTests(SynchronousTestCase):
+    """The HTTP/1.1 channel of a ServerSite streaming under /client/ (as the server program's)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.calls = 0
+        self.resource = Held()
+        self.site = ServerSite(self.resource, stream_prefixes=(b"/client/",), timeout=60, reactor=self.clock)
+        call_later = self.clock.callLater
+
+        def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return call_later(*args, **kwargs)
+
+        self.clock.callLater = counting  # type: ignore[method-assign]
+        self.transport = CountingTransport()
+        self.channel = self.site.buildProtocol(None)
+        self.channel.makeConnection(self.transport)
+
+    def answer(self) -> None:
+        request = self.resource.requests[-1]
+        request.setHeader(b"Content-Length", b"2")
+        request.write(b"ok")
+        request.finish()
+
+    def test_local_address_asked_once(self) -> None:
+        for _ in range(3):
+            self.channel.dataReceived(GET)
+            self.answer()
+        self.assertEqual([r.host.port for r in self.resource.requests], [8123] * 3)
+        self.assertEqual(self.transport.host_asked, 1)
+
+    def test_one_idle_timer_per_connection(self) -> None:
+        for _ in range(5):
+            self.channel.dataReceived(GET)
+            self.clock.advance(1)
+            self.answer()
+        self.assertEqual((self.calls, len(self.clock.getDelayedCalls())), (1, 1))
+        self.assertEqual(self.transport.value().count(b"200 OK"), 5)
+
+    def test_idle_timeout_after_the_last_answer(self) -> None:
+        self.channel.dataReceived(GET)
+        self.clock.advance(100)  # a slow answer: no idle timeout while it is handled
+        self.assertFalse(self.transport.disconnecting)
+        self.answer()
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.channel.dataReceived(b"GET /cl")  # bytes of the next request: idle no more
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_timer_gone_with_the_connection(self) -> None:
+        self.channel.dataReceived(GET)
+        self.answer()
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class TuningFlagTests(SynchronousTestCase):
