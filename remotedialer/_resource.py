@@ -211,6 +211,11 @@ class TunnelResource(Resource):
     def _upgrade(self, identity: Identity, request: Request, gone: list[Failure]) -> None:
         if gone:
             return  # the client went away while we authorized it
+        # twisted.web's channel is done with the connection (ServerSite's
+        # keeps its idle timer through a request, see remotedialer._site).
+        taken_over = getattr(request.channel, "taken_over", None)
+        if taken_over is not None:
+            taken_over()
         body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
         if body is not NOT_DONE_YET:
             request.write(body)

@@ -24,6 +24,12 @@ complete: the request line is taken from the HTTP/1.1 channel as it is
 parsed (L{StreamingHTTPChannel}) and, under HTTP/2, from the stream's
 pseudo-headers (C{H2Stream.command}/C{path}); HTTP/2 itself is still
 served by twisted.web's own channel, picked by ALPN as twisted.web does.
+
+The HTTP/1.1 channel also does per connection what twisted.web did per
+request (small front-door GETs are what the server mostly carries): it asks
+the transport for the local address once, and keeps one idle timer, which
+stays scheduled while a request is handled instead of being cancelled and
+made anew around each request.
 """
 
 from __future__ import annotations
@@ -161,14 +167,26 @@ class StreamingRequest(SiteRequest):
 
     #: The request's body as it arrives, when it is streamed; else None (use C{content}).
     body_producer: RequestBody | None = None
-    #: (method, target, version) from the HTTP/1.1 request line, set by L{StreamingHTTPChannel}.
-    request_line: tuple[bytes, bytes, bytes] | None = None
+    #: The HTTP/1.1 request line this request was made from (L{StreamingHTTPChannel}).
+    first_line: bytes | None = None
     _early: IDelayedCall | None = None
     _rendered_early = False
 
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        # twisted.web makes a request as it parses its first line.
+        self.first_line = getattr(channel, "current_line", None)
+
+    @property
+    def request_line(self) -> tuple[bytes, bytes, bytes] | None:
+        """(method, target, version) from the HTTP/1.1 request line, read only when needed."""
+        parts = self.first_line.split(b" ") if self.first_line is not None else []
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
     def _line(self) -> tuple[bytes, bytes, bytes] | None:
-        if self.request_line is not None:
-            return self.request_line
+        line = self.request_line
+        if line is not None:
+            return line
         command, path = getattr(self.channel, "command", None), getattr(self.channel, "path", None)
         if isinstance(command, bytes) and isinstance(path, bytes):  # an H2Stream
             return command, path, b"HTTP/2"
@@ -265,8 +283,8 @@ class StreamingRequest(SiteRequest):
 
 class StreamingHTTPChannel(HTTPChannel):
     """
-    twisted.web's HTTP/1.1 channel, telling each request its request line
-    as soon as it is parsed, and asking its transport for the local address
+    twisted.web's HTTP/1.1 channel, letting each request know its request
+    line as soon as it is parsed, and asking its transport for the local address
     once per connection: every twisted.web request takes it (C{request.host}),
     and for TCP that is a C{getsockname} system call per request.
     """
@@ -287,7 +305,9 @@ class StreamingHTTPChannel(HTTPChannel):
     # schedules a new one each time, two changes to the reactor's timer heap
     # per request.  Here the timer stays scheduled while the timeout is off;
     # if it comes due then, it does nothing (and the timeout, when turned on
-    # again, schedules a new one).  When it fires is unchanged.
+    # again, schedules a new one).  When it fires is unchanged.  A connection
+    # taken over by a WebSocket (twisted.web's part of it ends without
+    # connectionLost) must say so: L{taken_over}.
 
     def setTimeout(self, period: float | None) -> float | None:
         previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]  # TimeoutMixin says int
@@ -304,25 +324,29 @@ class StreamingHTTPChannel(HTTPChannel):
         if call is not None and period is not None:
             call.reset(period)
 
+    def taken_over(self) -> None:
+        """The connection is no longer HTTP (a WebSocket took it over): its idle timer goes."""
+        self.timeOut = None
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _idle_due(self) -> None:
         self._idle_call = None
         if self.timeOut is not None:
             self.timeoutConnection()  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        call, self._idle_call = self._idle_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self.taken_over()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
+    #: The line being parsed, for the request twisted.web makes from it (L{StreamingRequest}).
+    current_line = b""
+
     def lineReceived(self, line: bytes) -> None:
-        before = len(self.requests)
-        super().lineReceived(line)  # type: ignore[no-untyped-call]  # Twisted's, untyped
-        if len(self.requests) > before:
-            parts = line.split(b" ")
-            request = self.requests[-1]
-            if len(parts) == 3 and isinstance(request, StreamingRequest):
-                request.request_line = (parts[0], parts[1], parts[2])
+        # Every line of every head comes here: as little as can be done.
+        self.current_line = line
+        HTTPChannel.lineReceived(self, line)
 
 
 class _ChannelChoice(Protocol):

@@ -198,6 +198,12 @@ class ChannelTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_timer_gone_when_taken_over(self) -> None:
+        """A WebSocket upgrade ends twisted.web's part without connectionLost: the timer goes with it."""
+        self.channel.dataReceived(GET)
+        self.resource.requests[-1].channel.taken_over()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_timer_gone_with_the_connection(self) -> None:
         self.channel.dataReceived(GET)
         self.answer()
