@@ -177,6 +177,17 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual([r.host.port for r in self.resource.requests], [8123] * 3)
         self.assertEqual(self.transport.host_asked, 1)
 
+    def test_body_streamed_on_a_kept_alive_connection(self) -> None:
+        """Each request knows its own request line: the second is rendered before its body is in."""
+        self.channel.dataReceived(GET)
+        self.answer()
+        self.channel.dataReceived(b"POST /client/y?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcd")
+        self.clock.advance(0)
+        request = self.resource.requests[-1]
+        self.assertEqual((len(self.resource.requests), request.method, request.uri),
+                         (2, b"POST", b"/client/y?a=1"))
+        self.assertEqual(request.body_producer.received, 4)
+
     def test_one_idle_timer_per_connection(self) -> None:
         for _ in range(5):
             self.channel.dataReceived(GET)
