@@ -122,6 +122,7 @@ class UpstreamConnection(Protocol):
         self._answered = False
         self._refused: str | None = None  # why the response was refused (head limits, not HTTP)
         self._body: IBodyProducer | None = None
+        self._paused = False  # the reader downstream has paused our transport
 
     # The exchange's side.
 
@@ -166,10 +167,12 @@ class UpstreamConnection(Protocol):
 
     def pause_reading(self) -> None:
         if not self.closed:
+            self._paused = True
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         if not self.closed:
+            self._paused = False
             self.transport.resumeProducing()
 
     # The request body.
@@ -272,6 +275,11 @@ class UpstreamConnection(Protocol):
             connection.start_next_cycle()
             reusable = not connection.trailing_data[0]  # bytes past the response: not ours to guess
         if reusable:
+            if self._paused:
+                # The reader paused us for the last bytes of its response:
+                # the next exchange reads this connection afresh.
+                self._paused = False
+                self.transport.resumeProducing()
             self.pool.release(self)
         else:
             self._stop_body()  # the target answered before the body was all sent
