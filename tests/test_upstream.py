@@ -72,7 +72,8 @@ class UpstreamConnectionTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"GET /x?y=1 HTTP/1.1\r\nHost: t\r\n\r\n")
         connection.dataReceived(OK[:30])
         connection.dataReceived(OK[30:])
-        self.assertEqual(handler.head, (200, b"OK", [(b"content-length", b"5"), (b"x-a", b"1"), (b"x-a", b"2")]))
+        headers = [(b"content-length", b"5"), (b"x-a", b"1"), (b"x-a", b"2")]
+        self.assertEqual(handler.head, (200, b"OK", headers))
         self.assertEqual((handler.body, handler.ended, handler.failed), (b"hello", True, None))
         self.assertEqual(self.pool.released, [connection])
         self.assertFalse(transport.disconnecting)
@@ -83,7 +84,7 @@ class UpstreamConnectionTests(SynchronousTestCase):
         self.assertEqual((second.head[0], second.body, second.ended), (200, b"hello", True))
 
     def test_paused_reader_resumed_for_the_next_request(self) -> None:
-        """A response that ends while its reader has paused the transport: the connection goes back reading."""
+        """A response ending while its reader has paused the transport: the connection reads again."""
         connection, transport = self.connect()
         handler = self.get(connection, Handler(pause=True))
         handler._connection = connection
