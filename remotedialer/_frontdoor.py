@@ -209,10 +209,10 @@ class _Exchange:
     """
     One front-door request: its upstream connection (whose
     L{remotedialer._upstream.ResponseHandler} it is), its relay into the
-    downstream request (whose producer it is: pause and resume go to the
-    upstream transport; stopProducing, the downstream connection going,
-    which TCP says before the request hears of it, means the reader is
-    gone), and its end.
+    downstream request (whose producer it is once the body does not come
+    whole in one read: pause and resume go to the upstream transport;
+    stopProducing, the downstream connection going, which TCP says before
+    the request hears of it, means the reader is gone), and its end.
     """
 
     def __init__(self, front_door: FrontDoor, request: Request, client_key: str, scheme: str,
@@ -321,12 +321,17 @@ class _Exchange:
         if length is not None and not chunked and code >= 200 and code != 204:
             # The body's length (for HEAD and 304, the length it would have).
             set_header(b"content-length", [length])
-        request.registerProducer(self, True)
-        self._producing = True
 
     def body_received(self, data: bytes) -> None:
         if not self.reader_gone:
             self.request.write(data)
+
+    def body_pending(self) -> None:
+        # Only now is the exchange the request's producer: a response that
+        # came whole in one read (most small ones) is written without it.
+        if not self.over and not self._producing:
+            self._producing = True
+            self.request.registerProducer(self, True)
 
     def response_ended(self) -> None:
         self.connection = None

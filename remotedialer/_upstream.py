@@ -71,6 +71,12 @@ class ResponseHandler(TypingProtocol):
     def body_received(self, data: bytes) -> None:
         """Bytes of the response body, de-chunked."""
 
+    def body_pending(self) -> None:
+        """
+        The response is not all in with the bytes received so far (said
+        once per response): from now on its reader may need to pause it.
+        """
+
     def response_ended(self) -> None:
         """The response is complete."""
 
@@ -123,6 +129,8 @@ class UpstreamConnection(Protocol):
         self._refused: str | None = None  # why the response was refused (head limits, not HTTP)
         self._body: IBodyProducer | None = None
         self._paused = False  # the reader downstream has paused our transport
+        self._started = False
+        self._pending = False
 
     # The exchange's side.
 
@@ -136,6 +144,8 @@ class UpstreamConnection(Protocol):
         self.requests += 1
         self._handler = handler
         self._answered = False
+        self._started = False  # the final head is passed on
+        self._pending = False  # body_pending is said
         self._head.arm()
         if body is not None:
             if body.length is UNKNOWN_LENGTH:
@@ -258,11 +268,17 @@ class UpstreamConnection(Protocol):
             if kind is h11.Data:
                 self._handler.body_received(bytes(event.data))  # type: ignore[union-attr]
             elif kind is h11.Response:
+                self._started = True
                 self._handler.response_started(event.status_code, event.reason, event.headers)  # type: ignore[union-attr]
             elif kind is h11.EndOfMessage:
                 self._ended()
                 return
-            elif event is h11.NEED_DATA or event is h11.PAUSED or kind is h11.ConnectionClosed:
+            elif event is h11.NEED_DATA:
+                if self._started and not self._pending:
+                    self._pending = True
+                    self._handler.body_pending()
+                return
+            elif event is h11.PAUSED or kind is h11.ConnectionClosed:
                 return
             # (InformationalResponse: another head follows.)
 

@@ -35,6 +35,7 @@ class Handler:
         self.body = b""
         self.ended = False
         self.failed: tuple[Failure, bool] | None = None
+        self.pending = False
         self._connection = connection
         self._pause = pause
 
@@ -45,6 +46,9 @@ class Handler:
 
     def body_received(self, data: bytes) -> None:
         self.body += data
+
+    def body_pending(self) -> None:
+        self.pending = True
 
     def response_ended(self) -> None:
         self.ended = True
@@ -71,7 +75,10 @@ class UpstreamConnectionTests(SynchronousTestCase):
         handler = self.get(connection)
         self.assertEqual(transport.value(), b"GET /x?y=1 HTTP/1.1\r\nHost: t\r\n\r\n")
         connection.dataReceived(OK[:30])
-        connection.dataReceived(OK[30:])
+        self.assertFalse(handler.pending)  # still in the head
+        connection.dataReceived(OK[30:-2])
+        self.assertTrue(handler.pending)
+        connection.dataReceived(OK[-2:])
         headers = [(b"content-length", b"5"), (b"x-a", b"1"), (b"x-a", b"2")]
         self.assertEqual(handler.head, (200, b"OK", headers))
         self.assertEqual((handler.body, handler.ended, handler.failed), (b"hello", True, None))
@@ -82,6 +89,7 @@ class UpstreamConnectionTests(SynchronousTestCase):
         self.assertEqual(connection.requests, 2)
         connection.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
         self.assertEqual((second.head[0], second.body, second.ended), (200, b"hello", True))
+        self.assertFalse(second.pending)  # it came whole
 
     def test_paused_reader_resumed_for_the_next_request(self) -> None:
         """A response ending while its reader has paused the transport: the connection reads again."""
