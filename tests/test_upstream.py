@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer._headlimit import ResponseHeadTooLarge
-from remotedialer._upstream import BadResponse, UpstreamConnection
+from remotedialer._upstream import BadResponse, RequestNotSendable, UpstreamConnection
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"
 
@@ -164,3 +164,11 @@ class UpstreamConnectionTests(SynchronousTestCase):
         handler = self.get(connection, method=b"HEAD")
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual((handler.body, handler.ended, self.pool.released), (b"", True, [connection]))
+
+    def test_request_h11_refuses(self) -> None:
+        X
+        connection, transport = self.connect()
+        with self.assertRaises(RequestNotSendable):
+            connection.request(Handler(), b"G(T", b"/", [(b"Host", b"t")], None)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
