@@ -166,7 +166,7 @@ class UpstreamConnectionTests(SynchronousTestCase):
         self.assertEqual((handler.body, handler.ended, self.pool.released), (b"", True, [connection]))
 
     def test_request_h11_refuses(self) -> None:
-        X
+        """A request h11 will not write (twisted.web lets few through): refused, the connection closed."""
         connection, transport = self.connect()
         with self.assertRaises(RequestNotSendable):
             connection.request(Handler(), b"G(T", b"/", [(b"Host", b"t")], None)
