@@ -35,6 +35,8 @@ Module map, from the wire up (one job each):
     _peering     a server's outgoing link to a peer (HA)
     _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
     _pool        the front door's kept-alive connections, one pool per client key
+    _upstream    the front door's HTTP/1.1 client: one kept-alive connection to a target (h11)
+    _headlimit   the bound on the response heads the front door reads
     _site        the server's web site: access log opt-in, request bodies streamed
     _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
     _jsonlog     log events as one JSON object per line (--log-format json)

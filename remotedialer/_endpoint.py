@@ -91,11 +91,14 @@ class TunnelAgentEndpointFactory:
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        host = uri.host.decode("ascii")
+        return self.endpoint_for(uri.scheme.decode("ascii"), uri.host.decode("ascii"), uri.port)
+
+    def endpoint_for(self, scheme: str, host: str, port: int) -> IStreamClientEndpoint:
+        """The endpoint of C{scheme://host:port} (C{host} without brackets, for IPv6)."""
         endpoint: IStreamClientEndpoint = TunnelEndpoint(
-            self._opener, self._client_key, "tcp", _netloc(host, uri.port))
-        if uri.scheme == b"https":
-            creator = self._tls_policy.creatorForNetloc(uri.host, uri.port)
+            self._opener, self._client_key, "tcp", _netloc(host, port))
+        if scheme == "https":
+            creator = self._tls_policy.creatorForNetloc(host.encode("ascii"), port)
             endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
 

@@ -1,49 +1,44 @@
 """
-The front door's kept-alive connections: one HTTPConnectionPool per client key.
+The front door's kept-alive connections: one pool per client key.
 
 Opening a tunnel stream (and, at the client, a target connection) for every
 small request costs more than the request itself, so the front door keeps
-idle connections as any HTTP agent does.  twisted.web's pool keys its
-connections by (scheme, host, port) only, and the same host:port behind two
-clients is two different machines: sharing one pool would send client A's
-request down client B's tunnel.  So every client key has a pool of its own
-(the front door's TLS policy is one for all, and the pool's own key holds
-the scheme).
+idle connections as any HTTP agent does.  The same host:port behind two
+clients is two different machines, so every client key has a pool of its
+own, and within it the idle connections of each target
+C{(scheme, host, port)}.
 
-A pool is bounded (at most C{max_idle} idle connections per target, each
-closed after C{idle_timeout} s), lives only while it has connections, and
-is retired when its client's sessions change (a session added: a reconnect
-that replaces the old session, which can only drain once nothing idles on
-it; a session removed): its idle connections are closed, and connections
-still busy on it are closed once their response is done.
-
-Each connection handed out is told that a request begins on it
-(L{HeadLimitedConnection.begin}), so the response-head limit counts every
-response and the connection's end is reported to the request using it.
-twisted.web's own retry of a failed request on a reused connection is off
-(its wrapper hides the connection); L{FrontDoor} retries such a request
-itself.
+A pool is bounded (at most C{max_idle} idle connections per target: the
+oldest is closed to make room; each closed after C{idle_timeout} s idle,
+by one timer per pool rather than one per connection, so that handing a
+connection out and taking it back costs no timer), hands out the most
+recently used connection first (the rest can time out when load drops),
+lives only while it has connections, and is retired when its client's
+sessions change (a session added: a reconnect that replaces the old
+session, which can only drain once nothing idles on it; a session
+removed): its idle connections are closed, and connections still busy on
+it are closed once their response is done.  With C{max_idle} 0 nothing is
+kept: every request says C{Connection: close}, on a new stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
-from remotedialer._headlimit import HeadLimitedConnection
 from remotedialer._interfaces import ISessionObserver
+from remotedialer._upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from twisted.web._newclient import HTTP11ClientProtocol
-
     from remotedialer._registry import SessionRegistry
     from remotedialer._session import Session
+
+__all__ = ["IDLE_TIMEOUT", "MAX_IDLE", "ClientPool", "ClientPools", "Target"]
 
 #: Idle connections kept per client and target (Go's http.Transport keeps 2;
 #: more here, because a new stream costs us more than it costs Go).
@@ -51,59 +46,114 @@ MAX_IDLE = 128
 #: Seconds an idle connection is kept (Go's http.Transport: 90).
 IDLE_TIMEOUT = 90.0
 
+#: A target, as connections are pooled: (scheme, host, port).
+Target = tuple[str, str, int]
 
-class ClientPool(HTTPConnectionPool):
-    """The pool of one client key (see module docstring)."""
 
-    retryAutomatically = False
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: ClientPool, target: Target, head_bytes: int, max_headers: int) -> None:
+        self._args = (pool, target, head_bytes, max_headers)
+
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
+        return UpstreamConnection(*self._args)
+
+
+class ClientPool:
+    """The connections of one client key (see module docstring)."""
 
     def __init__(self, reactor: IReactorTime, owner: ClientPools, client_key: str) -> None:
-        # (Twisted's pool cannot keep 0 idle connections: it must not be persistent then.)
-        super().__init__(reactor, persistent=owner.max_idle > 0)  # type: ignore[no-untyped-call]  # Twisted's
-        self.maxPersistentPerHost = owner.max_idle
-        self.cachedConnectionTimeout = owner.idle_timeout  # type: ignore[assignment]  # any seconds do
         self.client_key = client_key
+        #: Requests may be kept alive (C{max_idle} over 0).
+        self.persistent = owner.max_idle > 0
         self.retired = False
-        self.connections: set[HeadLimitedConnection] = set()
+        #: Every live connection, busy or idle.
+        self.connections: set[UpstreamConnection] = set()
+        self._idle: dict[Target, list[UpstreamConnection]] = {}  # oldest first
         self._reactor = reactor
         self._owner = owner
+        self._reaper: IDelayedCall | None = None
 
-    def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
-        d: Deferred[HTTP11ClientProtocol] = super().getConnection(key, endpoint)
+    def take(self, target: Target) -> UpstreamConnection | None:
+        """An idle connection to C{target} (the most recently used), or None."""
+        idle = self._idle.get(target)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and not getattr(connection.transport, "disconnecting", False):
+                return connection
+        return None
 
-        def begin(protocol: HTTP11ClientProtocol) -> HTTP11ClientProtocol:
-            connection = protocol.transport
-            if isinstance(connection, HeadLimitedConnection):
+    def connect(self, target: Target, endpoint: IStreamClientEndpoint, head_bytes: int,
+                max_headers: int) -> Deferred[UpstreamConnection]:
+        """A new connection to C{target} through C{endpoint}."""
+        factory = _ConnectionFactory(self, target, head_bytes, max_headers)
+
+        def connected(connection: UpstreamConnection) -> UpstreamConnection:
+            if not connection.closed:
                 self.connections.add(connection)
-                connection.begin(getattr(endpoint, "on_lost", None))
-                on_begin = getattr(endpoint, "on_begin", None)
-                if on_begin is not None:
-                    on_begin(connection)
-            return protocol
+            return connection
 
         def failed(reason: Failure) -> Failure:
             if not self.connections:  # it never had one: do not keep it for ever
                 self._owner.forget(self)
             return reason
 
-        return d.addCallbacks(begin, failed)
+        d: Deferred[UpstreamConnection] = endpoint.connect(factory)  # type: ignore[assignment]  # what our factory builds
+        return d.addCallbacks(connected, failed)
 
-    def connection_lost(self, connection: HeadLimitedConnection) -> None:
+    def release(self, connection: UpstreamConnection) -> None:
+        """C{connection}'s response is complete: keep it for the next request, or close it."""
+        if self.retired or not self.persistent or connection.closed:
+            connection.transport.loseConnection()
+            return
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) >= self._owner.max_idle:
+            idle.pop(0).transport.loseConnection()
+        connection.idle_since = self._reactor.seconds()
+        idle.append(connection)
+        if self._reaper is None:
+            self._reaper = self._reactor.callLater(self._owner.idle_timeout, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle for C{idle_timeout}; come back for the next one due."""
+        self._reaper = None
+        now = self._reactor.seconds()
+        timeout = self._owner.idle_timeout
+        due = None
+        for idle in list(self._idle.values()):
+            while idle and idle[0].idle_since + timeout <= now:
+                idle.pop(0).transport.loseConnection()
+            if idle:
+                due = min(due if due is not None else idle[0].idle_since, idle[0].idle_since)
+        if due is not None:
+            self._reaper = self._reactor.callLater(max(0.0, due + timeout - now), self._reap)
+
+    def connection_lost(self, connection: UpstreamConnection) -> None:
         self.connections.discard(connection)
+        idle = self._idle.get(connection.key)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[connection.key]
         if not self.connections:
+            self._stop_reaper()
             self._owner.forget(self)
 
     def retire(self) -> None:
-        """No new requests here; close what idles now, and what finishes later (L{request_done})."""
+        """No new requests here; close what idles now, and what finishes later (L{release})."""
         self.retired = True
-        self.closeCachedConnections()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        self._stop_reaper()
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.transport.loseConnection()
 
-    def request_done(self) -> None:
-        """A response read through this pool is complete (its connection, if kept, is idle again)."""
-        if self.retired:
-            # Its connection went back to the pool just before: close it,
-            # from the reactor (we are inside the HTTP client's own bookkeeping).
-            self._reactor.callLater(0, self.closeCachedConnections)
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None:
+            if self._reaper.active():
+                self._reaper.cancel()
+            self._reaper = None
 
 
 @implementer(ISessionObserver)

@@ -645,6 +645,34 @@ class FrontDoorTests(TestCase):
         return run(go())
 
 
+    def test_head_keeps_the_target_length(self):
+        """A HEAD's Content-Length is the target's (what a GET would return), with no body."""
+
+        async def go():
+            await self._setup()
+            request = (f"HEAD /client/foo/http/{self.target.address}/hello HTTP/1.1\r\n"
+                       "Host: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
+            raw = await self._raw(RawHTTP(request))
+            await raw.done
+            self.assertEqual(raw.status_line, b"HTTP/1.1 200 OK")
+            self.assertEqual(raw.header(b"Content-Length"), b"%d" % len(b"hello through the front door"))
+            self.assertEqual(raw.body_bytes, 0)
+
+        return run(go())
+
+    def test_bad_target_is_400(self):
+        """A target that is not host, host:port or [v6]:port: 400 before anything is dialed."""
+
+        async def go():
+            await self._setup()
+            for address in ("127.0.0.1:http", "127.0.0.1:0", "::1:80", "a%0d%0aX-Injected:%201", "h%C3%A9st"):
+                response = await treq.get(self.url("hello", address=address), pool=self.pool)
+                body = await response.content()
+                self.assert_reason(response, body, 400, b"bad target")
+            self.assertEqual(self._server_streams(), [])
+
+        return run(go())
+
     # HTTPS targets.
 
     def test_https_verified_with_ca_file(self):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -183,7 +185,29 @@ class PoolTests(TestCase):
         return run(go())
 
 
-class ForgottenPoolTests(SynchronousTestCase):
+class PoolUnitTests(SynchronousTestCase):
+    """One pool's bookkeeping, on a Clock, with connections over StringTransports."""
+
+    target = ("http", "10.0.0.1", 80)
+
+    def pools(self, **kwargs):
+        from twisted.internet.task import Clock
+
+        from remotedialer._pool import ClientPools
+
+        self.clock = Clock()
+        return ClientPools(self.clock, None, **kwargs)
+
+    def connection(self, pool):
+        from twisted.internet.testing import StringTransport
+
+        from remotedialer._upstream import UpstreamConnection
+
+        connection = UpstreamConnection(pool, self.target, 1000, 10)
+        connection.makeConnection(StringTransport())
+        pool.connections.add(connection)
+        return connection
+
     def test_failed_dial_leaves_no_pool(self) -> None:
         """
         A pool whose first dial fails (the client is not connected) is not
@@ -191,16 +215,73 @@ class ForgottenPoolTests(SynchronousTestCase):
         """
         from twisted.internet.defer import fail
         from twisted.internet.error import ConnectError
-        from twisted.internet.task import Clock
-
-        from remotedialer._pool import ClientPools
 
         class Refusing:
             def connect(self, factory):
                 return fail(ConnectError("client k is not connected"))
 
-        pools = ClientPools(Clock(), None)
+        pools = self.pools()
         for i in range(1000):
-            d = pools.pool_for(f"k{i}").getConnection(("http", b"10.0.0.1", 80), Refusing())
+            d = pools.pool_for(f"k{i}").connect(self.target, Refusing(), 1000, 10)
             self.failureResultOf(d, ConnectError)
         self.assertEqual(len(pools), 0)
+
+    def test_most_recent_first_and_bounded(self) -> None:
+        """The most recently idle connection is handed out first; past max_idle the oldest is closed."""
+        pool = self.pools(max_idle=2).pool_for("k")
+        a, b, c = (self.connection(pool) for _ in range(3))
+        for connection in (a, b, c):
+            pool.release(connection)
+        self.assertTrue(a.transport.disconnecting)
+        self.assertFalse(b.transport.disconnecting or c.transport.disconnecting)
+        self.assertIs(pool.take(self.target), c)
+        self.assertIs(pool.take(self.target), b)
+        self.assertIsNone(pool.take(self.target))
+        self.assertIsNone(pool.take(("https", "10.0.0.1", 80)))
+
+    def test_idle_timeout(self) -> None:
+        """A connection idle for idle_timeout is closed (one timer for the pool); a busy one is not."""
+        pool = self.pools(idle_timeout=10).pool_for("k")
+        old, newer, busy = (self.connection(pool) for _ in range(3))
+        pool.release(old)
+        self.clock.advance(6)
+        pool.release(newer)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(4)
+        self.assertTrue(old.transport.disconnecting)
+        self.assertFalse(newer.transport.disconnecting)
+        self.clock.advance(6)
+        self.assertTrue(newer.transport.disconnecting)
+        self.assertFalse(busy.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_not_persistent(self) -> None:
+        """max_idle 0: a connection is closed when its response is done."""
+        pool = self.pools(max_idle=0).pool_for("k")
+        connection = self.connection(pool)
+        pool.release(connection)
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertIsNone(pool.take(self.target))
+
+    def test_retired_closes_idle_and_later_released(self) -> None:
+        pools = self.pools()
+        pool = pools.pool_for("k")
+        idle, busy = self.connection(pool), self.connection(pool)
+        pool.release(idle)
+        pools.retire("k")
+        self.assertTrue(idle.transport.disconnecting)
+        self.assertFalse(busy.transport.disconnecting)
+        pool.release(busy)
+        self.assertTrue(busy.transport.disconnecting)
+        self.assertIsNot(pools.pool_for("k"), pool)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lost_connection_leaves_the_pool(self) -> None:
+        """An idle connection whose stream ends is not handed out; the pool goes with its last connection."""
+        pools = self.pools()
+        pool = pools.pool_for("k")
+        connection = self.connection(pool)
+        pool.release(connection)
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(pool.take(self.target))
+        self.assertEqual((len(pools), self.clock.getDelayedCalls()), (0, []))
