@@ -532,6 +532,9 @@ class HalfOpenTests(FaultTestCase):
                               CLIENT_KEEPALIVE["idle_timeout"] + probe + NOTICE_MARGIN,
                               "the old session ending")
             self.assert_emptied(old)
+            # Replaced, not timed out: the server's own 3 s timeout comes within the limit too.
+            self.assertTrue(old.superseded)
+            self.assertEqual(old.end_reason, "replaced by a newer session of the same client")
             self.assertEqual(sessions_of(tunnel.server), [newest])
             await self.exchange(tunnel, echo, MiB)
 
