@@ -178,6 +178,37 @@ class ProgramTests(ProgramTestCase):
         await eventually(lambda: b"starting on" in program.out or not program.running, timeout=30)
         return program, _port_of(program)
 
+    async def _peers_on_one_port(self, *args: str) -> tuple[Program, Program, int]:
+        """
+        Servers on 127.0.0.1 and 127.0.0.2 with one port, each finding the
+        other through --peers-dns rd.peers.test:PORT.  The port is free when
+        chosen, but another process may bind it before a server starts: then
+        (and only then) both start again on another.
+        """
+        for _ in range(5):
+            port = _free_port_on_both()
+            common = [*args, "--peers-dns", f"rd.peers.test:{port}"]
+            a = await self._listening("--id", f"127.0.0.1:{port}", *common,
+                                      listen=f"tcp:{port}:interface=127.0.0.1")
+            b = a and await self._listening("--id", f"127.0.0.2:{port}", *common,
+                                            listen=f"tcp:{port}:interface=127.0.0.2")
+            if a and b:
+                return a, b, port
+            if a:
+                await a.terminate()
+        self.fail("no port stayed free on both 127.0.0.1 and 127.0.0.2")
+
+    async def _listening(self, *args: str, listen: str) -> Program | None:
+        """The server program, listening; None if its port was taken (any other failure fails)."""
+        program = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",
+                             "--listen", listen, *args)
+        await eventually(lambda: b"starting on" in program.out or not program.running, timeout=30)
+        if b"starting on" in program.out:
+            return program
+        await program.ended
+        self.assertIn(b"--listen: cannot listen on", program.out + program.err)
+        return None
+
     async def _until_200(self, url: str, pool, *watch: Program) -> bytes:
         for _ in range(300):
             response = await treq.get(url, pool=pool)
@@ -269,18 +300,14 @@ class ProgramTests(ProgramTestCase):
             factory.noisy = False
             udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
             self.addCleanup(udp.stopListening)
-            port = _free_port_on_both()
             zone.set("rd.peers.test", ["127.0.0.1", "127.0.0.2"])
             token = os.path.abspath(self.mktemp())
             secret = "peer-" + random.Random(1).randbytes(8).hex()
             with open(token, "w") as f:
                 f.write(secret + "\n")
-            common = ["--token-file", token, "--peers-dns", f"rd.peers.test:{port}",
-                      "--peers-dns-server", f"127.0.0.1:{udp.getHost().port}", "--peers-dns-interval", "0.3"]
-            a, _ = await self._server("--id", f"127.0.0.1:{port}", *common,
-                                      listen=f"tcp:{port}:interface=127.0.0.1")
-            b, _ = await self._server("--id", f"127.0.0.2:{port}", *common,
-                                      listen=f"tcp:{port}:interface=127.0.0.2")
+            a, b, port = await self._peers_on_one_port(
+                "--token-file", token, "--peers-dns-server", f"127.0.0.1:{udp.getHost().port}",
+                "--peers-dns-interval", "0.3")
             root = Resource()
             root.putChild(b"hello", Data(b"hello via a peer", "text/plain"))
             target = await listen_tcp(Site(root), self)
