@@ -374,10 +374,12 @@ class _TunnelProtocol(_WebSocket):
             self.session.lose(Failure(TunnelLinkError("text message received")))
             return
         session = self.session
-        before = session.replies_sent
+        mux = session.mux
+        before = mux.replies_sent
         session.message_received(payload)
-        if self._pressure is not None:
-            self._pressure.replied(session.replies_sent - before)
+        replied = mux.replies_sent - before
+        if replied and self._pressure is not None:
+            self._pressure.replied(replied)
 
     def timeoutConnection(self) -> None:
         self._log.warn("{session}: no frame for {timeout} s, closing", session=self.session,
