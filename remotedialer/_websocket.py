@@ -234,9 +234,15 @@ class _TunnelProtocol(_WebSocket):
         as RFC 6455 wants; compressed through C{sendMessage} if compression
         was negotiated): half of C{sendMessage}'s checks are for options a
         tunnel never uses, and they cost as much as the framing itself.
+        A message over our own size limit still goes to C{sendMessage},
+        which refuses it as it always did.
         """
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(self.factory.prepareMessage(data, isBinary=True))
+        if self.state != self.STATE_OPEN:
+            return
+        if 0 < self.maxMessagePayloadSize < len(data):  # sendMessage refuses it (PayloadExceededError)
+            self.sendMessage(data, isBinary=True)  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
+            return
+        self.sendPreparedMessage(self.factory.prepareMessage(data, isBinary=True))
 
     def drop(self) -> None:
         self.dropConnection(abort=True)

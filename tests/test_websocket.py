@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import txaio
+from autobahn.exception import PayloadExceededError
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock
@@ -426,6 +427,15 @@ class WebSocketLimitsTests(SynchronousTestCase):
         self.pump.flush()
         self.assertEqual(len(got), 2)
         self.assertEqual(self.server.localCloseCode, 1009)
+
+    def test_own_message_over_limit_refused(self):
+        """As Autobahn's sendMessage does, a message over our own limit is refused, not sent."""
+        self.connect(SessionLimits(max_message_size=1000))
+        sent = len(self.server_io.stream)
+        self.server.send_binary(b"y" * 1000)
+        self.assertEqual(len(self.server_io.stream), sent + 1)
+        self.assertRaises(PayloadExceededError, self.server.send_binary, b"y" * 1001)
+        self.assertEqual(len(self.server_io.stream), sent + 1)
 
     def test_unfinished_message_dropped_at_deadline(self):
         """A frame announced and left half-sent drops the WebSocket at the deadline, not before."""
