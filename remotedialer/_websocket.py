@@ -239,7 +239,7 @@ class _TunnelProtocol(_WebSocket):
         """
         if self.state != self.STATE_OPEN:
             return
-        if 0 < self.maxMessagePayloadSize < len(data):  # sendMessage refuses it (PayloadExceededError)
+        if len(data) > self.factory.limits.max_message_size:  # sendMessage refuses it (PayloadExceededError)
             self.sendMessage(data, isBinary=True)  # type: ignore[no-untyped-call]  # Autobahn's: mypy#16651
             return
         self.sendPreparedMessage(self.factory.prepareMessage(data, isBinary=True))
