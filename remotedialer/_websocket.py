@@ -263,7 +263,9 @@ class _TunnelProtocol(_WebSocket):
         if self._probes:
             self._settle_probes(True)
         super().dataReceived(data)
-        self._watch_message_deadline()
+        # (the common case inline: whole messages read, no deadline running)
+        if self._message_deadline is not None or self.current_frame is not None or self.inside_message:
+            self._watch_message_deadline()
 
     def probe(self, timeout: float) -> Deferred[bool]:
         """
