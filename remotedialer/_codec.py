@@ -50,7 +50,9 @@ __all__ = [
     "decode_data",
     "decode_varint",
     "encode",
+    "data_header",
     "encode_data",
+    "encode_data_after",
     "encode_varint",
     "error",
     "pause",
@@ -99,7 +101,11 @@ _MAX_VARINT_LEN = 10
 def _encode_varint_uncached(n: int) -> bytes:
     if not _INT64_MIN <= n <= _INT64_MAX:
         raise ValueError(f"{n} is outside the int64 range")
-    u = (n << 1) ^ (n >> 63)
+    return _encode_unsigned((n << 1) ^ (n >> 63))
+
+
+def _encode_unsigned(u: int) -> bytes:
+    """Unsigned LEB128 (what follows the zig-zag mapping in a varint)."""
     out = bytearray()
     while u >= 0x80:
         out.append((u & 0x7F) | 0x80)
@@ -112,6 +118,8 @@ def _encode_varint_uncached(n: int) -> bytes:
 # stream ids of a session (Go counts them up from 2).
 _VARINT_CACHE = tuple(_encode_varint_uncached(n) for n in range(8192))
 _VARINT_CACHE_LEN = len(_VARINT_CACHE)
+# The first byte of a varint of 2 bytes or more, by its low 7 bits.
+_LOW_7_BITS_MORE = tuple(bytes((b | 0x80,)) for b in range(0x80))
 # Decoded value of each 1-byte varint.
 _ONE_BYTE_VALUES = tuple((b >> 1) ^ -(b & 1) for b in range(0x80))
 
@@ -245,8 +253,27 @@ def encode_data(id: int, conn_id: int, payload: bytes) -> bytes:
     return b"".join((encode_varint(id), encode_varint(conn_id), _DATA_SUFFIX, payload))
 
 
+def data_header(conn_id: int) -> bytes:
+    """
+    What follows the id in every DATA message of stream ``conn_id`` (its
+    id, the type, the deadline): the same for all of them, so a sender
+    makes it once per stream (see :func:`encode_data_after`).
+    """
+    return encode_varint(conn_id) + _DATA_SUFFIX
+
+
+def encode_data_after(id_varint: bytes, header: bytes, payload: bytes | memoryview) -> bytes:
+    """
+    Same bytes as ``encode_data(id, conn_id, payload)``, given the id's
+    varint (:meth:`MessageIds.next_varint`) and ``data_header(conn_id)``.
+    """
+    return b"".join((id_varint, header, payload))
+
+
 _DATA_TYPE_BYTE = _VARINT_CACHE[MessageType.DATA][0]  # 0x02, the minimal varint of 1
 _DEADLINE_LEN = len(_DEADLINE_BYTES)
+#: Matches a varint of at most 10 bytes at the start (what it decodes to is not checked).
+_SKIP_VARINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]").match
 
 
 def decode_data(data: bytes) -> tuple[int, bytes] | None:
@@ -259,8 +286,13 @@ def decode_data(data: bytes) -> tuple[int, bytes] | None:
     try:
         if data[0] < 0x80:  # the message id: ignored, but it must be a valid varint
             offset = 1
-        else:
-            _, offset = decode_varint(data, 0)
+        else:  # (a sender's ids count up from a random start: 5 bytes, typically)
+            skipped = _SKIP_VARINT(data)
+            if skipped is None:
+                return None
+            offset = skipped.end()
+            if offset == _MAX_VARINT_LEN and data[offset - 1] > 1:
+                return None  # over 64 bits
         b = data[offset]
         if b < 0x80:
             conn_id = _ONE_BYTE_VALUES[b]
@@ -426,9 +458,30 @@ class MessageIds:
         elif not _INT64_MIN <= start <= _INT64_MAX:
             raise ValueError(f"start {start} is outside the int64 range")
         self._next = start
+        #: The zig-zagged id without its low 7 bits, and its varint (next_varint's cache).
+        self._rest = -1
+        self._rest_varint = b""
 
     def next(self) -> int:
         """The next id to send."""
         current = self._next
         self._next = current + 1 if current != _INT64_MAX else _INT64_MIN
         return current
+
+    def next_varint(self) -> bytes:
+        """
+        The next id to send, encoded (the same bytes as ``encode_varint(next())``).
+        Consecutive ids share all but their first varint byte for 64 ids
+        in a row, so that rest is encoded once per 64 ids, not per message.
+        """
+        n = self.next()
+        if 0 <= n < _VARINT_CACHE_LEN:
+            return _VARINT_CACHE[n]
+        u = (n << 1) ^ (n >> 63)
+        if u < 0x80:  # (a small negative id, past the wrap)
+            return _encode_unsigned(u)
+        rest = u >> 7
+        if rest != self._rest:
+            self._rest = rest
+            self._rest_varint = _encode_unsigned(rest)
+        return _LOW_7_BITS_MORE[u & 0x7F] + self._rest_varint

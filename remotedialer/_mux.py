@@ -87,10 +87,13 @@ class StreamHandle:
     (its transport object); everything else is the multiplexer's to change.
     """
 
-    __slots__ = ("conn_id", "state", "inbound", "held", "remote_paused", "sync_epoch", "context")
+    __slots__ = ("conn_id", "data_header", "state", "inbound", "held", "remote_paused", "sync_epoch",
+                 "context")
 
     def __init__(self, conn_id: int, limits: FlowLimits, sync_epoch: int, fences: bool = False) -> None:
         self.conn_id = conn_id
+        #: What follows the message id in each of our Data messages on this stream.
+        self.data_header = _codec.data_header(conn_id)
         self.state = StreamState.OPEN
         self.inbound = ReceiveBuffer(limits, fences)
         #: Writes held while the far side has paused us (None: none; made
@@ -294,17 +297,18 @@ class Multiplexer:
                 stream.held = deque()
             stream.held.append(data)
             return
-        self._send_data(stream.conn_id, data)
+        self._send_data(stream, data)
 
-    def _send_data(self, conn_id: int, data: bytes) -> None:
-        ids = self._ids
+    def _send_data(self, stream: StreamHandle, data: bytes) -> None:
+        next_id, header, encode = self._ids.next_varint, stream.data_header, _codec.encode_data_after
         if len(data) <= MAX_DATA_CHUNK:
-            self._queue(_codec.encode_data(ids.next(), conn_id, data))
+            message = encode(next_id(), header, data)
+            self.bytes_sent += len(message)
+            self._outbox.append(message)
             return
         view = memoryview(data)
         for offset in range(0, len(data), MAX_DATA_CHUNK):
-            chunk = bytes(view[offset : offset + MAX_DATA_CHUNK])
-            self._queue(_codec.encode_data(ids.next(), conn_id, chunk))
+            self._queue(encode(next_id(), header, view[offset : offset + MAX_DATA_CHUNK]))
 
     def close(self, stream: StreamHandle) -> bool:
         """
@@ -622,7 +626,7 @@ class Multiplexer:
         stream.remote_paused = False
         held = stream.held
         while held and not stream.remote_paused:
-            self._send_data(stream.conn_id, held.popleft())
+            self._send_data(stream, held.popleft())
         if stream.state is _S.CLOSING and not held:
             self._apply(stream, _I.FLUSHED)
             self._events.append(StreamEnded(stream, None))

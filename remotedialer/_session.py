@@ -265,12 +265,14 @@ class Session:
         """Handle one binary WebSocket message."""
         if self._trace and not self.mux.closed:
             self._trace_message("REQUEST", data)
-        events = self.mux.receive(data)
+        mux = self.mux
+        events = mux.receive(data)
         self.flush()
-        if self.mux.awaiting_fence and self._round_trip is not None:
-            self._round_trip(partial(self.mux.fence_passed, self.mux.start_fence()))
+        if mux.awaiting_fence and self._round_trip is not None:
+            self._round_trip(partial(mux.fence_passed, mux.start_fence()))
+        dispatch = self._dispatch
         for event in events:
-            self._dispatch[type(event)](self, event)
+            dispatch[type(event)](self, event)
 
     # A stream that ended (its transport told its protocol) has no context.
 
@@ -331,9 +333,12 @@ class Session:
         if not out:
             return
         send = self._send
-        for data in out:
-            if self._trace:
+        if self._trace:
+            for data in out:
                 self._trace_message("WRITE", data)
+                send(data)
+            return
+        for data in out:
             send(data)
 
     def stream_write(self, stream: TunnelStream, data: bytes) -> None:

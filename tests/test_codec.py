@@ -20,11 +20,13 @@ from remotedialer._codec import (
     Message,
     MessageIds,
     MessageType,
+    data_header,
     decode,
     decode_data,
     decode_varint,
     encode,
     encode_data,
+    encode_data_after,
     encode_varint,
 )
 
@@ -190,6 +192,18 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(encode_data(id, conn_id, payload), encode(message))
         self.assertEqual(self.assertRoundTrip(message).payload, payload)
 
+    @given(int64s, int64s, st.binary(max_size=2000))
+    def test_encode_data_after(self, id: int, conn_id: int, payload: bytes) -> None:
+        """A stream's header made once, and the id's varint, give encode_data's bytes."""
+        self.assertEqual(
+            encode_data_after(encode_varint(id), data_header(conn_id), payload),
+            encode_data(id, conn_id, payload),
+        )
+        self.assertEqual(
+            encode_data_after(encode_varint(id), data_header(conn_id), memoryview(payload)),
+            encode_data(id, conn_id, payload),
+        )
+
     @given(int64s, int64s, st.binary(max_size=100))
     def test_encode_data_bytes_like(self, id: int, conn_id: int, payload: bytes) -> None:
         self.assertEqual(
@@ -279,9 +293,23 @@ class DecodeDataTests(SynchronousTestCase):
         self.assertEqual(decode_data(bytes.fromhex("0e0402b0ea0168656c6c6f")), (2, b"hello"))
         self.assertEqual(decode_data(bytes.fromhex("0e040200" + "68656c6c6f")), (2, b"hello"))
 
+    @given(st.binary(min_size=1, max_size=12).map(lambda b: bytes(x | 0x80 for x in b[:-1]) + b[-1:]),
+           st.binary(max_size=30))
+    def test_long_ids(self, id_bytes: bytes, rest: bytes) -> None:
+        """Ids of any length, valid or not (over 10 bytes, over 64 bits), as decode reads them."""
+        data = id_bytes + b"\x04\x02" + _codec.encode_varint(15000) + rest
+        fast = decode_data(data)
+        try:
+            message = decode(data)
+        except MalformedMessage:
+            self.assertIsNone(fast)
+        else:
+            self.assertEqual(fast, (message.conn_id, message.payload))
+
     def test_malformed(self) -> None:
         """Truncated headers and bad varints are None: decode raises for them."""
         for hexed in ("", "0e", "0e04", "0e0402", "0e0402b0", "ffffffffffffffffffff01040200",
+                      "ffffffffffffffffff02040200", "ffffffffffffffffffffff00040200",
                       "0e0482", "0e04028080"):
             data = bytes.fromhex(hexed)
             self.assertIsNone(decode_data(data), hexed)
@@ -453,3 +481,17 @@ class MessageIdsTests(SynchronousTestCase):
 
     def test_bad_start(self) -> None:
         self.assertRaises(ValueError, MessageIds, 2**63)
+
+    @given(int64s, st.integers(min_value=1, max_value=300))
+    def test_next_varint(self, start: int, count: int) -> None:
+        """next_varint is encode_varint(next()), across 64-id runs, the int64 wrap and negatives."""
+        ids, plain = MessageIds(start), MessageIds(start)
+        for _ in range(count):
+            self.assertEqual(ids.next_varint(), encode_varint(plain.next()))
+
+    def test_next_varint_edges(self) -> None:
+        """Where the shared rest of the varint changes, and the small negatives past the wrap."""
+        for start in (8190, 2**31 - 70, 2**35 - 3, INT64_MAX - 2, -130, -3):
+            ids, plain = MessageIds(start), MessageIds(start)
+            for _ in range(140):
+                self.assertEqual(ids.next_varint(), encode_varint(plain.next()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import txaio
+from autobahn.exception import PayloadExceededError
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock
@@ -406,6 +407,35 @@ class WebSocketLimitsTests(SynchronousTestCase):
         self.clock.advance(10)
         self.pump.flush()
         self.assertEqual(self.server_owner.closed, [server_session])
+
+    def test_fragmented_message(self):
+        """
+        A message in several frames (as Go's writer sends a large one)
+        reaches the session whole, once; one over the limit in frames
+        that are each under it closes with 1009, and none of it is delivered.
+        """
+        self.connect(SessionLimits(max_message_size=1000))
+        [server_session] = self.server_owner.opened
+        got = []
+        server_session.message_received = got.append
+        payload = bytes(range(256)) * 3
+        self.client.sendMessage(payload, isBinary=True, fragmentSize=100)
+        self.client.sendMessage(b"one frame", isBinary=True)
+        self.pump.flush()
+        self.assertEqual(got, [payload, b"one frame"])
+        self.client.sendMessage(b"x" * 1001, isBinary=True, fragmentSize=100)
+        self.pump.flush()
+        self.assertEqual(len(got), 2)
+        self.assertEqual(self.server.localCloseCode, 1009)
+
+    def test_own_message_over_limit_refused(self):
+        """As Autobahn's sendMessage does, a message over our own limit is refused, not sent."""
+        self.connect(SessionLimits(max_message_size=1000))
+        sent = len(self.server_io.stream)
+        self.server.send_binary(b"y" * 1000)
+        self.assertEqual(len(self.server_io.stream), sent + 1)
+        self.assertRaises(PayloadExceededError, self.server.send_binary, b"y" * 1001)
+        self.assertEqual(len(self.server_io.stream), sent + 1)
 
     def test_unfinished_message_dropped_at_deadline(self):
         """A frame announced and left half-sent drops the WebSocket at the deadline, not before."""
