@@ -204,7 +204,11 @@ class UploadTests(TestCase):
             target = f"127.0.0.1:{self.target.getHost().port}"
             status, body = await self.run_curl(
                 f"https://127.0.0.1:{self.front_tls.getHost().port}/client/nobody/http/{target}/echo",
-                "--http2", "--cacert", self.ca, "--data-binary", f"@{path}")
+                # (Known: curl stops sending on the answer, ending its stream
+                # short of its Content-Length; h2 calls that a protocol error,
+                # twisted.web sends GOAWAY but the connection stays open, and
+                # curl waits for its --max-time: kept short here.)
+                "--http2", "--cacert", self.ca, "--data-binary", f"@{path}", "--max-time", "10")
             self.assertEqual((status, body), (500, b"failed to find Session for client nobody\n"))
             [request] = [r for r in self.site.requests if r.body_producer is not None]
             self.assertLessEqual(request.body_producer.peak_held, HELD_BODY + MiB)
