@@ -16,8 +16,13 @@ that forwards each chunk as it arrives, and stops reading from the caller
 while its consumer (the tunnel stream) is paused.  An answer given before
 the body is all in (an unknown client, a refusal, a target that answered
 early) ends the connection after the answer: the rest of the body is never
-read (under HTTP/2, whose twisted.web channel cannot end a stream whose
-request is still arriving, the rest is taken and dropped).
+read.  Under HTTP/2, whose twisted.web channel cannot end a stream whose
+request is still arriving, the rest is taken and dropped, and an answer
+whole at once (an unknown client's 500) is held until the body is in: a
+client answered mid-upload may end its stream short of its Content-Length
+(curl does), which h2 takes for a protocol error of the whole connection
+(GOAWAY; and twisted.web's H2 channel, a producer registered on a TLS
+transport it never unregisters from, then never closes the connection).
 
 twisted.web tells a request its method and path only when its body is
 complete: the request line is taken from the HTTP/1.1 channel as it is
@@ -228,6 +233,7 @@ class StreamingRequest(SiteRequest):
         body.finished()
         if self._finish_when_complete:
             self._finish_when_complete = False
+            self._release_answer()
             super().finish()  # type: ignore[no-untyped-call]  # Twisted's, untyped
             return
         if not self._rendered_early:
@@ -238,11 +244,48 @@ class StreamingRequest(SiteRequest):
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's
 
     _finish_when_complete = False
+    #: Under HTTP/2, the answer's first writes while the body is still arriving (see L{write}).
+    _held_answer: list[bytes] | None = None
+    _release: IDelayedCall | None = None
+
+    def _over_h2(self) -> bool:
+        return getattr(self.channel, "transport", None) is None  # an H2Stream has none
+
+    def write(self, data: bytes) -> None:
+        """
+        Under HTTP/2, an answer given before the body is all in is held until
+        the body is in (see L{finish}), if it is whole by the end of the
+        reactor turn that began it: a client answered mid-upload may stop
+        sending, ending its stream short of its Content-Length, which h2 takes
+        for a protocol error of the whole connection.  An answer still
+        unfinished then (a target answering as the upload goes on) is sent as
+        it comes, as before.
+        """
+        body = self.body_producer
+        if self._held_answer is not None:
+            self._held_answer.append(data)
+            return
+        if (body is not None and not body.complete and not self.startedWriting and self._release is None
+                and self._over_h2()):
+            self._held_answer = [data]
+            site: Site = self.channel.site  # type: ignore[attr-defined]  # set by every Site's channel
+            self._release = site.reactor.callLater(0, self._release_answer)
+            return
+        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+    def _release_answer(self) -> None:
+        """Send what was held of the answer (when its turn ended unfinished, or the body is in)."""
+        release, self._release = self._release, None
+        if release is not None and release.active():
+            release.cancel()
+        held, self._held_answer = self._held_answer, None
+        for data in held or ():
+            super().write(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     def finish(self) -> None:
         body = self.body_producer
         if body is not None and not body.complete:
-            if getattr(self.channel, "transport", None) is not None:  # HTTP/1.x
+            if not self._over_h2():  # HTTP/1.x
                 # Answered before the body was all in: this answer is the
                 # connection's last, and the rest of the body is never read.
                 body.abandon()
@@ -250,7 +293,10 @@ class StreamingRequest(SiteRequest):
             else:
                 # HTTP/2: twisted.web forgets a finished stream, and fails on
                 # the request's DATA frames still to come; so the answer
-                # (already sent) ends its stream once the body is in, dropped.
+                # (held, if whole at once: see write) ends its stream once
+                # the body is in, dropped.
+                if self._release is not None and self._release.active():
+                    self._release.cancel()  # whole in its turn: held until the body is in
                 body.discard()
                 self._finish_when_complete = True
                 return
@@ -260,6 +306,9 @@ class StreamingRequest(SiteRequest):
         if self._early is not None and self._early.active():
             self._early.cancel()
         self._early = None
+        if self._release is not None and self._release.active():
+            self._release.cancel()
+        self._release, self._held_answer = None, None
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     # Reading from the caller: its TCP (or TLS) transport under HTTP/1.x,

@@ -11,6 +11,7 @@ connection that still fires after the same idle time.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -241,3 +242,100 @@ class TuningFlagTests(SynchronousTestCase):
         pools = program.front_door.pools
         self.assertEqual((pools.max_idle, pools.idle_timeout), (3, 7.5))
         self.assertTrue(options["access-log"])
+
+
+class Refuses(Resource):
+    """Answers every request at once, before its body is in (as an unknown client's 500 is)."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(500)
+        return b"no such client\n"
+
+
+class FakeH2Stream:
+    """What StreamingRequest sees of twisted.web's H2Stream: no transport, the request's pseudo-headers."""
+
+    transport = None
+    command = b"POST"
+    path = b"/client/x/y"
+
+    def __init__(self, site: ServerSite) -> None:
+        self.site = site
+        self.sent: list[object] = []
+        self.paused = False
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: object) -> None:
+        self.sent.append(int(code))
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def requestDone(self, request: object) -> None:
+        self.sent.append("END_STREAM")
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1234)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 80)
+
+    def isSecure(self) -> bool:
+        return True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+
+class EarlyAnswerOverH2Tests(SynchronousTestCase):
+    """
+    Under HTTP/2 an answer given whole before the body is in is held until
+    the body is in: a client answered mid-upload (curl) ends its stream short
+    of its Content-Length, which h2 takes for a protocol error of the whole
+    connection (GOAWAY: every stream on it lost).
+    """
+
+    def request(self, resource: Resource) -> tuple[Clock, FakeH2Stream, Any]:
+        clock = Clock()
+        site = ServerSite(resource, stream_prefixes=(b"/client/",), reactor=clock)
+        stream = FakeH2Stream(site)
+        request = site.requestFactory(stream, queued=False)
+        request.requestHeaders.setRawHeaders(b"content-length", [b"10"])
+        request.gotLength(10)
+        request.handleContentChunk(b"abcd")
+        clock.advance(0)  # rendered, as the body arrives
+        return clock, stream, request
+
+    def test_whole_answer_held_until_the_body_is_in(self) -> None:
+        clock, stream, request = self.request(Refuses())
+        clock.advance(0)
+        self.assertEqual(stream.sent, [])  # nothing the client could stop its upload on
+        self.assertFalse(stream.paused)  # the rest of the body is taken (and dropped)
+        request.handleContentChunk(b"efghij")
+        request.requestReceived(b"POST", b"/client/x/y", b"HTTP/2")
+        self.assertEqual(stream.sent, [500, b"no such client\n", "END_STREAM"])
+        self.assertEqual(request.body_producer.received, 10)
+
+    def test_open_answer_sent_after_its_turn(self) -> None:
+        """An answer still open at the end of its turn (a target answering as the upload goes on)."""
+        clock, stream, request = self.request(Held())
+        request.write(b"first")
+        self.assertEqual(stream.sent, [])
+        clock.advance(0)  # not whole in its turn: sent as it comes
+        self.assertEqual(stream.sent, [200, b"first"])
+        request.write(b"second")
+        request.finish()
+        self.assertEqual(stream.sent, [200, b"first", b"second"])  # the end waits for the body
+        request.handleContentChunk(b"efghij")
+        request.requestReceived(b"POST", b"/client/x/y", b"HTTP/2")
+        self.assertEqual(stream.sent, [200, b"first", b"second", "END_STREAM"])
+
+    def test_held_answer_dropped_with_the_stream(self) -> None:
+        clock, stream, request = self.request(Refuses())
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(stream.sent, [])

@@ -95,6 +95,8 @@ class UploadTests(TestCase):
         argv = ["--silent", "--show-error", "--noproxy", "*", "--max-time", "60",
                 "--write-out", "\n%{http_code}", *extra, url]
         out, err, code = await utils.getProcessOutputAndValue(self.curl, argv, env={})
+        #: curl's exit code and error output, for the tests that look at them.
+        self.curl_exit, self.curl_err = code, err
         body, _, status = out.rpartition(b"\n")
         return int(status or 0), body
 
@@ -204,12 +206,12 @@ class UploadTests(TestCase):
             target = f"127.0.0.1:{self.target.getHost().port}"
             status, body = await self.run_curl(
                 f"https://127.0.0.1:{self.front_tls.getHost().port}/client/nobody/http/{target}/echo",
-                # (Known: curl stops sending on the answer, ending its stream
-                # short of its Content-Length; h2 calls that a protocol error,
-                # twisted.web sends GOAWAY but the connection stays open, and
-                # curl waits for its --max-time: kept short here.)
+                # (curl stops sending when answered before the end of its
+                # upload, ending its stream short of its Content-Length: a
+                # protocol error to h2, which would end the connection.)
                 "--http2", "--cacert", self.ca, "--data-binary", f"@{path}", "--max-time", "10")
             self.assertEqual((status, body), (500, b"failed to find Session for client nobody\n"))
+            self.assertEqual(self.curl_exit, 0, self.curl_err)  # a whole answer, not a timeout
             [request] = [r for r in self.site.requests if r.body_producer is not None]
             self.assertLessEqual(request.body_producer.peak_held, HELD_BODY + MiB)
 
