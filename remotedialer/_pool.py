@@ -13,8 +13,8 @@ oldest is closed to make room; each closed after C{idle_timeout} s idle,
 by one timer per pool rather than one per connection, so that handing a
 connection out and taking it back costs no timer), hands out the most
 recently used connection first (the rest can time out when load drops),
-lives only while it has connections, and is retired when its client's
-sessions change (a session added: a reconnect that replaces the old
+lives only while it has connections or dials under way, and is retired
+when its client's sessions change (a session added: a reconnect that replaces the old
 session, which can only drain once nothing idles on it; a session
 removed): its idle connections are closed, and connections still busy on
 it are closed once their response is done.  With C{max_idle} 0 nothing is
@@ -70,6 +70,8 @@ class ClientPool:
         self.retired = False
         #: Every live connection, busy or idle.
         self.connections: set[UpstreamConnection] = set()
+        #: Dials under way (the pool is kept while any is: its connection will be ours).
+        self.dialing = 0
         self._idle: dict[Target, list[UpstreamConnection]] = {}  # oldest first
         self._reactor = reactor
         self._owner = owner
@@ -90,17 +92,27 @@ class ClientPool:
         factory = _ConnectionFactory(self, target, head_bytes, max_headers)
 
         def connected(connection: UpstreamConnection) -> UpstreamConnection:
+            self.dialing -= 1
             if not connection.closed:
                 self.connections.add(connection)
+            else:
+                self._forget_if_empty()
             return connection
 
         def failed(reason: Failure) -> Failure:
-            if not self.connections:  # it never had one: do not keep it for ever
-                self._owner.forget(self)
+            self.dialing -= 1
+            self._forget_if_empty()  # one that never had a connection is not kept for ever
             return reason
 
+        self.dialing += 1
         d: Deferred[UpstreamConnection] = endpoint.connect(factory)  # type: ignore[assignment]  # what our factory builds
         return d.addCallbacks(connected, failed)
+
+    def _forget_if_empty(self) -> None:
+        """Without connections or dials under way the pool goes (a new one is made when needed)."""
+        if not self.connections and not self.dialing:
+            self._stop_reaper()
+            self._owner.forget(self)
 
     def release(self, connection: UpstreamConnection) -> None:
         """C{connection}'s response is complete: keep it for the next request, or close it."""
@@ -136,9 +148,7 @@ class ClientPool:
             idle.remove(connection)
             if not idle:
                 del self._idle[connection.key]
-        if not self.connections:
-            self._stop_reaper()
-            self._owner.forget(self)
+        self._forget_if_empty()
 
     def retire(self) -> None:
         """No new requests here; close what idles now, and what finishes later (L{release})."""

@@ -285,3 +285,68 @@ class PoolUnitTests(SynchronousTestCase):
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(pool.take(self.target))
         self.assertEqual((len(pools), self.clock.getDelayedCalls()), (0, []))
+
+    def test_pool_kept_while_a_dial_is_under_way(self) -> None:
+        """
+        Two requests dial at once; the first connection ends before the
+        second dial completes: the pool is not forgotten while that dial is
+        under way, so its connection, once idle, is handed out to the next
+        request and closed when the client's pool is retired (a forgotten
+        pool's idle connection would be out of everyone's reach).
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import StringTransport
+
+        dials: list[tuple[Deferred, object]] = []
+
+        class Pending:
+            def connect(self, factory):
+                d = Deferred()
+                dials.append((d, factory))
+                return d
+
+        def complete(index: int):
+            d, factory = dials[index]
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            d.callback(protocol)
+            return protocol
+
+        pools = self.pools()
+        pool = pools.pool_for("k")
+        first = pool.connect(self.target, Pending(), 1000, 10)
+        second = pool.connect(self.target, Pending(), 1000, 10)
+        a = complete(0)
+        self.assertIs(self.successResultOf(first), a)
+        a.connectionLost(Failure(ConnectionDone()))  # (the target said Connection: close)
+        b = complete(1)
+        self.assertIs(self.successResultOf(second), b)
+        pool.release(b)
+        self.assertIs(pools.pool_for("k"), pool)
+        self.assertIs(pools.pool_for("k").take(self.target), b)
+        pool.release(b)
+        pools.retire("k")
+        self.assertTrue(b.transport.disconnecting)
+
+    def test_failed_dial_beside_another_under_way(self) -> None:
+        """A dial that fails while another is under way does not drop the pool either."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.error import ConnectError
+
+        dials: list[Deferred] = []
+
+        class Pending:
+            def connect(self, factory):
+                dials.append(Deferred())
+                return dials[-1]
+
+        pools = self.pools()
+        pool = pools.pool_for("k")
+        first = pool.connect(self.target, Pending(), 1000, 10)
+        second = pool.connect(self.target, Pending(), 1000, 10)
+        dials[0].errback(ConnectError("refused"))
+        self.failureResultOf(first, ConnectError)
+        self.assertIs(pools.pool_for("k"), pool)
+        dials[1].errback(ConnectError("refused"))
+        self.failureResultOf(second, ConnectError)
+        self.assertEqual(len(pools), 0)
