@@ -157,10 +157,12 @@ class UpstreamConnection(Protocol):
             if body is None or body.length == 0:
                 data += self._h11.send(h11.EndOfMessage())
                 body = None
-        except h11.LocalProtocolError as e:
+        except h11.LocalProtocolError:
+            # (h11's own words quote the offending bytes as a Python repr:
+            # never for a caller's answer or a log line.)
             self._handler = None
             self.transport.abortConnection()
-            raise RequestNotSendable(str(e)) from None
+            raise RequestNotSendable("its method, target or a header is not valid HTTP/1.1") from None
         self.transport.write(data)
         if body is not None:
             self._body = body
@@ -192,8 +194,9 @@ class UpstreamConnection(Protocol):
             return
         try:
             out = self._h11.send(h11.Data(data=data))
-        except h11.LocalProtocolError as e:  # more than its declared length
-            self._body_broken(Failure(RequestNotSendable(f"the request body: {e}")))
+        except h11.LocalProtocolError:  # more than its declared length
+            too_long = RequestNotSendable("the request body is longer than its Content-Length")
+            self._body_broken(Failure(too_long))
             return
         self.transport.write(out)
 
@@ -206,8 +209,9 @@ class UpstreamConnection(Protocol):
             return
         try:
             out = self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:  # less than its declared length
-            self._body_broken(Failure(RequestNotSendable(f"the request body: {e}")))
+        except h11.LocalProtocolError:  # less than its declared length
+            too_short = RequestNotSendable("the request body is shorter than its Content-Length")
+            self._body_broken(Failure(too_short))
             return
         self.transport.write(out)
 

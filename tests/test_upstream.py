@@ -172,3 +172,16 @@ class UpstreamConnectionTests(SynchronousTestCase):
             connection.request(Handler(), b"G(T", b"/", [(b"Host", b"t")], None)
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
+
+    def test_refusal_text_has_no_repr(self) -> None:
+        """
+        h11's refusal quotes the offending bytes as a Python repr (a header
+        value, maybe a secret): the reason our caller reads is our own sentence.
+        """
+        connection, transport = self.connect()
+        with self.assertRaises(RequestNotSendable) as caught:
+            connection.request(Handler(), b"GET", b"/", [(b"Host", b"t"), (b"X-Token", b"s3cret\x0bx")], None)
+        text = str(caught.exception)
+        self.assertNotIn("b'", text)
+        self.assertNotIn("s3cret", text)
+        self.assertEqual(text, "its method, target or a header is not valid HTTP/1.1")
