@@ -192,13 +192,7 @@ class UpstreamConnection(Protocol):
     def send_body(self, data: bytes) -> None:
         if self._body is None or self.closed or not data:
             return
-        try:
-            out = self._h11.send(h11.Data(data=data))
-        except h11.LocalProtocolError:  # more than its declared length
-            too_long = RequestNotSendable("the request body is longer than its Content-Length")
-            self._body_broken(Failure(too_long))
-            return
-        self.transport.write(out)
+        self._send_body_part(h11.Data(data=data), "the request body is longer than its Content-Length")
 
     def _body_sent(self, _: object, body: IBodyProducer) -> None:
         if self._body is not body:
@@ -207,11 +201,14 @@ class UpstreamConnection(Protocol):
         self.transport.unregisterProducer()
         if self.closed:
             return
+        self._send_body_part(h11.EndOfMessage(), "the request body is shorter than its Content-Length")
+
+    def _send_body_part(self, event: h11.Data | h11.EndOfMessage, refusal: str) -> None:
+        """Frame C{event} of the body with h11 and send it; a wrong length breaks the body."""
         try:
-            out = self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:  # less than its declared length
-            too_short = RequestNotSendable("the request body is shorter than its Content-Length")
-            self._body_broken(Failure(too_short))
+            out = self._h11.send(event)
+        except h11.LocalProtocolError:
+            self._body_broken(Failure(RequestNotSendable(refusal)))
             return
         self.transport.write(out)
 
