@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attr
@@ -39,6 +40,7 @@ __all__ = [
     "CertificateAuthorizer",
     "Credentials",
     "TokenAuthorizer",
+    "TokenFile",
     "hash_token",
     "load_token_hashes",
     "read_secret",
@@ -187,7 +189,31 @@ def load_token_hashes(path: str) -> frozenset[bytes]:
     return frozenset(digests)
 
 
-def token_matches(token: bytes, digests: frozenset[bytes]) -> bool:
+class TokenFile:
+    """
+    The token hashes of a tokens file (L{load_token_hashes}), which
+    L{reload} reads again (on SIGHUP): whoever holds it (the front door,
+    the proxies) checks against the current ones.  A file that fails to
+    load leaves the previous hashes in place.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._hashes = load_token_hashes(path)
+
+    def reload(self) -> int:
+        """Read the file again; the number of hashes (raises OSError/ValueError, keeping the old ones)."""
+        self._hashes = load_token_hashes(self.path)
+        return len(self._hashes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._hashes)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+
+def token_matches(token: bytes, digests: Iterable[bytes]) -> bool:
     """C{token}'s SHA-256 is one of C{digests}, compared in constant time against each."""
     presented = hashlib.sha256(token).digest()
     found = False

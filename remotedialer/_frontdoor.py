@@ -48,7 +48,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -503,7 +503,8 @@ class FrontDoorAccess:
     itself.
     """
 
-    token_hashes: frozenset[bytes] | None = None
+    #: SHA-256 digests of the accepted tokens (a L{TokenFile} is re-read on SIGHUP).
+    token_hashes: Iterable[bytes] | None = None
     open: bool = False
     forward_credentials: bool = False
     own_ports: frozenset[int] = frozenset()

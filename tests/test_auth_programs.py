@@ -67,6 +67,42 @@ class ServerAuthOptionsTests(TestCase):
         reloader.reload()  # logged; the previous table stays
         self.assertEqual(len(top.server._resource._authorizer._digests), 2)
 
+    def test_sighup_reloads_frontdoor_tokens(self):
+        """
+        SIGHUP reads the front-door tokens file again, for the front door
+        and the proxies alike (they share it); a broken file is logged and
+        the tokens before it stay.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from remotedialer._proxyaccess import ProxyAccess
+
+        tokens = self.write(f"alice sha256:{hash_token('old')}\n")
+        options = parse(server_tap.Options, ["--insecure-any-client", "--frontdoor-tokens-file", tokens])
+        top = server_tap.makeService(options)
+        [reloader] = [s for s in top if isinstance(s, server_tap._ReloadOnHangup)]
+        access = options["frontdoor_access"]
+        proxies = ProxyAccess(access)
+        caller = IPv4Address("TCP", "10.0.0.9", 40000)
+
+        def front_door_refuses(token: str) -> bool:
+            request = DummyRequest([b""])
+            request.requestHeaders.setRawHeaders(b"Proxy-Authorization", [f"Bearer {token}".encode()])
+            return access.refusal(request) is not None
+
+        self.assertEqual((front_door_refuses("old"), front_door_refuses("new")), (False, True))
+        with open(tokens, "w") as f:
+            f.write(f"bob sha256:{hash_token('new')}\n")
+        reloader.reload()
+        self.assertEqual((front_door_refuses("old"), front_door_refuses("new")), (True, False))
+        self.assertIsNone(proxies.caller_refusal(caller, b"new"))
+        self.assertIsNotNone(proxies.caller_refusal(caller, b"old"))
+        with open(tokens, "w") as f:
+            f.write("broken\n")
+        reloader.reload()  # logged; the tokens before it stay
+        self.assertFalse(front_door_refuses("new"))
+
     def test_mutual_tls_options(self):
         directory = self.mktemp()
         os.makedirs(directory)

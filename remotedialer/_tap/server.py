@@ -35,7 +35,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, load_token_hashes, secret_from
+from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, TokenFile, secret_from
 from remotedialer._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
 from remotedialer._forwardstats import ForwarderStats
 from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
@@ -110,7 +110,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
          "Serve the front door on this endpoint instead of the tunnel's listener."],
         ["frontdoor-tokens-file", None, None,
          "Front-door callers must send 'Proxy-Authorization: Bearer <token>' of one listed here "
-         "(lines 'sha256:<hex>')."],
+         "(lines 'sha256:<hex>'; re-read on SIGHUP)."],
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL; prefer --peers-file)."],
         ["peers-file", None, None, "File of peers, one id:token:url a line (keeps their tokens out of ps)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
@@ -214,7 +214,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
                 self["authorizer"] = CertificateAuthorizer()
         try:
             tokens_file = self["frontdoor-tokens-file"]
-            hashes = load_token_hashes(tokens_file) if tokens_file else None
+            hashes = TokenFile(tokens_file) if tokens_file else None
         except (OSError, ValueError) as e:
             raise usage.UsageError(f"--frontdoor-tokens-file: {e}") from None
         own_ports = {_port_of(self["listen"])} | ({_port_of(self["frontdoor-listen"])}
@@ -320,13 +320,16 @@ class _ReloadableTLS:
 
 class _ReloadOnHangup(Service):
     """
-    On SIGHUP re-reads the clients file and the TLS listener's certificate,
-    key and client CAs; one that fails to load is logged and the old one stays.
+    On SIGHUP re-reads the clients file, the front-door tokens file and the
+    TLS listener's certificate, key and client CAs; one that fails to load
+    is logged and the old one stays.
     """
 
-    def __init__(self, authorizer: TokenAuthorizer | None, tls: _ReloadableTLS | None) -> None:
+    def __init__(self, authorizer: TokenAuthorizer | None, tls: _ReloadableTLS | None,
+                 frontdoor_tokens: TokenFile | None = None) -> None:
         self._authorizer = authorizer
         self._tls = tls
+        self._frontdoor_tokens = frontdoor_tokens
         self._previous: Any = None
 
     def startService(self) -> None:
@@ -353,6 +356,15 @@ class _ReloadOnHangup(Service):
             else:
                 log.info("SIGHUP: clients file {path} reloaded: {count} clients",
                          path=self._authorizer.path, count=count)
+        if self._frontdoor_tokens is not None:
+            try:
+                count = self._frontdoor_tokens.reload()
+            except (OSError, ValueError) as e:
+                log.warn("SIGHUP: front-door tokens file not reloaded, keeping the previous one: {error}",
+                         error=printable(str(e)))
+            else:
+                log.info("SIGHUP: front-door tokens file {path} reloaded: {count} tokens",
+                         path=self._frontdoor_tokens.path, count=count)
         if self._tls is not None:
             try:
                 self._tls.reload()
@@ -429,8 +441,9 @@ def makeService(options: Options) -> ServerProgram:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
-    if tokens is not None or options["tls_options"] is not None:
-        reloader = _ReloadOnHangup(tokens, options["tls_options"])
+    frontdoor_tokens = access.token_hashes if isinstance(access.token_hashes, TokenFile) else None
+    if tokens is not None or options["tls_options"] is not None or frontdoor_tokens is not None:
+        reloader = _ReloadOnHangup(tokens, options["tls_options"], frontdoor_tokens)
         reloader.setServiceParent(top)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     top.server = server
