@@ -348,23 +348,9 @@ class _ReloadOnHangup(Service):
 
     def reload(self) -> None:
         if self._authorizer is not None:
-            try:
-                count = self._authorizer.reload()
-            except (OSError, ValueError) as e:
-                log.warn("SIGHUP: clients file not reloaded, keeping the previous one: {error}",
-                         error=printable(str(e)))
-            else:
-                log.info("SIGHUP: clients file {path} reloaded: {count} clients",
-                         path=self._authorizer.path, count=count)
+            _reload_file("clients", self._authorizer, "clients")
         if self._frontdoor_tokens is not None:
-            try:
-                count = self._frontdoor_tokens.reload()
-            except (OSError, ValueError) as e:
-                log.warn("SIGHUP: front-door tokens file not reloaded, keeping the previous one: {error}",
-                         error=printable(str(e)))
-            else:
-                log.info("SIGHUP: front-door tokens file {path} reloaded: {count} tokens",
-                         path=self._frontdoor_tokens.path, count=count)
+            _reload_file("front-door tokens", self._frontdoor_tokens, "tokens")
         if self._tls is not None:
             try:
                 self._tls.reload()
@@ -373,6 +359,18 @@ class _ReloadOnHangup(Service):
                          error=printable(str(e)))
             else:
                 log.info("SIGHUP: TLS certificate reloaded")
+
+
+def _reload_file(what: str, source: TokenAuthorizer | TokenFile, items: str) -> None:
+    """Re-read one of the files SIGHUP re-reads; one that fails to load is logged, the old one kept."""
+    try:
+        count = source.reload()
+    except (OSError, ValueError) as e:
+        log.warn("SIGHUP: {what} file not reloaded, keeping the previous one: {error}",
+                 what=what, error=printable(str(e)))
+    else:
+        log.info("SIGHUP: {what} file {path} reloaded: {count} {items}",
+                 what=what, path=source.path, count=count, items=items)
 
 
 class ServerProgram(DrainOnStop):
