@@ -31,8 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer import ClientMetrics, Server, ServerMetrics, Session, TunnelClient, allow_all
-from remotedialer._metrics import render
-from remotedialer._status import server_status
+from remotedialer.ops._metrics import render
+from remotedialer.ops._status import server_status
 
 
 class _Echo(Protocol):

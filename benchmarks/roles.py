@@ -325,7 +325,7 @@ def server_role(args) -> None:
 
     def forward(target_port: int) -> defer.Deferred:
         """Listen; relay each connection through server.endpoint() to the target (a port-forward)."""
-        from remotedialer._relay import Relay
+        from remotedialer.tunnel._relay import Relay
 
         class Forward(Relay):
             def connectionMade(self) -> None:

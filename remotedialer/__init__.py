@@ -6,177 +6,310 @@ A client opens one WebSocket to a server; the server then dials TCP
 connections "through" it, many streams multiplexed over that WebSocket,
 each a real Twisted transport with PAUSE/RESUME back-pressure.
 
-Module map, from the wire up (one job each):
-    _codec       wire format: messages and Go's varints
-    _flow        receive-side flow accounting: when to Pause, Resume, cut off
-    _limits      what one session, or one unauthenticated request, may cost
-    _auth        ready tunnel authorizers: per-client tokens, mutual TLS
-    _ratelimit   failed authentications delayed and limited per address
-    _acl         the client's dial allow-list: parsed rules, canonical addresses
-    _lifecycle   the stream state table
-    _mux         the sans-IO multiplexer: bytes in -> events out, commands -> messages
-    _addresses   host:port splitting, the Twisted address of a target
-    _producers   a pull producer driven as a push producer
-    _deferred    maybeDeferred, typed for callables returning a value or a Deferred
-    _stream      one stream as a Twisted transport over the multiplexer
-    _session     the Twisted adapter pumping one multiplexer; the session factory
-    _relay       byte pipe between two transports (portforward idiom)
-    _acceptor    the far side of a Connect: dial policy, dial, relay
-    _dialer      Connect targets -> endpoints, under a connect-authorizer
-    _interfaces  the zope.interface plug-in points
-    _websocket   Autobahn protocols binding a session to a WebSocket; keepalive
-    _resource    the tunnel's twisted.web resource (auth, then upgrade)
-    _guard       a guard in front of the site: request heads complete, quick, bounded
-    _registry    a server's sessions and the routing rule
-    _server      the server object
-    _endpoint    endpoints and Agent endpoint factory through a client
-    _link        an outgoing WebSocket kept up by ClientService
-    _client      the client service (a link serving the server's dials)
-    _peering     a server's outgoing link to a peer (HA)
-    _frontdoor   the HTTP front door /client/<key>/<scheme>/<host>/<path>
-    _pool        the front door's kept-alive connections, one pool per client key
-    _upstream    the front door's HTTP/1.1 client: one kept-alive connection to a target (h11)
-    _headlimit   the bound on the response heads the front door reads
-    _site        the server's web site: access log opt-in, request bodies streamed
-    _tunnellog   the two log lines of a tunnel: up, and down with reason and lifetime
-    _jsonlog     log events as one JSON object per line (--log-format json)
-    _drain       graceful drain: refuse new work, tell peers, let streams finish
-    _discovery   peers found by resolving a DNS name (a headless Service)
-    _splice      a caller's TCP connection spliced to a tunnel stream, answered on the dial's first sign
-    _forward     port forwards: a listener's connections to one target behind one client
-    _proxyaccess who may use the proxies, and which client a request goes through
-    _connectproxy  the HTTP CONNECT proxy (h11 parses the head)
-    _socks       the SOCKS5 handshake, sans-IO
-    _socksproxy  the SOCKS5 proxy protocol over that handshake
-    _handshake   what both proxies share before they splice: a bounded handshake, its factory
-    _forwardstats  each forwarder listener's counters
-    _metrics     Prometheus metrics: Go's counters, gauges read at scrape time
-    _status      what a server or client is doing now, as plain data
-    _admin       the admin endpoint: /metrics, /healthz, /readyz, /status, the page
-    _tap/        the twistd programs
-    testing      test doubles: a tunnel in memory
+The package is built in floors, each importing only the floors below it
+(a test of the import graph keeps it so; docs/architecture.md draws it):
+
+    protocol    the sans-IO core: codec, multiplexer, events, exceptions
+    tunnel      the Twisted adapter: WebSocket, session, stream transports
+    client      the client role: a tunnel kept up, dials served
+    server      the server role: registry, upgrade, auth, peering, drain,
+                caller access, the splice
+    frontdoor   the HTTP front door            (neither imports the other)
+    proxies     port forwards, CONNECT, SOCKS5
+    ops         metrics, status, admin endpoint, JSON logs
+    _tap        the twistd programs (nothing imports them)
+
+Each subpackage's docstring maps its modules.  The public names below are
+loaded on first use, so C{import remotedialer.protocol} stays free of
+Twisted; C{remotedialer.testing} has the test doubles.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
-
-from remotedialer._acl import DialACL, parse_rule
-from remotedialer._admin import AdminEndpoint, AdminSite
-from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token
-from remotedialer._client import TunnelClient, endpoint_for_url
-from remotedialer._codec import MalformedMessage
-from remotedialer._connectproxy import ConnectProxyFactory
-from remotedialer._dialer import LocalDialer, allow_all, allow_patterns, deny_all
-from remotedialer._discovery import PeerDiscovery
-from remotedialer._drain import ServerDraining
-from remotedialer._endpoint import (
-    ClientNotConnected,
-    TunnelAgentEndpointFactory,
-    TunnelEndpoint,
-    tunnel_agent,
-)
-from remotedialer._flow import FlowLimits
-from remotedialer._forward import PortForwardFactory
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy
-from remotedialer._guard import HeaderGuardFactory
-from remotedialer._interfaces import (
-    IDialPolicy,
-    IPeerObserver,
-    ISession,
-    ISessionObserver,
-    ISessionOwner,
-    IStreamOpener,
-    ITrafficObserver,
-    ITunnelAuthorizer,
-)
-from remotedialer._jsonlog import json_log_observer
-from remotedialer._limits import SessionLimits, UpgradeLimits
-from remotedialer._metrics import ClientMetrics, MetricsOptions, ServerMetrics
-from remotedialer._proxyaccess import ProxyAccess, Route
-from remotedialer._ratelimit import FailureLimiter
-from remotedialer._resource import (
-    AuthorizationError,
-    Identity,
-    TunnelResource,
-    header_authorizer,
-)
-from remotedialer._server import Server
-from remotedialer._session import Session, SessionFactory
-from remotedialer._site import ServerSite
-from remotedialer._socksproxy import SocksProxyFactory
-from remotedialer._splice import Forwarder
-from remotedialer._status import client_status, server_status
-from remotedialer._stream import StreamError, TunnelAddress, TunnelStream
-from remotedialer._websocket import nvx_active
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = _version("remotedialer")
 except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "AdminEndpoint",
-    "AdminSite",
-    "ClientMetrics",
-    "ITrafficObserver",
-    "MetricsOptions",
-    "ServerMetrics",
-    "client_status",
-    "server_status",
-    "AuthorizationError",
-    "ConnectProxyFactory",
-    "Forwarder",
-    "ForwarderStats",
-    "PortForwardFactory",
-    "ProxyAccess",
-    "Route",
-    "SocksProxyFactory",
-    "CertificateAuthorizer",
-    "Credentials",
-    "DialACL",
-    "FailureLimiter",
-    "FrontDoorAccess",
-    "TokenAuthorizer",
-    "hash_token",
-    "parse_rule",
-    "ClientNotConnected",
-    "FlowLimits",
-    "FrontDoor",
-    "ServerSite",
-    "HeaderGuardFactory",
-    "IDialPolicy",
-    "IPeerObserver",
-    "ISession",
-    "ISessionObserver",
-    "ISessionOwner",
-    "IStreamOpener",
-    "ITunnelAuthorizer",
-    "Identity",
-    "InsecureTLSPolicy",
-    "LocalDialer",
-    "MalformedMessage",
-    "PeerDiscovery",
-    "Server",
-    "ServerDraining",
-    "Session",
-    "SessionFactory",
-    "SessionLimits",
-    "StreamError",
-    "TunnelAddress",
-    "TunnelAgentEndpointFactory",
-    "TunnelClient",
-    "TunnelEndpoint",
-    "TunnelResource",
-    "TunnelStream",
-    "UpgradeLimits",
-    "__version__",
-    "allow_all",
-    "allow_patterns",
-    "deny_all",
-    "endpoint_for_url",
-    "header_authorizer",
-    "json_log_observer",
-    "nvx_active",
-    "tunnel_agent",
-]
+#: Each public name and the subpackage that exports it.
+_PUBLIC = {
+    # protocol
+    "AuthorizationError": "protocol",
+    "FlowLimits": "protocol",
+    "MalformedMessage": "protocol",
+    "SessionLimits": "protocol",
+    "UpgradeLimits": "protocol",
+    # tunnel
+    "ClientNotConnected": "tunnel",
+    "Credentials": "tunnel",
+    "IDialPolicy": "tunnel",
+    "IPeerObserver": "tunnel",
+    "ISession": "tunnel",
+    "ISessionObserver": "tunnel",
+    "ISessionOwner": "tunnel",
+    "IStreamOpener": "tunnel",
+    "ITrafficObserver": "tunnel",
+    "ITunnelAuthorizer": "tunnel",
+    "Identity": "tunnel",
+    "ServerDraining": "tunnel",
+    "Session": "tunnel",
+    "SessionFactory": "tunnel",
+    "StreamError": "tunnel",
+    "TunnelAddress": "tunnel",
+    "TunnelAgentEndpointFactory": "tunnel",
+    "TunnelEndpoint": "tunnel",
+    "TunnelStream": "tunnel",
+    "nvx_active": "tunnel",
+    "tunnel_agent": "tunnel",
+    # client
+    "DialACL": "client",
+    "LocalDialer": "client",
+    "TunnelClient": "client",
+    "allow_all": "client",
+    "allow_patterns": "client",
+    "deny_all": "client",
+    "endpoint_for_url": "client",
+    "parse_rule": "client",
+    # server
+    "CertificateAuthorizer": "server",
+    "FailureLimiter": "server",
+    "Forwarder": "server",
+    "ForwarderStats": "server",
+    "FrontDoorAccess": "server",
+    "HeaderGuardFactory": "server",
+    "PeerDiscovery": "server",
+    "ProxyAccess": "server",
+    "Route": "server",
+    "Server": "server",
+    "ServerSite": "server",
+    "TokenAuthorizer": "server",
+    "TunnelResource": "server",
+    "hash_token": "server",
+    "header_authorizer": "server",
+    # frontdoor
+    "FrontDoor": "frontdoor",
+    "InsecureTLSPolicy": "frontdoor",
+    # proxies
+    "ConnectProxyFactory": "proxies",
+    "PortForwardFactory": "proxies",
+    "SocksProxyFactory": "proxies",
+    # ops
+    "AdminEndpoint": "ops",
+    "AdminSite": "ops",
+    "ClientMetrics": "ops",
+    "MetricsOptions": "ops",
+    "ServerMetrics": "ops",
+    "client_status": "ops",
+    "json_log_observer": "ops",
+    "server_status": "ops",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        package = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'remotedialer' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"remotedialer.{package}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:
+    from remotedialer.client import (
+        DialACL as DialACL,
+    )
+    from remotedialer.client import (
+        LocalDialer as LocalDialer,
+    )
+    from remotedialer.client import (
+        TunnelClient as TunnelClient,
+    )
+    from remotedialer.client import (
+        allow_all as allow_all,
+    )
+    from remotedialer.client import (
+        allow_patterns as allow_patterns,
+    )
+    from remotedialer.client import (
+        deny_all as deny_all,
+    )
+    from remotedialer.client import (
+        endpoint_for_url as endpoint_for_url,
+    )
+    from remotedialer.client import (
+        parse_rule as parse_rule,
+    )
+    from remotedialer.frontdoor import (
+        FrontDoor as FrontDoor,
+    )
+    from remotedialer.frontdoor import (
+        InsecureTLSPolicy as InsecureTLSPolicy,
+    )
+    from remotedialer.ops import (
+        AdminEndpoint as AdminEndpoint,
+    )
+    from remotedialer.ops import (
+        AdminSite as AdminSite,
+    )
+    from remotedialer.ops import (
+        ClientMetrics as ClientMetrics,
+    )
+    from remotedialer.ops import (
+        MetricsOptions as MetricsOptions,
+    )
+    from remotedialer.ops import (
+        ServerMetrics as ServerMetrics,
+    )
+    from remotedialer.ops import (
+        client_status as client_status,
+    )
+    from remotedialer.ops import (
+        json_log_observer as json_log_observer,
+    )
+    from remotedialer.ops import (
+        server_status as server_status,
+    )
+    from remotedialer.protocol import (
+        AuthorizationError as AuthorizationError,
+    )
+    from remotedialer.protocol import (
+        FlowLimits as FlowLimits,
+    )
+    from remotedialer.protocol import (
+        MalformedMessage as MalformedMessage,
+    )
+    from remotedialer.protocol import (
+        SessionLimits as SessionLimits,
+    )
+    from remotedialer.protocol import (
+        UpgradeLimits as UpgradeLimits,
+    )
+    from remotedialer.proxies import (
+        ConnectProxyFactory as ConnectProxyFactory,
+    )
+    from remotedialer.proxies import (
+        PortForwardFactory as PortForwardFactory,
+    )
+    from remotedialer.proxies import (
+        SocksProxyFactory as SocksProxyFactory,
+    )
+    from remotedialer.server import (
+        CertificateAuthorizer as CertificateAuthorizer,
+    )
+    from remotedialer.server import (
+        FailureLimiter as FailureLimiter,
+    )
+    from remotedialer.server import (
+        Forwarder as Forwarder,
+    )
+    from remotedialer.server import (
+        ForwarderStats as ForwarderStats,
+    )
+    from remotedialer.server import (
+        FrontDoorAccess as FrontDoorAccess,
+    )
+    from remotedialer.server import (
+        HeaderGuardFactory as HeaderGuardFactory,
+    )
+    from remotedialer.server import (
+        PeerDiscovery as PeerDiscovery,
+    )
+    from remotedialer.server import (
+        ProxyAccess as ProxyAccess,
+    )
+    from remotedialer.server import (
+        Route as Route,
+    )
+    from remotedialer.server import (
+        Server as Server,
+    )
+    from remotedialer.server import (
+        ServerSite as ServerSite,
+    )
+    from remotedialer.server import (
+        TokenAuthorizer as TokenAuthorizer,
+    )
+    from remotedialer.server import (
+        TunnelResource as TunnelResource,
+    )
+    from remotedialer.server import (
+        hash_token as hash_token,
+    )
+    from remotedialer.server import (
+        header_authorizer as header_authorizer,
+    )
+    from remotedialer.tunnel import (
+        ClientNotConnected as ClientNotConnected,
+    )
+    from remotedialer.tunnel import (
+        Credentials as Credentials,
+    )
+    from remotedialer.tunnel import (
+        Identity as Identity,
+    )
+    from remotedialer.tunnel import (
+        IDialPolicy as IDialPolicy,
+    )
+    from remotedialer.tunnel import (
+        IPeerObserver as IPeerObserver,
+    )
+    from remotedialer.tunnel import (
+        ISession as ISession,
+    )
+    from remotedialer.tunnel import (
+        ISessionObserver as ISessionObserver,
+    )
+    from remotedialer.tunnel import (
+        ISessionOwner as ISessionOwner,
+    )
+    from remotedialer.tunnel import (
+        IStreamOpener as IStreamOpener,
+    )
+    from remotedialer.tunnel import (
+        ITrafficObserver as ITrafficObserver,
+    )
+    from remotedialer.tunnel import (
+        ITunnelAuthorizer as ITunnelAuthorizer,
+    )
+    from remotedialer.tunnel import (
+        ServerDraining as ServerDraining,
+    )
+    from remotedialer.tunnel import (
+        Session as Session,
+    )
+    from remotedialer.tunnel import (
+        SessionFactory as SessionFactory,
+    )
+    from remotedialer.tunnel import (
+        StreamError as StreamError,
+    )
+    from remotedialer.tunnel import (
+        TunnelAddress as TunnelAddress,
+    )
+    from remotedialer.tunnel import (
+        TunnelAgentEndpointFactory as TunnelAgentEndpointFactory,
+    )
+    from remotedialer.tunnel import (
+        TunnelEndpoint as TunnelEndpoint,
+    )
+    from remotedialer.tunnel import (
+        TunnelStream as TunnelStream,
+    )
+    from remotedialer.tunnel import (
+        nvx_active as nvx_active,
+    )
+    from remotedialer.tunnel import (
+        tunnel_agent as tunnel_agent,
+    )

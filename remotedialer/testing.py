@@ -79,14 +79,15 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
-from remotedialer import _codec
-from remotedialer._addresses import target_address
-from remotedialer._codec import MessageIds
-from remotedialer._endpoint import ClientNotConnected, TunnelEndpoint, tunnel_agent
-from remotedialer._flow import FlowLimits
-from remotedialer._interfaces import IDialPolicy, IStreamOpener
-from remotedialer._session import Session
-from remotedialer._stream import TunnelStream
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import MessageIds
+from remotedialer.protocol._flow import FlowLimits
+from remotedialer.tunnel._addresses import target_address
+from remotedialer.tunnel._endpoint import TunnelEndpoint, tunnel_agent
+from remotedialer.tunnel._exceptions import ClientNotConnected
+from remotedialer.tunnel._interfaces import IDialPolicy, IStreamOpener
+from remotedialer.tunnel._session import Session
+from remotedialer.tunnel._stream import TunnelStream
 
 if TYPE_CHECKING:
     from treq.client import HTTPClient
@@ -706,4 +707,4 @@ class MemoryTunnel:
     @property
     def streams(self) -> StreamCounts:
         """How many streams each side still holds (C{(0, 0)} once all are closed)."""
-        return StreamCounts(len(self.server.mux.all_streams), len(self.client.mux.all_streams))
+        return StreamCounts(self.server.flow_summary().streams, self.client.flow_summary().streams)

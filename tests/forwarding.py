@@ -9,8 +9,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._splice import Forwarder
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._splice import Forwarder
 from remotedialer.testing import MemoryTunnel, connect_in_memory
 from tests.support import Collector, Echo
 
@@ -44,9 +44,8 @@ def forwarder(tunnel: MemoryTunnel, kind: str = "connect-proxy", dial_wait: floa
 
 def token_access(token: bytes):
     """The proxies' access with front-door tokens: just C{token}."""
-    from remotedialer._auth import hash_token
-    from remotedialer._frontdoor import FrontDoorAccess
-    from remotedialer._proxyaccess import ProxyAccess
+    from remotedialer.server._access import FrontDoorAccess, ProxyAccess
+    from remotedialer.server._auth import hash_token
 
     return ProxyAccess(FrontDoorAccess(token_hashes=frozenset([bytes.fromhex(hash_token(token))])))
 

@@ -21,8 +21,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from remotedialer._codec import Message, MessageIds, MessageType, decode, encode
-from remotedialer._session import Session
+from remotedialer.protocol._codec import Message, MessageIds, MessageType, decode, encode
+from remotedialer.tunnel._session import Session
 
 #: What the server side dials in most tests.
 TARGET = ("tcp", "127.0.0.1:8125")

@@ -1,6 +1,6 @@
 """
-Dial rules (remotedialer._acl) and the dials made under them
-(remotedialer._dialer.ACLDialer): tables of tricky rules and targets, and a
+Dial rules (remotedialer.client._acl) and the dials made under them
+(remotedialer.client._dialer.ACLDialer): tables of tricky rules and targets, and a
 fake resolver on a MemoryReactorClock (no real DNS, nothing real dialed).
 """
 
@@ -14,8 +14,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from remotedialer._acl import DialACL, canonical_host, parse_rule
-from remotedialer._dialer import ACLDialer, DialRefused, LocalDialer, allow_all, allow_patterns
+from remotedialer.client._acl import DialACL, canonical_host, parse_rule
+from remotedialer.client._dialer import ACLDialer, LocalDialer, allow_all, allow_patterns
+from remotedialer.protocol._exceptions import DialRefused
 
 # (rule, fragment of the one-line ValueError)
 PARSE_ERRORS = [

@@ -1,6 +1,6 @@
 """
-The admin endpoint (remotedialer._admin) and the status it serves
-(remotedialer._status), over treq's StubTreq against servers and clients on
+The admin endpoint (remotedialer.ops._admin) and the status it serves
+(remotedialer.ops._status), over treq's StubTreq against servers and clients on
 the simulated network: the JSON's shape and escaping, readiness changing
 with the listener and the tunnel, metrics and the page's headers, and no
 secret anywhere.
@@ -21,9 +21,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from remotedialer._admin import AdminEndpoint, AdminSite
-from remotedialer._metrics import ClientMetrics
-from remotedialer._status import client_status, public_url, server_status
+from remotedialer.ops._admin import AdminEndpoint, AdminSite
+from remotedialer.ops._metrics import ClientMetrics
+from remotedialer.ops._status import client_status, server_status
+from remotedialer.protocol._text import public_url
 from tests.test_metrics import _Net, _Peered
 
 BASE = "http://admin.test"

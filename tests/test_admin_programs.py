@@ -20,10 +20,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from remotedialer._auth import hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 from remotedialer._tap._admin import ClientProgram, loopback_only
+from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, wait
 from tests.test_programs import Program, ProgramTestCase, parse
 

@@ -12,8 +12,9 @@ import os
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._auth import CertificateAuthorizer, Credentials, TokenAuthorizer, hash_token, read_secret
-from remotedialer._server import PROBE_TIMEOUT
+from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, hash_token, read_secret
+from remotedialer.server._server import PROBE_TIMEOUT
+from remotedialer.tunnel._identity import Credentials
 from tests.netsim import Network
 from tests.support import Collector, Echo
 

@@ -13,9 +13,9 @@ import os
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
+from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
 from tests.support import self_signed_certificate
 
 
@@ -76,7 +76,7 @@ class ServerAuthOptionsTests(TestCase):
         from twisted.internet.address import IPv4Address
         from twisted.web.test.requesthelper import DummyRequest
 
-        from remotedialer._proxyaccess import ProxyAccess
+        from remotedialer.server._access import ProxyAccess
 
         tokens = self.write(f"alice sha256:{hash_token('old')}\n")
         options = parse(server_tap.Options, ["--insecure-any-client", "--frontdoor-tokens-file", tokens])

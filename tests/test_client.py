@@ -172,7 +172,7 @@ class BackoffTests(SynchronousTestCase):
     def test_default_backoff_capped(self):
         """The default retry policy starts near 1 s and never waits past RETRY_MAX (10 s)."""
         from remotedialer import TunnelClient, allow_all
-        from remotedialer._client import RETRY_MAX
+        from remotedialer.client._client import RETRY_MAX
 
         client = TunnelClient("ws://127.0.0.1:9/connect", connect_authorizer=allow_all,
                               reactor=self.net.reactor)

@@ -1,5 +1,5 @@
 """
-Tests for remotedialer._codec: the Go-compatible wire format (PROTOCOL.md section 3).
+Tests for remotedialer.protocol._codec: the Go-compatible wire format (PROTOCOL.md section 3).
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import _codec
-from remotedialer._codec import (
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import (
     LEGACY_DEADLINE,
     MAX_CLIENT_PAYLOAD,
     MAX_CONNECT_PAYLOAD,
     MAX_ERROR_PAYLOAD,
-    MalformedMessage,
     Message,
     MessageIds,
     MessageType,
@@ -29,6 +28,7 @@ from remotedialer._codec import (
     encode_data_after,
     encode_varint,
 )
+from remotedialer.protocol._exceptions import MalformedMessage
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

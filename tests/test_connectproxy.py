@@ -11,10 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._connectproxy import ConnectProxyFactory, proxy_credentials
-from remotedialer._frontdoor import FrontDoorAccess
-from remotedialer._limits import UpgradeLimits
-from remotedialer._proxyaccess import ProxyAccess
+from remotedialer.protocol._limits import UpgradeLimits
+from remotedialer.proxies._connectproxy import ConnectProxyFactory, proxy_credentials
+from remotedialer.server._access import FrontDoorAccess, ProxyAccess
 from tests.forwarding import (
     TARGET,
     LogLines,

@@ -22,9 +22,9 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._auth import hash_token
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
+from remotedialer.server._auth import hash_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBE = os.path.join(ROOT, "deploy", "kubernetes")

@@ -15,8 +15,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from remotedialer import Server
-from remotedialer._discovery import PeerDiscovery, peer_address
 from remotedialer._tap import server as server_tap
+from remotedialer.server._discovery import PeerDiscovery, peer_address
 from tests.test_logging import capture, lines
 
 ZONE = b"peers.test"

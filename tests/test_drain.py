@@ -14,7 +14,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from remotedialer._drain import DrainGate, DrainOnStop, ServerDraining
+from remotedialer.server._drain import DrainGate, DrainOnStop
+from remotedialer.tunnel._exceptions import ServerDraining
 from tests.netsim import Network
 from tests.support import Collector, Echo
 from tests.test_logging import capture, lines

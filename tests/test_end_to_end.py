@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
+from remotedialer.tunnel._stream import HARD_CAP, PAUSE_THRESHOLD
 from tests.support import (
     Collector,
     Echo,
@@ -126,7 +126,7 @@ class _Spy:
     """Records the type of every message a session receives."""
 
     def __init__(self, session):
-        from remotedialer._codec import decode
+        from remotedialer.protocol._codec import decode
 
         self.types = []
         original = session.message_received

@@ -1,12 +1,12 @@
 """
-Tests for remotedialer._flow: receive-side flow accounting (PROTOCOL.md section 4).
+Tests for remotedialer.protocol._flow: receive-side flow accounting (PROTOCOL.md section 4).
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._flow import KIB, MIB, FlowLimits, ReceiveBuffer, ReceiveFlow, Verdict
+from remotedialer.protocol._flow import KIB, MIB, FlowLimits, ReceiveBuffer, ReceiveFlow, Verdict
 
 PAUSE = 100
 RESUME = 20

@@ -10,11 +10,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._auth import hash_token
-from remotedialer._forward import PortForwardFactory
-from remotedialer._forwardstats import FAILURE_REASONS, ForwarderStats
-from remotedialer._frontdoor import FrontDoorAccess
-from remotedialer._proxyaccess import ProxyAccess, Refusal, Route, split_tunnel_host
+from remotedialer.proxies._forward import PortForwardFactory
+from remotedialer.server._access import FrontDoorAccess, ProxyAccess, Refusal, Route, split_tunnel_host
+from remotedialer.server._auth import hash_token
+from remotedialer.server._forwardstats import FAILURE_REASONS, ForwarderStats
 from tests.forwarding import TARGET, LogLines, connect_caller, forwarder, received, tunnel_with_targets
 from tests.support import Payload, SendPayload
 
@@ -36,7 +35,7 @@ class PortForwardTests(SynchronousTestCase):
         as every relay's TCP half): the port forward's, and any splice's
         (both proxies splice once their handshake is done).
         """
-        from remotedialer._splice import TunnelSplice
+        from remotedialer.server._splice import TunnelSplice
         from tests.test_relay import TCPLikeTransport
 
         forward = self.factory("10.0.0.6:22").buildProtocol(LOOPBACK)
@@ -178,8 +177,8 @@ class ThroughAPeerTests(SynchronousTestCase):
     def test_port_forward_and_connect_proxy_on_the_other_server(self):
         from twisted.internet.endpoints import TCP4ClientEndpoint
 
-        from remotedialer._connectproxy import ConnectProxyFactory
-        from remotedialer._splice import Forwarder
+        from remotedialer.proxies._connectproxy import ConnectProxyFactory
+        from remotedialer.server._splice import Forwarder
         from tests.netsim import Network
         from tests.support import Collector, Echo
 

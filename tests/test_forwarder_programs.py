@@ -13,10 +13,10 @@ import shutil
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from remotedialer._auth import hash_token
-from remotedialer._proxyaccess import Route
 from remotedialer._tap import server as server_tap
 from remotedialer._tap._forwarders import parse_forward
+from remotedialer.server._access import Route
+from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, wait
 from tests.test_forwarders_e2e import curl, hello_site
 from tests.test_programs import ProgramTestCase, assert_usage_error, parse, run

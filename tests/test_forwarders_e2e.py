@@ -24,12 +24,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from remotedialer._connectproxy import ConnectProxyFactory
-from remotedialer._forward import PortForwardFactory
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._proxyaccess import Route
-from remotedialer._socksproxy import SocksProxyFactory
-from remotedialer._splice import Forwarder
+from remotedialer.proxies._connectproxy import ConnectProxyFactory
+from remotedialer.proxies._forward import PortForwardFactory
+from remotedialer.proxies._socksproxy import SocksProxyFactory
+from remotedialer.server._access import Route
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._splice import Forwarder
 from tests.support import Collector, Echo, Payload, SendPayload, TunnelHarness, eventually, listen_tcp
 from tests.test_frontdoor import listen_tls, make_ca
 

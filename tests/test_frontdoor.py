@@ -30,9 +30,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from remotedialer import Server, TunnelClient, allow_all, allow_patterns
-from remotedialer._frontdoor import FrontDoor, InsecureTLSPolicy
-from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
 from remotedialer._tap._common import load_ca_file
+from remotedialer.frontdoor._resource import FrontDoor
+from remotedialer.frontdoor._tls import InsecureTLSPolicy
+from remotedialer.tunnel._stream import HARD_CAP, PAUSE_THRESHOLD
 from tests.support import eventually, listen_tcp, wait
 
 MiB = 1024 * 1024

@@ -10,8 +10,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from remotedialer._auth import hash_token
-from remotedialer._frontdoor import FrontDoorAccess
+from remotedialer.server._access import FrontDoorAccess
+from remotedialer.server._auth import hash_token
 
 
 def request(host: str, proxy_authorization: bytes | None = None, v6: bool = False) -> DummyRequest:

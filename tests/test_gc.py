@@ -20,10 +20,10 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from remotedialer._interfaces import ISessionOwner
-from remotedialer._resource import Identity
-from remotedialer._session import Session
-from remotedialer._websocket import client_factory, server_factory
+from remotedialer.tunnel._identity import Identity
+from remotedialer.tunnel._interfaces import ISessionOwner
+from remotedialer.tunnel._session import Session
+from remotedialer.tunnel._websocket import client_factory, server_factory
 from tests.memory import FakeDialer, Recorder
 
 

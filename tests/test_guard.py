@@ -1,5 +1,5 @@
 """
-The header guard in front of the server's site (remotedialer._guard), on
+The header guard in front of the server's site (remotedialer.server._guard), on
 StringTransport and a Clock: slowloris closed at the deadline, request heads
 over the size or header-count limit answered 431, a cap on connections still
 sending their heads; each at the limit and one past it.
@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._guard import HeaderGuardFactory
-from remotedialer._limits import UpgradeLimits
+from remotedialer.protocol._limits import UpgradeLimits
+from remotedialer.server._guard import HeaderGuardFactory
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 50000)
 
@@ -166,7 +166,7 @@ class EarlyAnswerTests(SynchronousTestCase):
     """A request with a body for a client nobody reaches is answered before its body is read."""
 
     def setUp(self) -> None:
-        from remotedialer._frontdoor import refuse_unknown_client
+        from remotedialer.frontdoor._resource import refuse_unknown_client
 
         class Server:
             def reaches(self, key: str) -> bool:

@@ -1,5 +1,5 @@
 """
-The front door's bound on response heads (remotedialer._headlimit): a head
+The front door's bound on response heads (remotedialer.frontdoor._headlimit): a head
 at the limit passes, one byte or one header line more is refused with the
 limits' text; the body after a head is never counted; a head that does not
 start as HTTP is refused at once.  (End to end, a target answering with
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._headlimit import NOT_HTTP, HeadLimit
+from remotedialer.frontdoor._headlimit import NOT_HTTP, HeadLimit
 
 
 def head(lines: int, pad: int = 0) -> bytes:

@@ -16,8 +16,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from remotedialer import LocalDialer, Server, TunnelClient, allow_all
-from remotedialer._endpoint import TunnelEndpoint
-from remotedialer._interfaces import (
+from remotedialer.server._resource import as_tunnel_authorizer
+from remotedialer.tunnel._endpoint import TunnelEndpoint
+from remotedialer.tunnel._interfaces import (
     IDialPolicy,
     IPeerObserver,
     ISession,
@@ -26,7 +27,6 @@ from remotedialer._interfaces import (
     IStreamOpener,
     ITunnelAuthorizer,
 )
-from remotedialer._resource import as_tunnel_authorizer
 from tests.memory import SessionPair
 
 

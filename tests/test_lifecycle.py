@@ -1,6 +1,6 @@
 """
-Property tests of the stream lifecycle (remotedialer._lifecycle) and of the
-multiplexer that applies it (remotedialer._mux): every (state, input) pair
+Property tests of the stream lifecycle (remotedialer.protocol._lifecycle) and of the
+multiplexer that applies it (remotedialer.protocol._multiplexer): every (state, input) pair
 of the table, random input paths, a stateful test of two multiplexers joined
 back to back, and arbitrary bytes fed to receive().
 """
@@ -23,30 +23,22 @@ from hypothesis.stateful import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import _codec
-from remotedialer._codec import MessageType
-from remotedialer._flow import KIB, FlowLimits
-from remotedialer._lifecycle import (
-    TRANSITIONS,
-    InvalidTransition,
-    StreamInput,
-    StreamState,
-    Wire,
-    transition,
-)
-from remotedialer._limits import SessionLimits
-from remotedialer._mux import (
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import MessageType
+from remotedialer.protocol._events import (
     ClientAnnounced,
     ConnectRequested,
     DataReceived,
-    Multiplexer,
     ProtocolViolation,
     SendBlocked,
-    SessionClosed,
     StreamEnded,
-    StreamHandle,
-    TooManyStreams,
 )
+from remotedialer.protocol._exceptions import InvalidTransition, SessionClosed, TooManyStreams
+from remotedialer.protocol._flow import KIB, FlowLimits
+from remotedialer.protocol._handle import StreamHandle
+from remotedialer.protocol._lifecycle import TRANSITIONS, StreamInput, StreamState, Wire, transition
+from remotedialer.protocol._limits import SessionLimits
+from remotedialer.protocol._multiplexer import Multiplexer
 
 S, W = StreamState, Wire
 ALL_PAIRS = list(itertools.product(StreamState, StreamInput))

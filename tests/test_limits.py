@@ -11,19 +11,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import _codec
-from remotedialer._codec import MessageType
-from remotedialer._flow import FlowLimits
-from remotedialer._limits import SessionLimits, UpgradeLimits
-from remotedialer._mux import (
-    ConnectRequested,
-    DataReceived,
-    Multiplexer,
-    ProtocolViolation,
-    StreamEnded,
-    TooManyStreams,
-)
-from remotedialer._session import Session
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import MessageType
+from remotedialer.protocol._events import ConnectRequested, DataReceived, ProtocolViolation, StreamEnded
+from remotedialer.protocol._exceptions import TooManyStreams
+from remotedialer.protocol._flow import FlowLimits
+from remotedialer.protocol._limits import SessionLimits, UpgradeLimits
+from remotedialer.protocol._multiplexer import Multiplexer
+from remotedialer.tunnel._session import Session
 from tests.memory import Direction, FakeDialer, Recorder, SessionPair
 
 FLOW = FlowLimits(pause_threshold=1000, resume_threshold=100, hard_cap=4000)

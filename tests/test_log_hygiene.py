@@ -11,10 +11,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from remotedialer import _codec
-from remotedialer._logtext import LOG_TEXT_LIMIT, Throttle, address, printable
-from remotedialer._resource import TunnelResource, header_authorizer
-from remotedialer._session import Session
+from remotedialer.protocol import _codec
+from remotedialer.protocol._text import LOG_TEXT_LIMIT, printable
+from remotedialer.server._resource import TunnelResource, header_authorizer
+from remotedialer.tunnel._logtext import Throttle, address
+from remotedialer.tunnel._session import Session
 from tests.memory import Direction
 
 

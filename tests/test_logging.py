@@ -17,10 +17,10 @@ from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer import json_log_observer
-from remotedialer._jsonlog import event_as_json_line
-from remotedialer._logtext import duration
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
+from remotedialer.ops._jsonlog import event_as_json_line
+from remotedialer.protocol._text import duration
 from tests.netsim import Network
 
 

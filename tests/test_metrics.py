@@ -1,5 +1,5 @@
 """
-Metrics (remotedialer._metrics) of real servers and clients on the simulated
+Metrics (remotedialer.ops._metrics) of real servers and clients on the simulated
 network: Go's counters under Go's names and labels, our gauges read at
 scrape time, dial latency and failures, and the labels' bounds.
 """
@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from remotedialer import ITrafficObserver, SessionLimits
-from remotedialer._metrics import (
+from remotedialer.ops._metrics import (
     GO_COUNTERS,
     OVERFLOW,
     ClientMetrics,
@@ -22,7 +22,7 @@ from remotedialer._metrics import (
     ServerMetrics,
     render,
 )
-from remotedialer._stream import PAUSE_THRESHOLD
+from remotedialer.tunnel._stream import PAUSE_THRESHOLD
 from tests.netsim import Network
 from tests.support import Collector, Echo, Payload, SendPayload
 

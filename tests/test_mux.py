@@ -1,5 +1,5 @@
 """
-Bytes-in / events-out tests of the sans-IO multiplexer (remotedialer._mux),
+Bytes-in / events-out tests of the sans-IO multiplexer (remotedialer.protocol._multiplexer),
 with golden bytes from PROTOCOL.md where the wire is fixed.
 """
 
@@ -9,23 +9,21 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import _codec
-from remotedialer._codec import Message, MessageType
-from remotedialer._flow import FlowLimits
-from remotedialer._lifecycle import StreamState
-from remotedialer._mux import (
-    CLIENT_FIRST_CONN_ID,
-    MAX_DATA_CHUNK,
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import Message, MessageType
+from remotedialer.protocol._events import (
     ClientAnnounced,
     ConnectRequested,
     DataReceived,
-    Multiplexer,
     ProtocolViolation,
     SendBlocked,
-    SessionClosed,
     StreamEnded,
-    StreamHandle,
 )
+from remotedialer.protocol._exceptions import SessionClosed
+from remotedialer.protocol._flow import FlowLimits
+from remotedialer.protocol._handle import StreamHandle
+from remotedialer.protocol._lifecycle import StreamState
+from remotedialer.protocol._multiplexer import CLIENT_FIRST_CONN_ID, MAX_DATA_CHUNK, Multiplexer
 
 CLIENT, SESSION = "foo", 42
 SMALL = FlowLimits(pause_threshold=100, resume_threshold=20, hard_cap=400)

@@ -25,8 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
-from remotedialer._client import reconnect_policy
 from remotedialer._tap import client as client_tap
+from remotedialer.client._client import reconnect_policy
 from tests.support import eventually, listen_tcp, wait
 from tests.test_discovery import MemoryZone
 from tests.test_programs import Program, ProgramTestCase

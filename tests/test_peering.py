@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer import ClientNotConnected, StreamError
-from remotedialer._peering import PEER_RETRY_MAX
+from remotedialer.server._peering import PEER_RETRY_MAX
 from tests.netsim import Network
 from tests.support import Collector, Payload, SendPayload, sha256_of
 from tests.test_end_to_end import _Factory

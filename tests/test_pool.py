@@ -1,5 +1,5 @@
 """
-The front door's kept-alive connections (remotedialer._pool), end to end on
+The front door's kept-alive connections (remotedialer.frontdoor._pool), end to end on
 loopback: a connection is reused for the next request to the same client
 and target, never for another client's; every response head on a reused
 connection is bounded; a client's reconnect retires its pool, so the old
@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer import Server, TunnelClient, allow_all
-from remotedialer._frontdoor import FrontDoor
+from remotedialer.frontdoor._resource import FrontDoor
 from tests.support import eventually, listen_tcp
 from tests.test_frontdoor import run
 
@@ -193,7 +193,7 @@ class PoolUnitTests(SynchronousTestCase):
     def pools(self, **kwargs):
         from twisted.internet.task import Clock
 
-        from remotedialer._pool import ClientPools
+        from remotedialer.frontdoor._pool import ClientPools
 
         self.clock = Clock()
         return ClientPools(self.clock, None, **kwargs)
@@ -201,7 +201,7 @@ class PoolUnitTests(SynchronousTestCase):
     def connection(self, pool):
         from twisted.internet.testing import StringTransport
 
-        from remotedialer._upstream import UpstreamConnection
+        from remotedialer.frontdoor._upstream import UpstreamConnection
 
         connection = UpstreamConnection(pool, self.target, 1000, 10)
         connection.makeConnection(StringTransport())

@@ -32,10 +32,10 @@ from twisted.web.server import Site
 from twisted.web.static import Data, File
 from zope.interface import implementer
 
-from remotedialer._auth import hash_token
-from remotedialer._frontdoor import InsecureTLSPolicy
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
+from remotedialer.frontdoor._tls import InsecureTLSPolicy
+from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait
 from tests.test_frontdoor import listen_tls, make_ca
 

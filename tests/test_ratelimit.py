@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
-from remotedialer._ratelimit import FailureLimiter, TooManyAttempts, address_key
+from remotedialer.protocol._exceptions import TooManyAttempts
+from remotedialer.server._ratelimit import FailureLimiter, address_key
 
 ATTACKER = "203.0.113.7"
 OTHER = "198.51.100.2"
@@ -32,7 +33,7 @@ def _capture(test: SynchronousTestCase) -> list[str]:
 
     @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
-        if event.get("log_namespace", "").startswith("remotedialer._ratelimit"):
+        if event.get("log_namespace", "").startswith("remotedialer.server._ratelimit"):
             lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
@@ -449,7 +450,7 @@ class TunnelResourceLimiterTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
         from twisted.web.test.requesthelper import DummyRequest
 
-        from remotedialer._resource import TunnelResource, header_authorizer
+        from remotedialer.server._resource import TunnelResource, header_authorizer
 
         clock = Clock()
         limiter = FailureLimiter(clock)

@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._registry import SessionRegistry
-from remotedialer._session import Session
+from remotedialer.server._registry import SessionRegistry
+from remotedialer.tunnel._session import Session
 
 
 def session(key: str, peer: bool = False, clock: Clock | None = None) -> Session:

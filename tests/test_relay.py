@@ -1,5 +1,5 @@
 """
-Tests for remotedialer._relay: the portforward idiom between two
+Tests for remotedialer.tunnel._relay: the portforward idiom between two
 transports, with back-pressure both ways and close propagation, between
 plain transports, a tunnel stream and a transport, and two tunnel streams.
 """
@@ -14,11 +14,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from remotedialer import _codec
-from remotedialer._codec import MessageType
-from remotedialer._relay import Relay
-from remotedialer._session import Session
-from remotedialer._stream import EOF, StreamError
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import MessageType
+from remotedialer.protocol._multiplexer import EOF
+from remotedialer.tunnel._exceptions import StreamError
+from remotedialer.tunnel._relay import Relay
+from remotedialer.tunnel._session import Session
 from tests.memory import (
     TARGET,
     Direction,

@@ -1,5 +1,5 @@
 """
-Tests for remotedialer._session: opening streams, message dispatch,
+Tests for remotedialer.tunnel._session: opening streams, message dispatch,
 SyncConnections, peer announcements, session-level back-pressure and the end
 of a session (PROTOCOL.md sections 3 to 5), on two sessions joined in memory.
 """
@@ -11,10 +11,12 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer import _codec
-from remotedialer._codec import MalformedMessage, Message, MessageIds, MessageType
-from remotedialer._session import CLIENT_FIRST_CONN_ID, MAX_DATA_CHUNK, Session
-from remotedialer._stream import StreamError
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import Message, MessageIds, MessageType
+from remotedialer.protocol._exceptions import MalformedMessage
+from remotedialer.protocol._multiplexer import CLIENT_FIRST_CONN_ID, MAX_DATA_CHUNK
+from remotedialer.tunnel._exceptions import StreamError
+from remotedialer.tunnel._session import Session
 from tests.memory import (
     CLIENT_KEY,
     CLIENT_SESSION_KEY,

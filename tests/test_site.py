@@ -1,5 +1,5 @@
 """
-The server program's site (remotedialer._site) in memory: the access log
+The server program's site (remotedialer.server._site) in memory: the access log
 is written only when asked for; a streamed body (RequestBody) goes to its
 consumer as it arrives, is held (boundedly) before the consumer starts or
 while it is paused, and pauses reading from the caller while it is held;
@@ -24,8 +24,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from remotedialer._site import HELD_BODY, RequestBody, ServerSite
 from remotedialer._tap import server as server_tap
+from remotedialer.server._site import HELD_BODY, RequestBody, ServerSite
 
 
 class AccessLogTests(SynchronousTestCase):

@@ -13,9 +13,17 @@ from hypothesis import strategies as st
 from socksio import socks5
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._limits import UpgradeLimits
-from remotedialer._socks import MAX_BUFFER, Authenticate, ConnectRequest, Failed, Reply, Socks5Server, State
-from remotedialer._socksproxy import SocksProxyFactory, reply_for
+from remotedialer.protocol._limits import UpgradeLimits
+from remotedialer.proxies._socks import (
+    MAX_BUFFER,
+    Authenticate,
+    ConnectRequest,
+    Failed,
+    Reply,
+    Socks5Server,
+    State,
+)
+from remotedialer.proxies._socksproxy import SocksProxyFactory, reply_for
 from tests.forwarding import LogLines, connect_caller, forwarder, received, token_access, tunnel_with_targets
 
 SUCCESS = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"

@@ -22,10 +22,10 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from remotedialer import TunnelClient, allow_all
-from remotedialer._admin import AdminEndpoint, AdminSite
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._metrics import ClientMetrics, ServerMetrics
-from remotedialer._status import client_status, server_status
+from remotedialer.ops._admin import AdminEndpoint, AdminSite
+from remotedialer.ops._metrics import ClientMetrics, ServerMetrics
+from remotedialer.ops._status import client_status, server_status
+from remotedialer.server._forwardstats import ForwarderStats
 from tests.support import Collector, Echo, TunnelHarness, listen_tcp
 
 #: Chromium's flags for a headless run as root in a container, offline.

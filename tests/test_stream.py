@@ -1,5 +1,5 @@
 """
-Tests for remotedialer._stream: a TunnelStream as a Twisted transport, its
+Tests for remotedialer.tunnel._stream: a TunnelStream as a Twisted transport, its
 receive-side buffering with Pause/Resume, its send side honouring the far
 side's Pause and the session's push-back, and how it closes (PROTOCOL.md
 section 4), on two sessions joined in memory.
@@ -17,16 +17,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from remotedialer import _codec, _producers
-from remotedialer._codec import MessageType
-from remotedialer._stream import (
-    EOF,
-    HARD_CAP,
-    PAUSE_THRESHOLD,
-    RESUME_THRESHOLD,
-    StreamError,
-    TunnelAddress,
-)
+from remotedialer.protocol import _codec
+from remotedialer.protocol._codec import MessageType
+from remotedialer.protocol._multiplexer import EOF
+from remotedialer.tunnel import _producers
+from remotedialer.tunnel._addresses import TunnelAddress
+from remotedialer.tunnel._exceptions import StreamError
+from remotedialer.tunnel._stream import HARD_CAP, PAUSE_THRESHOLD, RESUME_THRESHOLD
 from tests.memory import (
     CLIENT_KEY,
     SERVER_SESSION_KEY,

@@ -23,8 +23,8 @@ from twisted.web.static import Data
 from zope.interface.verify import verifyObject
 
 from remotedialer import ClientNotConnected, IStreamOpener, StreamError
-from remotedialer._stream import HARD_CAP, PAUSE_THRESHOLD
 from remotedialer.testing import MemoryTransport, MemoryTunnel, StreamCounts
+from remotedialer.tunnel._stream import HARD_CAP, PAUSE_THRESHOLD
 
 MiB = 1024 * 1024
 

@@ -1,5 +1,5 @@
 """
-Request bodies streamed through the front door (remotedialer._site) on
+Request bodies streamed through the front door (remotedialer.server._site) on
 loopback: a 64 MiB upload with Content-Length, a chunked one, and one over
 HTTP/2 reach the target byte for byte while the front door holds at most
 a few chunks of them (nothing is spooled); an upload for an unknown client
@@ -20,8 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from remotedialer import Server, TunnelClient, allow_all
-from remotedialer._frontdoor import FrontDoor, FrontDoorAccess
-from remotedialer._site import HELD_BODY, ServerSite, StreamingRequest
+from remotedialer.frontdoor._resource import FrontDoor
+from remotedialer.server._access import FrontDoorAccess
+from remotedialer.server._site import HELD_BODY, ServerSite, StreamingRequest
 from tests.support import eventually, listen_tcp, wait
 from tests.test_frontdoor import EchoSha, RawHTTP, _h2_available, listen_tls, make_ca, run
 

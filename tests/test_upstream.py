@@ -1,5 +1,5 @@
 """
-The front door's HTTP/1.1 client connection (remotedialer._upstream) over a
+The front door's HTTP/1.1 client connection (remotedialer.frontdoor._upstream) over a
 StringTransport: what it sends, how each response reaches its handler, when
 the connection goes back to its pool and when it is closed instead.
 """
@@ -11,8 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer._headlimit import ResponseHeadTooLarge
-from remotedialer._upstream import BadResponse, RequestNotSendable, UpstreamConnection
+from remotedialer.frontdoor._headlimit import ResponseHeadTooLarge
+from remotedialer.frontdoor._upstream import BadResponse, RequestNotSendable, UpstreamConnection
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"
 

@@ -19,18 +19,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from remotedialer import _codec, nvx_active
-from remotedialer._interfaces import ISessionOwner
-from remotedialer._limits import SessionLimits
-from remotedialer._resource import Identity
-from remotedialer._session import Session
-from remotedialer._websocket import (
-    IDLE_TIMEOUT,
-    PING_INTERVAL,
-    TunnelLinkError,
-    client_factory,
-    server_factory,
-)
+from remotedialer import nvx_active
+from remotedialer.protocol import _codec
+from remotedialer.protocol._limits import SessionLimits
+from remotedialer.tunnel._exceptions import TunnelLinkError
+from remotedialer.tunnel._identity import Identity
+from remotedialer.tunnel._interfaces import ISessionOwner
+from remotedialer.tunnel._session import Session
+from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, client_factory, server_factory
 
 
 @implementer(ISessionOwner)
@@ -240,7 +236,7 @@ class WebSocketLinkTests(SynchronousTestCase):
 
     def test_binary_message_reaches_session(self):
         """Binary messages reach the session: Data for an unknown stream is answered."""
-        from remotedialer._codec import decode, encode_data
+        from remotedialer.protocol._codec import decode, encode_data
 
         [server_session] = self.server_owner.opened
         [client_session] = self.client_owner.opened

@@ -1,7 +1,7 @@
 """
 The programs' admin endpoint: C{--admin-listen ENDPOINT} (off unless given)
 serves metrics, health, readiness, status and the status page
-(L{remotedialer._admin}); C{--metrics-addr-label} and
+(L{remotedialer.ops._admin}); C{--metrics-addr-label} and
 C{--metrics-no-clientkey-label} choose the labels' cost.
 
 A bare port (C{--admin-listen 9125}) listens on loopback only; a full
@@ -17,24 +17,23 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._admin import AdminEndpoint, AdminSite
-from remotedialer._client import TunnelClient
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._guard import HeaderGuardFactory
-from remotedialer._logtext import printable
-from remotedialer._metrics import ClientMetrics, ForwarderCollector, MetricsOptions, ServerMetrics
-from remotedialer._server import Server
-from remotedialer._status import client_status, server_status
+from remotedialer._tap._listen import Listening, port_of
+from remotedialer.client._client import TunnelClient
+from remotedialer.ops._admin import AdminEndpoint, AdminSite
+from remotedialer.ops._metrics import ClientMetrics, ForwarderCollector, MetricsOptions, ServerMetrics
+from remotedialer.ops._status import client_status, server_status
+from remotedialer.protocol._text import printable
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._server import Server
 
-__all__ = ["AdminEndpoint", "AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
+__all__ = ["AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
 
 log = Logger()
 
@@ -59,22 +58,10 @@ class AdminOptions:
             endpoints.serverFromString(reactor, description)
         except Exception as e:  # a bad description: one line, no traceback
             raise usage.UsageError(f"--admin-listen {description!r}: {printable(str(e))}") from None
-        port = _port_of(description)
+        port = port_of(description)
         if port is not None and not 0 <= port <= 65535:
             raise usage.UsageError(f"--admin-listen {description!r}: port {port} is not 0-65535")
         self["admin_listen"] = description  # type: ignore[index]  # usage.Options is a dict
-
-
-def _port_of(description: str) -> int | None:
-    """The port of a tcp:/tcp6:/ssl: endpoint description (positional or port=), if it has one."""
-    kind, _, rest = description.partition(":")
-    if kind not in ("tcp", "tcp6", "ssl"):
-        return None
-    for i, part in enumerate(rest.split(":")):
-        value = part[len("port="):] if part.startswith("port=") else part if i == 0 else ""
-        if value.isdigit():
-            return int(value)
-    return None
 
 
 def _metrics_options(options: Any) -> MetricsOptions:
@@ -89,23 +76,12 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-class _AdminListener(StreamServerEndpointService):
-    """The admin listener; failing to listen (a busy port) is one line and exit status 1."""
+class _AdminListener(Listening):
+    """The admin listener: warns at start when it is reachable from other hosts."""
 
     def __init__(self, program: str, description: str, factory: IProtocolFactory) -> None:
-        from twisted.internet import reactor
-
-        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        self._raiseSynchronously = True  # as strports.service: fail at start, not later
-        self._program = program
+        super().__init__("admin-listen", description, factory, program)
         self._description = description
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        except CannotListenError as e:
-            raise SystemExit(f"{self._program}: --admin-listen: cannot listen on "
-                             f"{e.interface or '*'}:{e.port}: {printable(str(e.socketError))}") from None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651

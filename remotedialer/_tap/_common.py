@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, TypeVar
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.python import usage
 
+from remotedialer.protocol._flow import FlowLimits
+from remotedialer.protocol._limits import SessionLimits, UpgradeLimits
+
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
@@ -93,9 +96,6 @@ def _parameters(flags: list[_Flag], defaults: object) -> list[list[object]]:
 
 def limit_parameters(upgrade: bool = False) -> list[list[object]]:
     """optParameters entries for the limits, with the library's defaults."""
-    from remotedialer._flow import FlowLimits
-    from remotedialer._limits import SessionLimits, UpgradeLimits
-
     parameters = _parameters(_SESSION_FLAGS, SessionLimits()) + _parameters(_FLOW_FLAGS, FlowLimits())
     if upgrade:
         parameters += _parameters(_UPGRADE_FLAGS, UpgradeLimits())
@@ -113,9 +113,6 @@ def _build(cls: Callable[..., _T], flags: list[_Flag], options: usage.Options) -
 
 def parse_limits(options: usage.Options, upgrade: bool = False) -> None:
     """Check the limit options; store SessionLimits/FlowLimits (and UpgradeLimits) in C{options}."""
-    from remotedialer._flow import FlowLimits
-    from remotedialer._limits import SessionLimits, UpgradeLimits
-
     options["session_limits"] = _build(SessionLimits, _SESSION_FLAGS, options)
     defaults = FlowLimits()
     if options["stream-buffer"] <= defaults.pause_threshold:

@@ -6,7 +6,7 @@ CONNECT proxy (C{--connect-proxy-listen}) and the SOCKS5 proxy
 A listener given as a bare port listens on 127.0.0.1; any other Twisted
 endpoint description is taken as written.  The proxies follow the front
 door's access rules (tokens, open, loopback callers; see
-L{remotedialer._proxyaccess}); a port forward serves whoever reaches its
+L{remotedialer.server._access}); a port forward serves whoever reaches its
 listener, so one beyond loopback is warned about at start.  Every
 forwarder listener's port joins the server's own listeners, which no
 front-door or proxy request may target.
@@ -21,15 +21,16 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._acl import TCP_PROTOS
-from remotedialer._addresses import split_host_port
-from remotedialer._connectproxy import ConnectProxyFactory
-from remotedialer._forward import PortForwardFactory
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._logtext import printable
-from remotedialer._proxyaccess import ProxyAccess, Route
-from remotedialer._socksproxy import SocksProxyFactory
-from remotedialer._splice import DIAL_WAIT, Forwarder
+from remotedialer._tap._listen import Listening, check_listen, port_of
+from remotedialer.client._acl import TCP_PROTOS
+from remotedialer.protocol._addresses import split_host_port
+from remotedialer.protocol._text import printable
+from remotedialer.proxies._connectproxy import ConnectProxyFactory
+from remotedialer.proxies._forward import PortForwardFactory
+from remotedialer.proxies._socksproxy import SocksProxyFactory
+from remotedialer.server._access import ProxyAccess, Route
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._splice import DIAL_WAIT, Forwarder
 
 __all__ = ["ForwarderOptions", "add_forwarders", "parse_forward", "parse_forwarders"]
 
@@ -92,29 +93,27 @@ def parse_forwarders(options: Any) -> None:
     errors naming the flag); store C{options["forwards"]}, and add the
     listeners' ports to the front door's own listeners.
     """
-    from remotedialer._tap.server import _check_listen, _port_of
-
     forwards = []
     for spec in options.forward_specs:
         try:
             listen, route = parse_forward(spec)
         except ValueError as e:
             raise usage.UsageError(f"--forward {printable(spec)!r}: {e}") from None
-        _check_listen("forward", listen)
+        check_listen("forward", listen)
         forwards.append((listen, route))
     options["forwards"] = forwards
     listens = [listen for listen, _ in forwards]
     for flag in ("connect-proxy-listen", "socks-listen"):
         if options[flag]:
             options[flag] = listen_description(options[flag])
-            _check_listen(flag, options[flag])
+            check_listen(flag, options[flag])
             listens.append(options[flag])
-    fixed = [listen for listen in listens if _port_of(listen)]  # (port 0: any free port, each its own)
+    fixed = [listen for listen in listens if port_of(listen)]  # (port 0: any free port, each its own)
     if len(set(fixed)) != len(fixed):
         raise usage.UsageError("--forward/--connect-proxy-listen/--socks-listen: a listener is given twice")
     if not 0 <= options["proxy-dial-wait"] <= MAX_DIAL_WAIT:
         raise usage.UsageError(f"--proxy-dial-wait must be 0-{MAX_DIAL_WAIT:g} seconds")
-    ports = {port for port in map(_port_of, listens) if port}
+    ports = {port for port in map(port_of, listens) if port}
     access = options["frontdoor_access"]
     options["frontdoor_access"] = attrs.evolve(access, own_ports=access.own_ports | ports)
 
@@ -132,8 +131,6 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
     """The forwarders' listening services, children of C{top}; each one's counters."""
     from twisted.internet import reactor
 
-    from remotedialer._tap.server import _Listening
-
     access = ProxyAccess(options["frontdoor_access"])
     limits = options["upgrade_limits"]
     all_stats = []
@@ -148,7 +145,7 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
             log.warn("--forward {listen}: listens beyond loopback: anyone who reaches it reaches {route}",
                      listen=listen, route=str(route))
         factory: Any = PortForwardFactory(forwarder(f"forward:{listen}", "forward", str(route)), route)
-        _Listening("forward", listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening("forward", listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     dial_wait = options["proxy-dial-wait"]
     for flag, kind, make in (("connect-proxy-listen", "connect-proxy", ConnectProxyFactory),
                              ("socks-listen", "socks", SocksProxyFactory)):
@@ -159,5 +156,5 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
             log.warn("--{flag} {listen} with --frontdoor-open: anyone who reaches it reaches every "
                      "client's network", flag=flag, listen=listen)
         factory = make(forwarder(f"{kind}:{listen}", kind, dial_wait=dial_wait), access, limits)
-        _Listening(flag, listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening(flag, listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     return all_stats

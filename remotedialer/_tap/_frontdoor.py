@@ -1,6 +1,6 @@
 """
 The server program's front-door tuning flags: kept-alive connections to
-targets and the access log (remotedialer._pool, remotedialer._site).
+targets and the access log (remotedialer.frontdoor._pool, remotedialer.server._site).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from remotedialer._pool import IDLE_TIMEOUT, MAX_IDLE
+from remotedialer.frontdoor._pool import IDLE_TIMEOUT, MAX_IDLE
 
 PARAMETERS: list[list[Any]] = [
     ["frontdoor-idle-connections", None, MAX_IDLE,

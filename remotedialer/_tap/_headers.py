@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.python import usage
 
-from remotedialer._logtext import printable
+from remotedialer.protocol._text import printable
 
 
 def read_header_file(path: str) -> dict[str, str]:

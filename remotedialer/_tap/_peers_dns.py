@@ -1,6 +1,6 @@
 """
 The server program's C{--peers-dns NAME:PORT}: peers found by resolving a
-name (a Kubernetes headless Service), see L{remotedialer._discovery}.
+name (a Kubernetes headless Service), see L{remotedialer.server._discovery}.
 Parsing and wiring live here so the program's own module only calls
 L{check} and L{service}.
 """
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from twisted.python import usage
 
-from remotedialer._discovery import DNS_INTERVAL, DNS_URL_TEMPLATE, PeerDiscovery, peer_address
+from remotedialer.server._discovery import DNS_INTERVAL, DNS_URL_TEMPLATE, PeerDiscovery, peer_address
 
 if TYPE_CHECKING:
-    from remotedialer._server import Server
+    from remotedialer.server._server import Server
 
 PARAMETERS: list[list[object]] = [
     ["peers-dns", None, None,

@@ -3,7 +3,7 @@
 production client needs (extra headers, a dial allow-list, a CA file).
 
 Unlike Go's example client, which dials anything, the server may dial only
-what an --allow rule allows (remotedialer._acl); with no --allow it may dial
+what an --allow rule allows (remotedialer.client._acl); with no --allow it may dial
 nothing, and --allow-any restores Go's behaviour.
 """
 
@@ -14,11 +14,6 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._acl import parse_rule
-from remotedialer._auth import secret_from
-from remotedialer._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
-from remotedialer._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
-from remotedialer._logtext import printable
 from remotedialer._tap._admin import AdminOptions, serve_client_admin
 from remotedialer._tap._common import (
     VersionOption,
@@ -30,7 +25,12 @@ from remotedialer._tap._common import (
 )
 from remotedialer._tap._headers import read_header_file
 from remotedialer._tap._logging import LogFormatOption
-from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
+from remotedialer.client._acl import parse_rule
+from remotedialer.client._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
+from remotedialer.client._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
+from remotedialer.protocol._text import printable
+from remotedialer.server._auth import secret_from
+from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_CONNECT = "ws://127.0.0.1:8123/connect"
 #: Where the client's token may come from instead of --token-file.

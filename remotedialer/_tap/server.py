@@ -21,10 +21,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet import endpoints
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
@@ -35,19 +32,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from remotedialer._auth import CertificateAuthorizer, TokenAuthorizer, TokenFile, secret_from
-from remotedialer._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
-from remotedialer._forwardstats import ForwarderStats
-from remotedialer._frontdoor import FrontDoor, FrontDoorAccess, InsecureTLSPolicy, refuse_unknown_client
-from remotedialer._guard import HeaderGuardFactory
-from remotedialer._logtext import printable
-from remotedialer._ratelimit import FailureLimiter
-from remotedialer._resource import header_authorizer
-from remotedialer._server import Server
-from remotedialer._site import ServerSite
 from remotedialer._tap import _frontdoor as frontdoor_tuning
 from remotedialer._tap import _peers_dns as peers_dns
-from remotedialer._tap._admin import AdminEndpoint, AdminOptions, serve_server_admin
+from remotedialer._tap._admin import AdminOptions, serve_server_admin
 from remotedialer._tap._common import (
     VersionOption,
     data_debug,
@@ -57,11 +44,25 @@ from remotedialer._tap._common import (
     parse_limits,
 )
 from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
+from remotedialer._tap._listen import Listening, check_listen, port_of
 from remotedialer._tap._logging import LogFormatOption
-from remotedialer._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
+from remotedialer.frontdoor._resource import FrontDoor, refuse_unknown_client
+from remotedialer.frontdoor._tls import InsecureTLSPolicy
+from remotedialer.ops._admin import AdminEndpoint
+from remotedialer.protocol._text import printable
+from remotedialer.server._access import FrontDoorAccess
+from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, TokenFile, secret_from
+from remotedialer.server._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._ratelimit import FailureLimiter
+from remotedialer.server._resource import header_authorizer
+from remotedialer.server._server import Server
+from remotedialer.server._site import ServerSite
+from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
 
 DEFAULT_LISTEN = "tcp:8123:interface=127.0.0.1"
-#: Request bodies streamed to the front door as they arrive (remotedialer._site).
+#: Request bodies streamed to the front door as they arrive (remotedialer.server._site).
 STREAMED = (b"/client/",)
 #: Where the peer token may come from instead of --token.
 PEER_TOKEN_ENV = "REMOTEDIALER_PEER_TOKEN"
@@ -139,7 +140,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
 
     def postOptions(self) -> None:
 
-        _check_listen("listen", self["listen"])
+        check_listen("listen", self["listen"])
         try:
             # Only peer links ping: without peers the interval just has to be sane.
             pinging = self["peers"] or self["peers-file"] or self["peers-dns"]
@@ -217,7 +218,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
             hashes = TokenFile(tokens_file) if tokens_file else None
         except (OSError, ValueError) as e:
             raise usage.UsageError(f"--frontdoor-tokens-file: {e}") from None
-        own_ports = {_port_of(self["listen"])} | ({_port_of(self["frontdoor-listen"])}
+        own_ports = {port_of(self["listen"])} | ({port_of(self["frontdoor-listen"])}
                                                   if self["frontdoor-listen"] else set())
         self["frontdoor_access"] = FrontDoorAccess(
             token_hashes=hashes, open=bool(self["frontdoor-open"]),
@@ -225,49 +226,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
             own_ports=frozenset(p for p in own_ports if p))
         if self["frontdoor-listen"]:
 
-            _check_listen("frontdoor-listen", self["frontdoor-listen"])
-
-
-def _check_listen(flag: str, description: str) -> None:
-    """A usable server endpoint description, or a one-line usage error naming C{flag}."""
-    from twisted.internet import reactor
-
-    try:
-        endpoints.serverFromString(reactor, description)
-    except Exception as e:  # a bad description, a missing key file...: one line, no traceback
-        raise usage.UsageError(f"--{flag} {description!r}: {printable(str(e))}") from None
-    port = _port_of(description)
-    if port is not None and not 0 <= port <= 65535:
-        raise usage.UsageError(f"--{flag} {description!r}: port {port} is not 0-65535")
-
-
-class _Listening(StreamServerEndpointService):
-    """A listening service whose failure to listen (a busy port) is one line, not a traceback."""
-
-    def __init__(self, flag: str, description: str, factory: Any) -> None:
-        from twisted.internet import reactor
-
-        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        self._raiseSynchronously = True  # as strports.service: fail at start, not later
-        self._flag = flag
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
-        except CannotListenError as e:
-            raise SystemExit(f"remotedialer-server: --{self._flag}: cannot listen on "
-                             f"{e.interface or '*'}:{e.port}: {printable(str(e.socketError))}") from None
-
-
-def _port_of(description: str) -> int | None:
-    """The port of a tcp:/ssl: endpoint description (for refusing nested front-door targets)."""
-    parts = description.split(":")
-    if len(parts) > 1 and parts[0] in ("tcp", "ssl", "tcp6") and parts[1].isdigit():
-        return int(parts[1])
-    for part in parts:
-        if part.startswith("port=") and part[5:].isdigit():
-            return int(part[5:])
-    return None
+            check_listen("frontdoor-listen", self["frontdoor-listen"])
 
 
 def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> CertificateOptions:
@@ -430,14 +389,14 @@ def makeService(options: Options) -> ServerProgram:
         front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
                                         early=early, name="front door")
-        _Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
     site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early,
                                    name="tunnel listener")
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
-    _Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
     frontdoor_tokens = access.token_hashes if isinstance(access.token_hashes, TokenFile) else None
     if tokens is not None or options["tls_options"] is not None or frontdoor_tokens is not None:

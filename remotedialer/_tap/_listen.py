@@ -1,0 +1,63 @@
+"""
+What every listener of the programs shares: a description checked at
+option time (one usage line, never a traceback), a listening service whose
+failure to listen is one line and exit status 1, and the port of a
+description (to know the server's own listeners).
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.python import usage
+
+from remotedialer.protocol._text import printable
+
+__all__ = ["Listening", "check_listen", "port_of"]
+
+
+def port_of(description: str) -> int | None:
+    """The port of a tcp:/tcp6:/ssl: endpoint description (positional or port=), if it has one."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    for i, part in enumerate(rest.split(":")):
+        value = part[len("port="):] if part.startswith("port=") else part if i == 0 else ""
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def check_listen(flag: str, description: str) -> None:
+    """A usable server endpoint description, or a one-line usage error naming C{flag}."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:  # a bad description, a missing key file...: one line, no traceback
+        raise usage.UsageError(f"--{flag} {description!r}: {printable(str(e))}") from None
+    port = port_of(description)
+    if port is not None and not 0 <= port <= 65535:
+        raise usage.UsageError(f"--{flag} {description!r}: port {port} is not 0-65535")
+
+
+class Listening(StreamServerEndpointService):
+    """A listening service whose failure to listen (a busy port) is one line, not a traceback."""
+
+    def __init__(self, flag: str, description: str, factory: IProtocolFactory,
+                 program: str = "remotedialer-server") -> None:
+        from twisted.internet import reactor
+
+        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        self._raiseSynchronously = True  # as strports.service: fail at start, not later
+        self._flag = flag
+        self._program = program
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        except CannotListenError as e:
+            raise SystemExit(f"{self._program}: --{self._flag}: cannot listen on "
+                             f"{e.interface or '*'}:{e.port}: {printable(str(e.socketError))}") from None

@@ -1,0 +1,174 @@
+"""
+A front-door request read: C{/client/<clientKey>/<scheme>/<host>[/<path>]
+[?timeout=<s>]} becomes a L{Fetch} (what to ask which target through
+which client, with which headers), or a refusal (status, one line).
+Nothing here does I/O: L{parse} is a function of the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import attrs
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import IBodyProducer
+from twisted.web.server import Request
+
+from remotedialer.protocol._addresses import split_host_port
+from remotedialer.protocol._text import printable
+
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "DEFAULT_TIMEOUT",
+    "DROPPED",
+    "HOP_BY_HOP",
+    "MAX_TIMEOUT",
+    "Fetch",
+    "host_header",
+    "parse",
+    "split_target",
+    "USAGE",
+    "error_body",
+]
+
+#: Go's default when ?timeout= is not given.
+DEFAULT_TIMEOUT = 15.0
+
+
+#: Longest wait for a response start that a caller may ask for.
+MAX_TIMEOUT = 3600.0
+
+
+#: Headers that belong to one hop, never forwarded (RFC 9110 7.6.1); the
+#: framing of each hop's body is its own (Content-Length is passed on
+#: where it still holds, see L{_Exchange.response_started}).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"host",
+})
+
+
+#: Credentials of the caller, not of the target: kept from the target
+#: unless FrontDoorAccess.forward_credentials.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
+
+
+DROPPED = HOP_BY_HOP | CREDENTIAL_HEADERS
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_target(scheme: str, host_port: str) -> tuple[str, int]:
+    """
+    The host (without brackets) and port of a front-door target
+    (C{host}, C{host:port}, C{[v6]} or C{[v6]:port}); ValueError if it is
+    not one (only printable ASCII is: it goes into a Host header).
+    """
+    if not host_port.isascii() or not host_port.isprintable() or " " in host_port:
+        raise ValueError("not printable ASCII")
+    if host_port.startswith("[") and host_port.endswith("]"):
+        return host_port[1:-1], DEFAULT_PORTS[scheme]
+    if ":" not in host_port:
+        return host_port, DEFAULT_PORTS[scheme]
+    return split_host_port(host_port)
+
+
+def host_header(scheme: str, host: str, port: int) -> bytes:
+    """The Host header for a target, as twisted.web's Agent writes it (the port only if not the default)."""
+    name = f"[{host}]" if ":" in host else host
+    if port == DEFAULT_PORTS[scheme]:
+        return name.encode("ascii")
+    return f"{name}:{port}".encode("ascii")
+
+
+@attrs.frozen
+class Fetch:
+    """What a front-door request asks for: C{method path} of C{scheme://host:port} behind C{client_key}."""
+
+    client_key: str
+    scheme: str
+    host: str
+    port: int
+    #: The target as the caller wrote it (for error texts and the log).
+    host_port: str
+    path: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: IBodyProducer | None
+    timeout: float
+
+    @property
+    def target(self) -> tuple[str, str, int]:
+        """The pool's key: (scheme, host, port)."""
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """What is fetched, for error texts and the log."""
+        return f"{self.scheme}://{self.host_port}" + self.path.decode("utf-8", "replace")
+
+
+USAGE = "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]"
+
+
+def parse(request: Request, dropped: frozenset[bytes], close: bool) -> Fetch | tuple[int, str]:
+    """
+    The L{Fetch} C{request} asks for, or why it cannot be one (status, one
+    line).  Headers named in C{dropped} are not passed on; C{close} asks
+    the target to close the connection after the answer (no pooling).
+    """
+    parts = request.postpath or []  # (a list, while rendering)
+    if len(parts) < 3 or not all(parts[:3]):
+        return 404, USAGE
+    client_key, scheme, host_port = (p.decode("utf-8", "replace") for p in parts[:3])
+    if scheme not in DEFAULT_PORTS:
+        return 400, "unsupported scheme (use http or https)"
+    timeout = DEFAULT_TIMEOUT
+    values = request.args.get(b"timeout")
+    if values:
+        try:
+            timeout = float(values[0])
+        except ValueError:
+            timeout = math.nan
+        if not 0 < timeout <= MAX_TIMEOUT:
+            return 400, f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT:g}"
+    target = _target(scheme, host_port)
+    if target is None:
+        return 400, f"bad target {printable(host_port)}: use host, host:port or [v6]:port"
+    host, port, host_value = target
+    # The path as the client sent it (postpath is already unquoted, and
+    # unquoting %3F or %2F would change what the target is asked for).
+    raw_path, _, query = request.uri.partition(b"?")
+    path = b"/" + b"/".join(raw_path.split(b"/")[1 + len(request.prepath or []) + 3:])
+    if query:
+        kept = b"&".join(q for q in query.split(b"&") if q and not q.startswith(b"timeout="))
+        if kept:
+            path += b"?" + kept
+    headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
+               if name.lower() not in dropped for value in values]
+    headers.append((b"Host", host_value))
+    if close:
+        headers.append((b"Connection", b"close"))
+    # A ServerSite's StreamingRequest streams its body; other requests have it spooled.
+    body: IBodyProducer | None = getattr(request, "body_producer", None)
+    if body is None and request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        body = FileBodyProducer(request.content)
+    return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout)
+
+
+@functools.lru_cache(maxsize=1024)  # the same few targets come again and again
+def _target(scheme: str, host_port: str) -> tuple[str, int, bytes] | None:
+    """(host, port, Host header) of a front-door target, or None if it is not one."""
+    try:
+        host, port = split_target(scheme, host_port)
+    except ValueError:
+        return None
+    return host, port, host_header(scheme, host, port)
+
+
+def error_body(request: Request, code: int, text: str) -> bytes:
+    """Set an error status; the one-line text/plain body to send."""
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return " ".join(text.split()).encode("utf-8") + b"\n"

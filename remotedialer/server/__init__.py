@@ -1,0 +1,51 @@
+"""
+The server role: accepts tunnels (and peer links), keeps the registry
+of sessions, and opens streams to any client it or a peer reaches.  Also
+the rule for who may call into the clients' networks (L{_access}) and the
+splice of a caller's connection to a stream, which the front door and the
+proxies above both use.
+
+Module map:
+    _server       the server object
+    _registry     its sessions and the routing rule
+    _resource     the tunnel's twisted.web resource: authenticate, then upgrade
+    _auth         ready tunnel authorizers: tokens, mutual TLS
+    _ratelimit    failed authentications delayed and limited per address
+    _guard        a guard in front of the site: request heads complete, quick, bounded
+    _site         the server's web site: access log opt-in, bodies streamed
+    _drain        graceful drain: refuse new work, tell peers, let streams finish
+    _peering      the outgoing link to a peer server (HA)
+    _discovery    peers found by resolving a DNS name
+    _access       who may call through this server (front door and proxies)
+    _splice       a caller's connection spliced to a tunnel stream
+    _forwardstats each forwarder listener's counters
+"""
+
+from remotedialer.server._access import FrontDoorAccess, ProxyAccess, Route
+from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
+from remotedialer.server._discovery import PeerDiscovery
+from remotedialer.server._forwardstats import ForwarderStats
+from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._ratelimit import FailureLimiter
+from remotedialer.server._resource import TunnelResource, header_authorizer
+from remotedialer.server._server import Server
+from remotedialer.server._site import ServerSite
+from remotedialer.server._splice import Forwarder
+
+__all__ = [
+    "Server",
+    "TunnelResource",
+    "header_authorizer",
+    "CertificateAuthorizer",
+    "TokenAuthorizer",
+    "hash_token",
+    "FailureLimiter",
+    "HeaderGuardFactory",
+    "ServerSite",
+    "PeerDiscovery",
+    "FrontDoorAccess",
+    "ProxyAccess",
+    "Route",
+    "Forwarder",
+    "ForwarderStats",
+]

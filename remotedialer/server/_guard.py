@@ -1,0 +1,205 @@
+"""
+A guard in front of the server's web site: every connection must deliver
+the head of its first request (the tunnel upgrade, or a front-door
+request) quickly and within bounds, before anything else of ours runs.
+
+Without it a slowloris -- a connection sending one byte every few seconds
+-- is held for ever (twisted.web's idle timeout restarts on every byte),
+and enough of them exhaust file descriptors and lock real clients out.  The
+guard closes a connection whose first request head is not complete within
+C{UpgradeLimits.timeout}, answers 431 to one whose head is over
+C{header_bytes} or C{max_headers} lines, and closes new connections at once
+while C{max_pending} connections are still sending their heads.
+
+The guard holds a connection itself until the head is complete, then
+connects the site's own protocol to the real transport and hands it the
+head: TLS, HTTP/2 negotiation (the HTTP/2 preface ends with an empty line,
+and h2 applies its own limits from there) and Autobahn see the transport
+itself.  Requests after the first on a kept-alive connection are bounded by
+twisted.web's own header limits and idle timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPFactory
+
+from remotedialer.protocol._limits import UpgradeLimits
+from remotedialer.protocol._text import printable
+from remotedialer.tunnel._logtext import address
+
+__all__ = ["HeaderGuardFactory"]
+
+_HEAD_END = b"\r\n\r\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class _HeaderGuard(Protocol):
+    """
+    Holds one connection until its first request head is complete, then
+    connects the site's own protocol to the real transport (so TLS, HTTP/2
+    negotiation and Autobahn see the transport itself) and only forwards.
+    """
+
+    transport: ITCPTransport  # the listening port's connection (TCP or TLS)
+
+    def __init__(self, factory: HeaderGuardFactory, addr: IAddress | None) -> None:
+        self.factory = factory
+        self._addr = addr
+        self._head = bytearray()
+        self._pending = True
+        self._deadline: IDelayedCall | None = None
+        self._site_protocol: IProtocol | None = None
+
+    def connectionMade(self) -> None:
+        self._deadline = self.factory.clock.callLater(self.factory.limits.timeout, self._too_slow)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._site_protocol is not None:
+            self._site_protocol.dataReceived(data)
+            return
+        if not self._pending:
+            return  # refused; the connection is closing
+        limits = self.factory.limits
+        start = max(0, len(self._head) - len(_HEAD_END) + 1)
+        self._head += data
+        end = self._head.find(_HEAD_END, start)
+        head_size = len(self._head) if end < 0 else end + len(_HEAD_END)
+        lines = self._head.count(b"\r\n", 0, head_size)
+        if head_size > limits.header_bytes or lines > limits.max_headers + 2:
+            self._refuse(f"request head over {limits.header_bytes} bytes or {limits.max_headers} headers")
+            return
+        if end < 0:
+            return
+        self._settled()
+        head, self._head = bytes(self._head), bytearray()
+        answer = self.factory.answer_early(head[:end]) if self.factory.early is not None else None
+        if answer is not None:
+            self._answer(*answer)
+            return
+        protocol = self.factory.wrapped.buildProtocol(self._addr)
+        if protocol is None:
+            self.transport.loseConnection()
+            return
+        self._site_protocol = protocol
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(head)
+
+    def _settled(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.factory.pending -= 1
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, reason: str) -> None:
+        self.factory.log.info("refused a request from {addr}: {reason}", addr=_address(self), reason=reason)
+        self._settled()
+        body = (reason + "\n").encode()
+        self.transport.write(_TOO_LARGE % (len(body), body))
+        self.transport.loseConnection()
+
+    def _answer(self, code: int, text: str) -> None:
+        """Answer now, before the body is read, and close (the body is never taken in)."""
+        self.factory.log.info("answered {code} to a request from {addr} before its body: {text}",
+                              code=code, addr=_address(self), text=printable(text))
+        body = (" ".join(text.split()) + "\n").encode()
+        phrase = RESPONSES.get(code, b"Error")
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (code, phrase, len(body), body))
+        self.transport.loseConnection()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.factory.log.info("closed a connection from {addr}: no complete request head within {timeout} s",
+                              addr=_address(self), timeout=self.factory.limits.timeout)
+        self._settled()
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._settled()
+        protocol, self._site_protocol = self._site_protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+
+def _address(protocol: _HeaderGuard) -> str:
+    return address(protocol.transport.getPeer())
+
+
+class HeaderGuardFactory(Factory):
+    """
+    Guards C{wrapped} (a twisted.web Site) as the module docstring says.
+    C{pending} is how many connections are still sending their first
+    request head.
+    """
+
+    log = Logger()
+    noisy = False  # the listening port logs "... starting on <port>"
+
+    def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
+                 clock: IReactorTime | None = None,
+                 early: Callable[[bytes, bytes], tuple[int, str] | None] | None = None,
+                 name: str = "HTTP listener") -> None:
+        #: What its listening port's log lines call it ("<name> starting on 8123").
+        self.name = name
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.wrapped = wrapped
+        self.clock: IReactorTime = clock
+        self.limits = limits if limits is not None else UpgradeLimits()
+        self.pending = 0
+        self._refusing = False
+        #: C{early(method, path)} may answer a request that carries a body
+        #: before the body is read: C{(status, text)}, or None to go on.
+        self.early = early
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def answer_early(self, head: bytes) -> tuple[int, str] | None:
+        """The early answer for a request head with a body, if C{early} has one."""
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        if len(request_line) != 3 or self.early is None:
+            return None
+        has_body = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip()
+            if name == b"content-length" and value not in (b"", b"0"):
+                has_body = True
+            elif name == b"transfer-encoding":
+                has_body = True
+        if not has_body:
+            return None
+        return self.early(request_line[0], request_line[1])
+
+    def startFactory(self) -> None:
+        self.wrapped.doStart()
+
+    def stopFactory(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if self.pending >= self.limits.max_pending:
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn("{pending} connections are still sending their request heads (the limit): "
+                              "refusing new ones", pending=self.pending)
+            return None
+        self._refusing = False
+        self.pending += 1
+        return _HeaderGuard(self, addr)

@@ -1,0 +1,237 @@
+"""
+The tunnel's twisted.web resource: authentication at upgrade time, then
+Autobahn's WebSocketResource takes the connection over.
+
+Authentication runs before the upgrade so that a refusal is a plain HTTP
+answer with the status and body the Go server gives (400 with the error
+text, 401 with C{failed authentication}), and so that the authorizer may
+return a Deferred.
+
+A tunnel is a WebSocket, which needs HTTP/1.1: a request that arrived over
+HTTP/2 (twisted.web negotiates it on TLS listeners when h2 is installed) is
+refused with 400 at once, as Go refuses a request that is no upgrade.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from remotedialer.protocol._clientkey import client_key_problem
+from remotedialer.protocol._exceptions import AuthorizationError, TooManyAttempts
+from remotedialer.protocol._text import printable
+from remotedialer.server._ratelimit import FailureLimiter, address_key
+from remotedialer.tunnel._deferred import maybe_deferred
+from remotedialer.tunnel._identity import Credentials, Identity
+from remotedialer.tunnel._interfaces import ITunnelAuthorizer
+from remotedialer.tunnel._logtext import Throttle, address
+
+if TYPE_CHECKING:
+    from remotedialer.tunnel._websocket import TunnelServerFactory, TunnelServerProtocol
+
+#: Headers a peer server presents on its link (docs/protocol.md section 2).
+PEER_ID_HEADER = "X-API-Tunnel-ID"
+PEER_TOKEN_HEADER = "X-API-Tunnel-Token"
+#: The example authorizer's header.
+CLIENT_ID_HEADER = "X-Tunnel-ID"
+
+#: A tunnel authorizer as a plain callable; an L{ITunnelAuthorizer} works too.
+Authorizer = Callable[[IRequest], "str | Credentials | defer.Deferred[str | Credentials | None] | None"]
+
+
+def header_authorizer(request: IRequest) -> str | None:
+    """The Go example server's authorizer: the client key is X-Tunnel-ID."""
+    value = request.getHeader(CLIENT_ID_HEADER)
+    return value or None
+
+
+@implementer(ITunnelAuthorizer)
+class _CallableAuthorizer:
+    def __init__(self, function: Authorizer) -> None:
+        self._function = function
+
+    def authorize(
+        self, request: IRequest,
+    ) -> str | Credentials | defer.Deferred[str | Credentials | None] | None:
+        return self._function(request)
+
+
+def as_tunnel_authorizer(authorizer: ITunnelAuthorizer | Authorizer) -> ITunnelAuthorizer:
+    """An L{ITunnelAuthorizer} as is; a plain C{request -> key} callable wrapped as one."""
+    if ITunnelAuthorizer.providedBy(authorizer):
+        return authorizer
+    if callable(authorizer):
+        return _CallableAuthorizer(authorizer)
+    raise TypeError("a tunnel authorizer is an ITunnelAuthorizer or a callable(request)")
+
+
+class _IdentifiedFactory:
+    """Hands the identity to the protocol WebSocketResource builds."""
+
+    def __init__(self, factory: TunnelServerFactory, identity: Identity) -> None:
+        self._factory = factory
+        self._identity = identity
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        protocol = self._factory.buildProtocol(addr)
+        cast("TunnelServerProtocol", protocol).identity = self._identity  # the factory's protocol
+        return protocol
+
+
+class TunnelResource(Resource):
+    """The tunnel path (C{/connect} in the Go example server)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        websocket_factory: TunnelServerFactory,
+        authorizer: ITunnelAuthorizer | Authorizer,
+        peers: Callable[[], dict[str, str]],
+        owner_conflict: Callable[[Identity], str | None] | None = None,
+        limiter: FailureLimiter | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        self._factory = websocket_factory
+        self._authorizer = as_tunnel_authorizer(authorizer)
+        self._peers = peers
+        #: Why C{identity} may not connect now (its key is held with another
+        #: credential), or None: the server's one-key-one-owner rule.
+        self._owner_conflict = owner_conflict
+        #: Failed authentications from one address are delayed and limited,
+        #: so tokens cannot be guessed at speed.
+        self._limiter = limiter
+        self._peer_refusals = Throttle(
+            limiter.clock if limiter is not None else _reactor(), TunnelResource.log, "refused peer links")
+
+    def render(self, request: Request) -> bytes | int:
+        if request.clientproto != b"HTTP/1.1":
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            version = request.clientproto.decode("ascii", "replace")
+            return f"a tunnel is a WebSocket upgrade over HTTP/1.1, not {version}".encode()
+        # The client may leave while the authorizer decides: learn it from
+        # the request (HTTP/2 has no channel transport to look at).
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        def identify() -> defer.Deferred[Identity]:
+            return maybe_deferred(self._identify, request)
+
+        d: defer.Deferred[Identity]
+        if self._limiter is not None:
+            d = self._limiter.judge(address_key(request.getClientAddress()), identify)
+        else:
+            d = identify()
+        d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request, gone), errbackArgs=(request, gone))
+        d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
+        return NOT_DONE_YET
+
+    def _identify(self, request: Request) -> Identity | defer.Deferred[Identity]:
+        peer = self._peer_identity(request)
+        if peer is not None:
+            return peer
+        d = maybe_deferred(self._authorizer.authorize, request)
+        return d.addCallback(self._client_identity).addCallback(self._check_owner)
+
+    def _check_owner(self, identity: Identity) -> Identity:
+        conflict = self._owner_conflict(identity) if self._owner_conflict is not None else None
+        if conflict is not None:
+            raise _Conflict(conflict)
+        return identity
+
+    def _peer_identity(self, request: Request) -> Identity | None:
+        peer_id = request.getHeader(PEER_ID_HEADER)
+        token = request.getHeader(PEER_TOKEN_HEADER)
+        if not peer_id or not token:
+            return None
+        expected = self._peers().get(peer_id)
+        if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
+            return Identity(peer_id, is_peer=True)
+        if not peer_id.isprintable() or peer_id != peer_id.strip():
+            raise AuthorizationError("peer id must be printable text")
+        # A request claiming to be a peer with a wrong token is refused, not
+        # tried as a client.  Logged a few times per interval, then summed up.
+        self._peer_refusals.warn(
+            "refused peer link claiming id {peer_id} from {addr}: unknown peer or wrong token",
+            session="tunnel", peer_id=printable(peer_id), addr=address(request.getClientAddress()))
+        raise _Unauthorized()
+
+    @staticmethod
+    def _client_identity(answer: Credentials | str | bytes | None) -> Identity:
+        fingerprint = None
+        client_key: str | bytes | None
+        if isinstance(answer, Credentials):
+            client_key, fingerprint = answer.client_key, answer.fingerprint
+        else:
+            client_key = answer
+        if isinstance(client_key, bytes):
+            client_key = client_key.decode("utf-8", "replace")
+        if not client_key:
+            raise _Unauthorized()
+        problem = client_key_problem(client_key)
+        if problem is not None:
+            raise AuthorizationError(problem)
+        return Identity(client_key, fingerprint=fingerprint)
+
+    def _upgrade(self, identity: Identity, request: Request, gone: list[Failure]) -> None:
+        if gone:
+            return  # the client went away while we authorized it
+        # twisted.web's channel is done with the connection (ServerSite's
+        # keeps its idle timer through a request, see remotedialer.server._site).
+        taken_over = getattr(request.channel, "taken_over", None)
+        if taken_over is not None:
+            taken_over()
+        body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refuse(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
+        if failure.check(_Unauthorized):
+            code, text = 401, "failed authentication"
+        elif failure.check(_Conflict):
+            code, text = 409, failure.getErrorMessage()
+        elif failure.check(TooManyAttempts):
+            code, text = 429, failure.getErrorMessage()
+            limited = failure.value
+            if not gone and isinstance(limited, TooManyAttempts):
+                request.setHeader(b"Retry-After", str(math.ceil(limited.retry_after)).encode())
+        else:
+            code, text = 400, failure.getErrorMessage()
+            if not failure.check(AuthorizationError):
+                self.log.failure("authorizer failed", failure)
+        self.log.info("refused tunnel from {addr}: {code} {text}",
+                      addr=address(request.getClientAddress()), code=code, text=printable(text))
+        if gone:
+            return
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.write(text.encode("utf-8"))
+        request.finish()
+
+
+def _reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return cast("IReactorTime", reactor)
+
+
+class _Unauthorized(Exception):
+    """The authorizer said no."""
+
+
+class _Conflict(Exception):
+    """The key is connected with another credential."""
