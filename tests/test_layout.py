@@ -20,6 +20,7 @@ reading nothing.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -203,7 +204,8 @@ class LayoutTests(SynchronousTestCase):
         out = subprocess.run(
             [sys.executable, "-c", "import remotedialer.protocol, sys; "
              "print([m for m in sys.modules if m.startswith(('twisted', 'zope', 'autobahn'))])"],
-            capture_output=True, text=True, check=True)
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})  # this checkout's package
         self.assertEqual(out.stdout.strip(), "[]")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
-#: The name twistd's --logger resolves (remotedialer/_jsonlog.py).
+#: The name twistd's --logger resolves (remotedialer/ops/_jsonlog.py).
 JSON_LOGGER = "remotedialer.json_log_observer"
 LOG_FORMATS = ("text", "json")
 

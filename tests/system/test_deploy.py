@@ -26,7 +26,7 @@ from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
 from remotedialer.server._auth import hash_token
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KUBE = os.path.join(ROOT, "deploy", "kubernetes")
 SYSTEMD = os.path.join(ROOT, "deploy", "systemd")
 

@@ -3,7 +3,7 @@ The front door's bound on response heads (remotedialer.frontdoor._headlimit): a 
 at the limit passes, one byte or one header line more is refused with the
 limits' text; the body after a head is never counted; a head that does not
 start as HTTP is refused at once.  (End to end, a target answering with
-endless header lines gets a 502 at once: tests.test_frontdoor.)
+endless header lines gets a 502 at once: tests.system.test_frontdoor.)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ How to run (build the Go example programs ``server`` and ``client`` of
 github.com/rancher/remotedialer into one directory first)::
 
     REMOTEDIALER_GO_BIN=/tmp/goref/bin REMOTEDIALER_SOAK_SECONDS=600 \\
-        .venv/bin/python -m twisted.trial tests.test_go_interop
+        .venv/bin/python -m twisted.trial tests.system.test_go_interop
 
 Without ``REMOTEDIALER_GO_BIN`` every test here is skipped.
 ``REMOTEDIALER_SOAK_SECONDS`` (default 150: more than two 60 s keepalive
@@ -57,7 +57,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.support import listen_tcp, wait
 
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GO_BIN = os.environ.get("REMOTEDIALER_GO_BIN", "")
 SOAK_SECONDS = int(os.environ.get("REMOTEDIALER_SOAK_SECONDS", "150"))
 #: Process start-up, tunnel and peer set-up, and teardown, on a loaded machine.

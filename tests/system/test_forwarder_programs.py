@@ -18,8 +18,8 @@ from remotedialer._tap._forwarders import parse_forward
 from remotedialer.server._access import Route
 from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, wait
-from tests.test_forwarders_e2e import curl, hello_site
-from tests.test_programs import ProgramTestCase, assert_usage_error, parse, run
+from tests.system.test_forwarders_e2e import curl, hello_site
+from tests.system.test_programs import ProgramTestCase, assert_usage_error, parse, run
 
 
 class ForwarderOptionsTests(TestCase):

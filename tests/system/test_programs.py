@@ -37,9 +37,9 @@ from remotedialer._tap import server as server_tap
 from remotedialer.frontdoor._tls import InsecureTLSPolicy
 from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, self_signed_certificate, wait
-from tests.test_frontdoor import listen_tls, make_ca
+from tests.system.test_frontdoor import listen_tls, make_ca
 
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(coroutine):

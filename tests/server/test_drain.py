@@ -1,5 +1,5 @@
 """
-Graceful drain (remotedialer/_drain.py) on the simulated network: new
+Graceful drain (remotedialer/server/_drain.py) on the simulated network: new
 tunnels and streams refused, peers told, streams in flight finish (or are
 cut at the timeout), then the clients are sent away -- to another server.
 """
@@ -17,9 +17,9 @@ from twisted.web.test.requesthelper import DummyRequest
 from remotedialer.server._drain import DrainGate, DrainOnStop
 from remotedialer.tunnel._exceptions import ServerDraining
 from tests.netsim import Network
+from tests.ops.test_logging import capture, lines
+from tests.server.test_peering import _Mesh
 from tests.support import Collector, Echo
-from tests.test_logging import capture, lines
-from tests.test_peering import _Mesh
 
 
 class _Leaf(Resource):

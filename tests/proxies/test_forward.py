@@ -36,7 +36,7 @@ class PortForwardTests(SynchronousTestCase):
         (both proxies splice once their handshake is done).
         """
         from remotedialer.server._splice import TunnelSplice
-        from tests.test_relay import TCPLikeTransport
+        from tests.tunnel.test_relay import TCPLikeTransport
 
         forward = self.factory("10.0.0.6:22").buildProtocol(LOOPBACK)
         splice = TunnelSplice(self.forwarder)

@@ -24,7 +24,7 @@ from remotedialer.frontdoor._resource import FrontDoor
 from remotedialer.server._access import FrontDoorAccess
 from remotedialer.server._site import HELD_BODY, ServerSite, StreamingRequest
 from tests.support import eventually, listen_tcp, wait
-from tests.test_frontdoor import EchoSha, RawHTTP, _h2_available, listen_tls, make_ca, run
+from tests.system.test_frontdoor import EchoSha, RawHTTP, _h2_available, listen_tls, make_ca, run
 
 MiB = 1024 * 1024
 

@@ -1,5 +1,5 @@
 """
-Peer discovery through DNS (remotedialer/_discovery.py): a twisted.names
+Peer discovery through DNS (remotedialer/server/_discovery.py): a twisted.names
 zone in memory whose records the tests change between checks -- asked
 directly on a Clock, and served by a real twisted.names DNS server on a
 random UDP port of 127.0.0.1 that a twisted.names client resolver asks.
@@ -7,17 +7,17 @@ random UDP port of 127.0.0.1 that a twisted.names client resolver asks.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.names import authority, client, dns, server
+from twisted.names import authority, dns
 from twisted.names.error import DNSServerError
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from remotedialer import Server
 from remotedialer._tap import server as server_tap
 from remotedialer.server._discovery import PeerDiscovery, peer_address
-from tests.test_logging import capture, lines
+from tests.ops.test_logging import capture, lines
 
 ZONE = b"peers.test"
 NAME = "remotedialer.peers.test"
@@ -168,37 +168,6 @@ class DiscoveryTests(SynchronousTestCase):
     def test_peer_address(self):
         self.assertEqual(peer_address("10.1.2.3", 1), "10.1.2.3:1")
         self.assertEqual(peer_address("fd00::1", 2), "[fd00::1]:2")
-
-
-class LoopbackDNSTests(TestCase):
-    """A real DNS server on 127.0.0.1 and twisted.names' client asking it over UDP."""
-
-    timeout = 20
-
-    def setUp(self):
-        self.zone = MemoryZone()
-        factory = server.DNSServerFactory(authorities=[self.zone])
-        factory.noisy = False
-        protocol = dns.DNSDatagramProtocol(factory)
-        self.port = reactor.listenUDP(0, protocol, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.resolver = client.Resolver(servers=[("127.0.0.1", self.port.getHost().port)], reactor=reactor)
-
-    async def _records_changed(self):
-        srv = _server(reactor)
-        discovery = PeerDiscovery(srv, NAME, 8123, "shared", resolver=self.resolver, interval=60.0)
-        self.zone.set(NAME, ["10.0.0.1", "10.0.0.2", "fd00::7"])
-        await discovery.check()
-        self.assertEqual(set(srv.peers), {"10.0.0.2:8123", "[fd00::7]:8123"})
-        self.zone.set(NAME, ["10.0.0.1", "10.0.0.5"])
-        await discovery.check()
-        self.assertEqual(set(srv.peers), {"10.0.0.5:8123"})
-        self.zone.set(NAME, None)  # NXDOMAIN over the wire
-        await discovery.check()
-        self.assertEqual(srv.peers, {})
-
-    def test_records_changed_between_checks(self):
-        return defer.Deferred.fromCoroutine(self._records_changed())
 
 
 class PeersDnsOptionsTests(SynchronousTestCase):

@@ -25,7 +25,7 @@ from remotedialer._tap import server as server_tap
 from remotedialer._tap._admin import ClientProgram, loopback_only
 from remotedialer.server._auth import hash_token
 from tests.support import eventually, listen_tcp, wait
-from tests.test_programs import Program, ProgramTestCase, parse
+from tests.system.test_programs import Program, ProgramTestCase, parse
 
 
 def run(coroutine):

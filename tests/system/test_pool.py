@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from remotedialer import Server, TunnelClient, allow_all
 from remotedialer.frontdoor._resource import FrontDoor
 from tests.support import eventually, listen_tcp
-from tests.test_frontdoor import run
+from tests.system.test_frontdoor import run
 
 
 class Hello(Resource):

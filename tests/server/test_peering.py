@@ -14,7 +14,7 @@ from remotedialer import ClientNotConnected, StreamError
 from remotedialer.server._peering import PEER_RETRY_MAX
 from tests.netsim import Network
 from tests.support import Collector, Payload, SendPayload, sha256_of
-from tests.test_end_to_end import _Factory
+from tests.system.test_end_to_end import _Factory
 
 MiB = 1024 * 1024
 

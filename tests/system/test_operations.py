@@ -27,9 +27,9 @@ from twisted.web.static import Data
 
 from remotedialer._tap import client as client_tap
 from remotedialer.client._client import reconnect_policy
+from tests.server.test_discovery import MemoryZone
 from tests.support import eventually, listen_tcp, wait
-from tests.test_discovery import MemoryZone
-from tests.test_programs import Program, ProgramTestCase
+from tests.system.test_programs import Program, ProgramTestCase
 
 
 class ReconnectPolicyTests(SynchronousTestCase):

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from remotedialer import StreamError, allow_patterns
 from tests.netsim import Network
 from tests.support import Collector
-from tests.test_end_to_end import _Factory
+from tests.system.test_end_to_end import _Factory
 
 
 class _Resetter(Protocol):

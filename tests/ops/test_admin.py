@@ -25,7 +25,7 @@ from remotedialer.ops._admin import AdminEndpoint, AdminSite
 from remotedialer.ops._metrics import ClientMetrics
 from remotedialer.ops._status import client_status, server_status
 from remotedialer.protocol._text import public_url
-from tests.test_metrics import _Net, _Peered
+from tests.ops.test_metrics import _Net, _Peered
 
 BASE = "http://admin.test"
 

@@ -31,7 +31,7 @@ from remotedialer.server._access import Route
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._splice import Forwarder
 from tests.support import Collector, Echo, Payload, SendPayload, TunnelHarness, eventually, listen_tcp
-from tests.test_frontdoor import listen_tls, make_ca
+from tests.system.test_frontdoor import listen_tls, make_ca
 
 MiB = 1024 * 1024
 

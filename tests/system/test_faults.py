@@ -581,7 +581,7 @@ class ReconnectIntoBlackHoleTests(FaultTestCase):
 
 # The real programs as subprocesses.
 
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 #: The programs' keepalive: pings every 0.5 s, 2 s of silence is death.
 PROGRAM_IDLE_TIMEOUT = 2.0
