@@ -188,8 +188,8 @@ class ISession(Interface):
     def open_stream(proto: str, address: str) -> ITunnelStream:
         """A new stream to C{proto}/C{address} on the far side."""
 
-    def message_received(data: bytes) -> None:
-        """One binary WebSocket message arrived."""
+    def message_received(data: bytes) -> int:
+        """One binary WebSocket message arrived; returns the bytes of the replies it provoked."""
 
     def connection_lost(reason: Failure) -> None:
         """The WebSocket is gone; every stream ends with C{reason}."""

@@ -266,11 +266,16 @@ class Session:
 
     # Messages in.
 
-    def message_received(self, data: bytes) -> None:
-        """Handle one binary WebSocket message."""
+    def message_received(self, data: bytes) -> int:
+        """
+        Handle one binary WebSocket message; the bytes of the replies it
+        provoked (answers to the far side's mistakes, which the WebSocket
+        weighs against its send budget).
+        """
         if self._trace and not self.mux.closed:
             self._trace_message("REQUEST", data)
         mux = self.mux
+        before = mux.replies_sent
         events = mux.receive(data)
         self.flush()
         if mux.awaiting_fence and self._connection is not None:
@@ -278,6 +283,7 @@ class Session:
         dispatch = self._dispatch
         for event in events:
             dispatch[type(event)](self, event)
+        return mux.replies_sent - before
 
     # A stream that ended (its transport told its protocol) has no context.
 

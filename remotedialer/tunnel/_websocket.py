@@ -382,11 +382,7 @@ class _TunnelProtocol(_WebSocket):
             self._log.warn("{session}: text message is a protocol error, closing", session=self.session)
             self.session.lose(Failure(TunnelLinkError("text message received")))
             return
-        session = self.session
-        mux = session.mux
-        before = mux.replies_sent
-        session.message_received(payload)
-        replied = mux.replies_sent - before
+        replied = self.session.message_received(payload)
         if replied and self._pressure is not None:
             self._pressure.replied(replied)
 
