@@ -41,6 +41,7 @@ HTTP/1.1 and HTTP/2 (where a request has no ``channel.transport``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import attrs
 from OpenSSL import SSL
@@ -49,6 +50,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.ssl import VerificationError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -56,9 +58,12 @@ from zope.interface import implementer
 from remotedialer.frontdoor._pool import ClientPool, ClientPools
 from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, error_body
 from remotedialer.frontdoor._upstream import BadResponse, RequestNotSendable, UpstreamConnection
+from remotedialer.server._site import StreamingHTTPChannel
 from remotedialer.tunnel._endpoint import StreamOpener, TunnelAgentEndpointFactory
 from remotedialer.tunnel._exceptions import ClientNotConnected
+from remotedialer.tunnel._interfaces import IFlowTransport
 from remotedialer.tunnel._logtext import failure_text
+from remotedialer.tunnel._relay import join
 
 __all__ = ["ABORT_GRACE", "IDEMPOTENT", "MAX_RETRIES", "Exchange", "Upstreams", "describe_failure"]
 
@@ -212,6 +217,8 @@ class Exchange:
         self._stop_timer()
         self.answered = True
         request = self.request
+        if self.fetch_.upgrade is not None:
+            cast(StreamingHTTPChannel, request.channel).release_input()  # an ordinary answer: no switch
         request.setResponseCode(code, reason)
         grouped: dict[bytes, list[bytes]] = {}
         length = None
@@ -267,6 +274,40 @@ class Exchange:
             return
         self._fail(reason)
 
+    def protocols_switched(self, reason: bytes, headers: Sequence[tuple[bytes, bytes]],
+                           connection: UpstreamConnection) -> None:
+        """
+        The target switched protocols (101): its head goes to the caller as
+        it came (hop-by-hop headers but C{Upgrade} dropped, C{Connection:
+        Upgrade} said), and from then on the caller's connection and the
+        tunnel stream are spliced, back-pressure and closes both ways.
+        """
+        self._stop_timer()
+        self.answered = True
+        self.over = True
+        self.connection = None
+        request = self.request
+        channel = cast(StreamingHTTPChannel | None, request.channel)  # (the front door checked)
+        if self.reader_gone or channel is None or channel.transport is None:
+            connection.transport.abortConnection()
+            return
+        head = Headers()
+        upgrade = []
+        for name, value in headers:
+            if name == b"upgrade":
+                upgrade.append(value)
+            elif name not in HOP_BY_HOP:
+                head.addRawHeader(name, value)
+        head.addRawHeader(b"Connection", b"Upgrade")
+        for value in upgrade:
+            head.addRawHeader(b"Upgrade", value)
+        channel.writeHeaders(b"HTTP/1.1", b"101", reason or b"Switching Protocols", head)  # type: ignore[no-untyped-call]  # Twisted's
+        downstream = cast(IFlowTransport, channel.transport)
+        downstream.unregisterProducer()  # (the HTTP channel, reading requests no more)
+        caller_side, target_side = join(downstream, connection.transport)
+        channel.switch_protocols(caller_side)
+        connection.switch(target_side)
+
     # IPushProducer, for the downstream request.
 
     def pauseProducing(self) -> None:
@@ -318,6 +359,8 @@ class Exchange:
         self.over = True
         self._give_up()
         request, url = self.request, self.url
+        if self.fetch_.upgrade is not None and not self.reader_gone:
+            cast(StreamingHTTPChannel, request.channel).release_input()
         reason = describe_failure(failure)
         if reason is None:
             self.upstreams.log.failure("front door: fetching {url} failed unexpectedly", failure,

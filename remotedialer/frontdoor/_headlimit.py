@@ -16,7 +16,8 @@ a non-HTTP service never sends would wait for the request's timeout.
 The count is re-armed for every response on a kept-alive connection (by
 L{HeadLimit.arm}, called as each request goes out: the connection is then
 quiescent, so the next bytes are a new response), and after an
-informational (1xx) head, which another head follows.  It sits above TLS,
+informational (1xx) head, which another head follows (but for a 101: what
+follows it is the protocol switched to).  It sits above TLS,
 so it sees plaintext.
 """
 
@@ -82,8 +83,9 @@ class HeadLimit:
                 self._tail = scan[-3:]
                 return None
             self.counting = False
-            if self._start[9:10] == b"1":
-                # "HTTP/1.1 1xx": informational, another head follows (in the rest of data, maybe).
+            if self._start[9:10] == b"1" and self._start[9:12] != b"101":
+                # "HTTP/1.1 1xx": informational, another head follows (in the rest of data, maybe);
+                # after a 101, the protocol switched to.
                 data = data[head_part:]
                 self.arm()
                 if not data:

@@ -28,6 +28,7 @@ __all__ = [
     "host_header",
     "parse",
     "split_target",
+    "upgrade_of",
     "USAGE",
     "error_body",
 ]
@@ -97,6 +98,9 @@ class Fetch:
     headers: list[tuple[bytes, bytes]]
     body: IBodyProducer | None
     timeout: float
+    #: The protocol the caller asks to switch to (its Upgrade header), passed
+    #: on with C{Connection: Upgrade}; None for an ordinary request.
+    upgrade: bytes | None = None
 
     @property
     def target(self) -> tuple[str, str, int]:
@@ -112,11 +116,31 @@ class Fetch:
 USAGE = "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]"
 
 
-def parse(request: Request, dropped: frozenset[bytes], close: bool) -> Fetch | tuple[int, str]:
+def upgrade_of(request: Request) -> bytes | None:
+    """
+    What C{request} asks to switch to: its C{Upgrade} header, when it is
+    HTTP/1.1 and its C{Connection} header names C{upgrade} (RFC 9110 7.8).
+    """
+    if request.clientproto != b"HTTP/1.1":
+        return None
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    if not upgrade:
+        return None
+    tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection") or ())
+    if b"upgrade" not in (token.strip().lower() for token in tokens.split(b",")):
+        return None
+    return b", ".join(upgrade)
+
+
+def parse(request: Request, dropped: frozenset[bytes], close: bool,
+          upgradable: bool = False) -> Fetch | tuple[int, str]:
     """
     The L{Fetch} C{request} asks for, or why it cannot be one (status, one
     line).  Headers named in C{dropped} are not passed on; C{close} asks
     the target to close the connection after the answer (no pooling).
+    With C{upgradable} (the caller's connection can switch protocols), an
+    upgrade the caller asks for is passed on, as Go's ReverseProxy does:
+    C{Upgrade} as it came, C{Connection: Upgrade}.
     """
     parts = request.postpath or []  # (a list, while rendering)
     if len(parts) < 3 or not all(parts[:3]):
@@ -148,13 +172,17 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool) -> Fetch | t
     headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
                if name.lower() not in dropped for value in values]
     headers.append((b"Host", host_value))
-    if close:
+    upgrade = upgrade_of(request) if upgradable else None
+    if upgrade is not None:
+        headers.append((b"Connection", b"Upgrade"))
+        headers.append((b"Upgrade", upgrade))
+    elif close:
         headers.append((b"Connection", b"close"))
     # A ServerSite's StreamingRequest streams its body; other requests have it spooled.
     body: IBodyProducer | None = getattr(request, "body_producer", None)
     if body is None and request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
         body = FileBodyProducer(request.content)
-    return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout)
+    return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout, upgrade)
 
 
 @functools.lru_cache(maxsize=1024)  # the same few targets come again and again

@@ -16,7 +16,7 @@ https targets are verified by the IPolicyForHTTPS the FrontDoor is given
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +31,7 @@ from remotedialer.frontdoor._pool import IDLE_TIMEOUT, MAX_IDLE, ClientPools
 from remotedialer.frontdoor._request import DROPPED, HOP_BY_HOP, Fetch, error_body, parse
 from remotedialer.server._access import FrontDoorAccess
 from remotedialer.server._server import Server
+from remotedialer.server._site import StreamingHTTPChannel
 
 __all__ = ["FrontDoor", "refuse_unknown_client"]
 
@@ -107,10 +108,14 @@ class FrontDoor(Resource):
             if refusal[0] == 407:
                 request.setHeader(b"Proxy-Authenticate", b"Bearer")
             return error_body(request, *refusal)
-        fetch = parse(request, self._dropped, close=not self.pools.max_idle)
+        channel = request.channel
+        upgradable = isinstance(channel, StreamingHTTPChannel)  # (HTTP/1.1 on the server's site)
+        fetch = parse(request, self._dropped, close=not self.pools.max_idle, upgradable=upgradable)
         if not isinstance(fetch, Fetch):
             return error_body(request, *fetch)
         if self._access.nested(fetch.host_port):
             return error_body(request, 403, "front door: the target is this server's own listener")
+        if fetch.upgrade is not None:
+            cast(StreamingHTTPChannel, channel).hold_input()
         Exchange(self.upstreams, request, fetch).fetch()
         return NOT_DONE_YET

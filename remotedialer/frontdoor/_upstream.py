@@ -32,7 +32,7 @@ from typing import Protocol as TypingProtocol
 
 import h11
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,6 +75,14 @@ class ResponseHandler(TypingProtocol):
 
     def response_ended(self) -> None:
         """The response is complete."""
+
+    def protocols_switched(self, reason: bytes, headers: Sequence[Header],
+                           connection: UpstreamConnection) -> None:
+        """
+        The target answered 101 to an upgrade: C{connection} is no longer
+        HTTP and no longer its pool's; the handler takes it over
+        (L{UpstreamConnection.switch}) or aborts it.
+        """
 
     def exchange_failed(self, reason: Failure, answered: bool) -> None:
         """
@@ -137,6 +145,8 @@ class UpstreamConnection(Protocol):
         self._paused = False  # the reader downstream has paused our transport
         self._started = False
         self._pending = False
+        #: The protocol the connection switched to after a 101 (None: HTTP).
+        self._switched: IProtocol | None = None
 
     # The exchange's side.
 
@@ -243,9 +253,32 @@ class UpstreamConnection(Protocol):
             except Exception:
                 self._log.failure("front door: stopping a request body failed")
 
+    def switch(self, protocol: IProtocol) -> None:
+        """
+        After L{ResponseHandler.protocols_switched}: the stream's bytes go to
+        C{protocol} from now on, those that came with the 101 first.
+        """
+        self._switched = protocol
+        trailing, _closed = self._h11.trailing_data
+        if trailing:
+            protocol.dataReceived(bytes(trailing))
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _protocols_switched(self, event: h11.InformationalResponse) -> None:
+        handler, self._handler = self._handler, None
+        assert handler is not None
+        self._stop_body()
+        self.pool.connection_lost(self)  # not the pool's any more
+        handler.protocols_switched(event.reason, event.headers, self)
+
     # Protocol
 
     def dataReceived(self, data: bytes) -> None:
+        if self._switched is not None:
+            self._switched.dataReceived(data)
+            return
         if self._handler is None:
             # Bytes nobody asked for (an idle connection, or one given up):
             # it cannot carry another exchange.
@@ -285,9 +318,12 @@ class UpstreamConnection(Protocol):
                     self._pending = True
                     self._handler.body_pending()
                 return
+            elif kind is h11.InformationalResponse and event.status_code == 101:  # type: ignore[union-attr]
+                self._protocols_switched(event)  # type: ignore[arg-type]
+                return
             elif event is h11.PAUSED or kind is h11.ConnectionClosed:
                 return
-            # (InformationalResponse: another head follows.)
+            # (Another InformationalResponse: another head follows.)
 
     def _ended(self) -> None:
         handler, self._handler = self._handler, None
@@ -312,6 +348,9 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        if self._switched is not None:
+            self._switched.connectionLost(reason)
+            return
         self._stop_body()
         self.pool.connection_lost(self)
         if self._handler is None:

@@ -40,10 +40,10 @@ made anew around each request.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IProtocol
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
@@ -330,6 +330,11 @@ class StreamingRequest(SiteRequest):
             reader.resumeProducing()
 
 
+#: Most bytes held from a caller awaiting a protocol switch before reading
+#: from it pauses.
+HELD_INPUT = 64 * 1024
+
+
 class StreamingHTTPChannel(HTTPChannel):
     """
     twisted.web's HTTP/1.1 channel, letting each request know its request
@@ -387,7 +392,60 @@ class StreamingHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.taken_over()
+        switched, self._switched = self._switched, None
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        if switched is not None:
+            switched.connectionLost(reason)
+
+    # Protocol switches (an upgrade the front door passes on, answered 101
+    # by its target).  While the answer is awaited, what the caller sends
+    # after the request's head is held here, not parsed as HTTP; after a
+    # 101 the connection's bytes go to the protocol it switched to.
+
+    #: Bytes held while a switch is awaited (None: not awaiting one).
+    _held: list[bytes] | None = None
+    _held_size = 0
+    #: The protocol the connection switched to (None: still HTTP).
+    _switched: IProtocol | None = None
+
+    def hold_input(self) -> None:
+        """The current request may switch protocols: hold what follows its head."""
+        self._held, self._held_size = [], 0
+
+    def release_input(self) -> None:
+        """
+        The request did not switch protocols.  Bytes the caller sent after
+        its head while it waited cannot be HTTP we understand: if there are
+        any, the connection closes after the answer.
+        """
+        held, self._held = self._held, None
+        if held:
+            self.persistent = False
+
+    def switch_protocols(self, protocol: IProtocol) -> None:
+        """
+        The connection is no longer HTTP (its 101 is written): its bytes go
+        to C{protocol} from now on, the held ones first.  The transport's
+        producer (this channel) must be unregistered by the caller first.
+        """
+        self.taken_over()
+        held, self._held = self._held or [], None
+        self._switched = protocol
+        for data in held:
+            protocol.dataReceived(data)
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).resumeProducing()  # (if holding paused it)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._switched is not None:
+            self._switched.dataReceived(data)
+        elif self._held is not None:
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size > HELD_INPUT and self.transport is not None:
+                cast(IPushProducer, self.transport).pauseProducing()  # (resumed by the switch, or closed)
+        else:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     #: The line being parsed, for the request twisted.web makes from it (L{StreamingRequest}).
     current_line = b""

@@ -127,3 +127,23 @@ class Relay(Protocol):
             # transport) is still registered on it.
             peer.transport.unregisterProducer()
             peer.partner_lost(reason)
+
+
+def join(one: IFlowTransport, other: IFlowTransport) -> tuple[Relay, Relay]:
+    """
+    Relay bytes between two transports already connected to protocols of
+    their own (a downstream HTTP connection and an upstream tunnel stream
+    after a protocol switch): the two halves returned are for C{one}'s and
+    C{other}'s protocols, which hand each half their C{dataReceived} and
+    C{connectionLost} from then on.  Back-pressure and closes go both ways,
+    as between the halves of a dialed relay.  Neither transport may have a
+    producer registered.
+    """
+    first, second = Relay(), Relay()
+    first.transport, second.transport = one, other
+    first.peer, second.peer = second, first
+    first.no_delay()
+    second.no_delay()
+    one.registerProducer(_PausesOnly(other), True)
+    other.registerProducer(_PausesOnly(one), True)
+    return first, second

@@ -69,6 +69,18 @@ class HeadLimitTests(SynchronousTestCase):
                 self.assertIsNotNone(limit.feed(informational + head(11)), split)
             self.assertIsNone(HeadLimit(100_000, 10).feed(informational + head(10) + b"body"))
 
+    def test_switching_protocols_ends_the_count(self) -> None:
+        """After a 101 head come the bytes of the protocol switched to: not a head, not counted."""
+        switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        for split in (False, True):
+            limit = HeadLimit(100_000, 10)
+            if split:
+                self.assertIsNone(limit.feed(switched))
+                self.assertIsNone(limit.feed(b"\x80\x03\x00\x01 not HTTP" * 1000), split)
+            else:
+                self.assertIsNone(limit.feed(switched + b"\x80\x03\x00\x01 not HTTP"), split)
+            self.assertFalse(limit.counting)
+
     def test_not_http_refused_at_once(self) -> None:
         """An answer that does not start as HTTP/ is refused from its first bytes, not at a limit."""
         self.assertEqual(HeadLimit().feed(b"SSH-2.0-OpenSSH_9.2\r\n"), NOT_HTTP)

@@ -7,6 +7,7 @@ the connection goes back to its pool and when it is closed instead.
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,6 +56,24 @@ class Handler:
 
     def exchange_failed(self, reason: Failure, answered: bool) -> None:
         self.failed = (reason, answered)
+
+    def protocols_switched(self, reason, headers, connection) -> None:
+        self.switched = (reason, list(headers), connection)
+        connection.switch(self.raw)
+
+
+class Raw(Protocol):
+    """Where a switched connection's bytes go."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
 
 
 class UpstreamConnectionTests(SynchronousTestCase):
@@ -185,3 +204,50 @@ class UpstreamConnectionTests(SynchronousTestCase):
         self.assertNotIn("b'", text)
         self.assertNotIn("s3cret", text)
         self.assertEqual(text, "its method, target or a header is not valid HTTP/1.1")
+
+
+class UpstreamSwitchTests(SynchronousTestCase):
+    """A 101 to an upgrade request: the connection leaves its pool and becomes a byte pipe."""
+
+    def setUp(self) -> None:
+        self.pool = Pool()
+        self.connection = UpstreamConnection(self.pool, ("http", "t", 80), 1000, 10)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+        self.handler = Handler(self.connection)
+        self.handler.raw = Raw()
+
+    def upgrade(self) -> None:
+        self.connection.request(self.handler, b"GET", b"/ws", [(b"Host", b"t"), (b"Connection", b"Upgrade"),
+                                                               (b"Upgrade", b"websocket")], None)
+
+    def test_switched(self) -> None:
+        """The 101's headers go to the handler; bytes after it (same read, later ones) to the new protocol."""
+        self.upgrade()
+        self.connection.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                     b"Connection: Upgrade\r\n\r\n\x81\x02hi")
+        reason, headers, connection = self.handler.switched
+        self.assertEqual((reason, connection), (b"Switching Protocols", self.connection))
+        self.assertIn((b"upgrade", b"websocket"), headers)
+        self.assertEqual(self.pool.lost, [self.connection])  # no longer the pool's
+        self.connection.dataReceived(b"\x81\x03you")
+        self.assertEqual(self.handler.raw.data, b"\x81\x02hi\x81\x03you")
+        self.assertIsNone(self.handler.head)
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.handler.raw.lost)
+        self.assertIsNone(self.handler.failed)
+        self.assertEqual(self.pool.lost, [self.connection])  # (said once)
+
+    def test_refused_upgrade_is_an_ordinary_response(self) -> None:
+        self.upgrade()
+        self.connection.dataReceived(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno")
+        self.assertEqual((self.handler.head[0], self.handler.body, self.handler.ended), (426, b"no", True))
+        self.assertFalse(hasattr(self.handler, "switched"))
+
+    def test_101_without_an_upgrade_asked(self) -> None:
+        """A 101 nobody asked for is not HTTP as h11 reads it: a bad answer, not a switch."""
+        self.connection.request(self.handler, b"GET", b"/", [(b"Host", b"t")], None)
+        self.connection.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(hasattr(self.handler, "switched"))
+        self.assertTrue(self.handler.failed[0].check(BadResponse))

@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from remotedialer._tap import server as server_tap
-from remotedialer.server._site import HELD_BODY, RequestBody, ServerSite
+from remotedialer.server._site import HELD_BODY, HELD_INPUT, RequestBody, ServerSite
 
 
 class AccessLogTests(SynchronousTestCase):
@@ -339,3 +339,78 @@ class EarlyAnswerOverH2Tests(SynchronousTestCase):
         request.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(stream.sent, [])
+
+
+class _Switching(Resource):
+    """Holds the connection's input as the front door does for an upgrade; the test decides."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> int:
+        request.channel.hold_input()
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class _Raw:
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+class ProtocolSwitchTests(SynchronousTestCase):
+    """The channel's side of an upgrade: input held while the answer is awaited, then switched or not."""
+
+    def setUp(self) -> None:
+        self.resource = _Switching()
+        site = ServerSite(self.resource, stream_prefixes=(b"/",), reactor=Clock())
+        self.channel = site.channel(None, h2=False)
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+        self.channel.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: y\r\n\r\n")
+        [self.request] = self.resource.requests
+
+    def test_held_then_switched(self) -> None:
+        """Bytes sent before the switch reach the new protocol first, then the rest; its close too."""
+        self.channel.dataReceived(b"early")
+        raw = _Raw()
+        self.transport.unregisterProducer()
+        self.channel.switch_protocols(raw)
+        self.channel.dataReceived(b" late")
+        self.assertEqual(raw.data, b"early late")
+        self.assertIsNone(self.channel._idle_call)  # no HTTP idle timeout on a switched connection
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(raw.lost)
+
+    def test_holding_is_bounded(self) -> None:
+        """Past HELD_INPUT bytes held, reading from the caller pauses (the switch resumes it)."""
+        self.channel.dataReceived(b"x" * HELD_INPUT)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.channel.dataReceived(b"y")
+        self.assertEqual(self.transport.producerState, "paused")
+        self.transport.unregisterProducer()
+        self.channel.switch_protocols(_Raw())
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_not_switched_nothing_held(self) -> None:
+        """No switch and nothing held: the connection stays a kept-alive HTTP one."""
+        self.channel.release_input()
+        self.request.finish()
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_not_switched_bytes_held(self) -> None:
+        """No switch, but bytes came after the head: not HTTP we can read, so the connection closes."""
+        self.channel.dataReceived(b"\x80\x01")
+        self.channel.release_input()
+        self.request.finish()
+        self.assertTrue(self.transport.disconnecting)

@@ -10,6 +10,7 @@ from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -18,7 +19,7 @@ from remotedialer.protocol import _codec
 from remotedialer.protocol._codec import MessageType
 from remotedialer.protocol._multiplexer import EOF
 from remotedialer.tunnel._exceptions import StreamError
-from remotedialer.tunnel._relay import Relay
+from remotedialer.tunnel._relay import Relay, join
 from remotedialer.tunnel._session import Session
 from tests.memory import (
     TARGET,
@@ -284,3 +285,21 @@ class StreamToStreamTests(SynchronousTestCase):
         self.pair.pump()
         self.assertEqual(len(lost), 1)
         self.assertTrue(lost[0].check(StreamError))
+
+
+class JoinTests(SynchronousTestCase):
+    """join(): two transports already connected elsewhere, relayed both ways."""
+
+    def test_bytes_pauses_and_closes(self) -> None:
+        one, other = StringTransport(), StringTransport()
+        first, second = join(one, other)
+        first.dataReceived(b"to other")
+        second.dataReceived(b"to one")
+        self.assertEqual((other.value(), one.value()), (b"to other", b"to one"))
+        one.producer.pauseProducing()  # one's buffer is full: stop reading from other
+        self.assertEqual(other.producerState, "paused")
+        one.producer.resumeProducing()
+        self.assertEqual(other.producerState, "producing")
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(other.disconnecting)  # closed as cleanly as one was
+        self.assertIsNone(other.producer)
