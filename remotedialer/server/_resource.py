@@ -14,6 +14,8 @@ refused with 400 at once, as Go refuses a request that is no upgrade.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import math
 from collections.abc import Callable
@@ -77,6 +79,45 @@ def as_tunnel_authorizer(authorizer: ITunnelAuthorizer | Authorizer) -> ITunnelA
     raise TypeError("a tunnel authorizer is an ITunnelAuthorizer or a callable(request)")
 
 
+def handshake_problem(request: Request) -> str | None:
+    """
+    Why C{request} is not a WebSocket opening handshake we take (RFC 6455
+    4.2.1), in the words of Go's gorilla/websocket where it has them; or
+    None.  One line, naming no value the caller sent.
+    """
+    if request.clientproto != b"HTTP/1.1":
+        version = printable(request.clientproto, 16)
+        return f"a tunnel is a WebSocket upgrade over HTTP/1.1, not {version}"
+    headers = request.requestHeaders
+    if not _has_token(headers.getRawHeaders(b"connection"), b"upgrade"):
+        return "websocket: the client is not using the websocket protocol: " \
+               "'upgrade' token not found in 'Connection' header"
+    if not _has_token(headers.getRawHeaders(b"upgrade"), b"websocket"):
+        return "websocket: the client is not using the websocket protocol: " \
+               "'websocket' token not found in 'Upgrade' header"
+    if request.method != b"GET":
+        return "websocket: the client is not using the websocket protocol: request method is not GET"
+    if headers.getRawHeaders(b"sec-websocket-version") != [b"13"]:
+        return "websocket: unsupported version: 13 not found in 'Sec-Websocket-Version' header"
+    key = headers.getRawHeaders(b"sec-websocket-key") or []
+    if len(key) != 1 or not _is_websocket_key(key[0]):
+        return "websocket: not a websocket handshake: " \
+               "'Sec-WebSocket-Key' header must be Base64 encoded value of 16-byte length"
+    return None
+
+
+def _has_token(values: list[bytes] | None, token: bytes) -> bool:
+    """A comma-separated header (all its lines) names C{token}, in any case."""
+    return any(part.strip().lower() == token for value in values or () for part in value.split(b","))
+
+
+def _is_websocket_key(key: bytes) -> bool:
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
 class _IdentifiedFactory:
     """Hands the identity to the protocol WebSocketResource builds."""
 
@@ -118,11 +159,14 @@ class TunnelResource(Resource):
             limiter.clock if limiter is not None else _reactor(), TunnelResource.log, "refused peer links")
 
     def render(self, request: Request) -> bytes | int:
-        if request.clientproto != b"HTTP/1.1":
+        problem = handshake_problem(request)
+        if problem is not None:
+            # Answered here, before any authorizer: Autobahn never sees a
+            # request that is not an upgrade (its status page, its
+            # ?redirect=, its handshake errors quoting raw header values).
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            version = request.clientproto.decode("ascii", "replace")
-            return f"a tunnel is a WebSocket upgrade over HTTP/1.1, not {version}".encode()
+            return problem.encode() + b"\n"
         # The client may leave while the authorizer decides: learn it from
         # the request (HTTP/2 has no channel transport to look at).
         gone: list[Failure] = []
