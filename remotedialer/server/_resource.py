@@ -18,7 +18,7 @@ import base64
 import binascii
 import hmac
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from autobahn.twisted.resource import WebSocketResource
@@ -106,7 +106,7 @@ def handshake_problem(request: Request) -> str | None:
     return None
 
 
-def _has_token(values: list[bytes] | None, token: bytes) -> bool:
+def _has_token(values: Sequence[bytes] | None, token: bytes) -> bool:
     """A comma-separated header (all its lines) names C{token}, in any case."""
     return any(part.strip().lower() == token for value in values or () for part in value.split(b","))
 
