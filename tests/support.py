@@ -216,3 +216,19 @@ def self_signed_certificate(directory: str, hostname: str = "localhost") -> tupl
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return cert_path, key_path
+
+
+#: The headers of a WebSocket opening handshake (RFC 6455 4.1), for
+#: requests built by hand that must reach the tunnel's authorizer.
+HANDSHAKE = {
+    b"Connection": b"Upgrade",
+    b"Upgrade": b"websocket",
+    b"Sec-WebSocket-Version": b"13",
+    b"Sec-WebSocket-Key": b"dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def add_handshake(request) -> None:
+    """Make C{request} (a DummyRequest) a WebSocket opening handshake."""
+    for name, value in HANDSHAKE.items():
+        request.requestHeaders.setRawHeaders(name, [value])

@@ -22,6 +22,7 @@ from zope.interface import provider
 
 from remotedialer.protocol._exceptions import TooManyAttempts
 from remotedialer.server._ratelimit import FailureLimiter, address_key
+from tests.support import add_handshake
 
 ATTACKER = "203.0.113.7"
 OTHER = "198.51.100.2"
@@ -464,6 +465,7 @@ class TunnelResourceLimiterTests(SynchronousTestCase):
             request.client = IPv4Address("TCP", "203.0.113.7", 40000)
             request.requestHeaders.setRawHeaders(b"X-API-Tunnel-ID", [b"peer"])
             request.requestHeaders.setRawHeaders(b"X-API-Tunnel-Token", [b"guess"])
+            add_handshake(request)
             resource.render(request)
             return request
 

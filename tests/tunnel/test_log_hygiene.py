@@ -17,6 +17,7 @@ from remotedialer.server._resource import TunnelResource, header_authorizer
 from remotedialer.tunnel._logtext import Throttle, address
 from remotedialer.tunnel._session import Session
 from tests.memory import Direction
+from tests.support import add_handshake
 
 
 class PrintableTests(SynchronousTestCase):
@@ -99,6 +100,7 @@ class UpgradeRefusalTests(SynchronousTestCase):
         request.clientproto = b"HTTP/1.1"
         for name, value in headers.items():
             request.requestHeaders.setRawHeaders(name, [value])
+        add_handshake(request)
         resource.render(request)
         return request
 
