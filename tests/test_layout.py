@@ -20,6 +20,8 @@ reading nothing.
 from __future__ import annotations
 
 import ast
+import configparser
+import functools
 import os
 import subprocess
 import sys
@@ -54,33 +56,49 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def sources() -> dict[str, ast.Module]:
     return {module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports(tree: ast.Module, modules: set[str]) -> Iterator[tuple[str, int, bool]]:
-    """(imported module, line, at module level) for every import in C{tree}, nested ones too."""
-    top_level = {id(node) for node in _module_level(tree.body)}
+def imports(tree: ast.Module, modules: set[str], module: str = "") -> Iterator[tuple[str, int, bool]]:
+    """
+    (imported module, line, run at import time) for every import in C{tree}
+    (of C{module}, against which relative imports are resolved), nested
+    ones too.  (C{importlib.import_module} and C{__import__} are not read:
+    the package has none, and a review would ask why.)
+    """
+    at_import = {id(node) for node in _import_time(tree.body)}
+    package = module if _is_package(module, modules) else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield alias.name, node.lineno, id(node) in top_level
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                yield alias.name, node.lineno, id(node) in at_import
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                up = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
             for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                yield (sub if sub in modules else node.module), node.lineno, id(node) in top_level
+                sub = f"{base}.{alias.name}"
+                yield (sub if sub in modules else base), node.lineno, id(node) in at_import
 
 
-def _module_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """Statements run when the module is imported: the body, and inside if/try at that level."""
+def _is_package(module: str, modules: set[str]) -> bool:
+    return any(other.startswith(module + ".") for other in modules)
+
+
+def _import_time(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements run when the module is imported: all but those inside functions."""
     for node in body:
         yield node
-        if isinstance(node, ast.If):
-            yield from _module_level(node.body)
-            yield from _module_level(node.orelse)
-        elif isinstance(node, ast.Try):
-            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
-                yield from _module_level(block)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                yield from _import_time([n for n in block if isinstance(n, (ast.stmt, ast.excepthandler))])
 
 
 def floor_of(module: str) -> str | None:
@@ -94,7 +112,9 @@ def violations(trees: dict[str, ast.Module]) -> list[str]:
     found = []
     for module, tree in trees.items():
         here = floor_of(module)
-        for target, line, top in imports(tree, modules):
+        if here is None and module != "remotedialer":
+            found.append(f"{module}: a module outside every floor (give it one in FLOORS)")
+        for target, line, top in imports(tree, modules, module):
             where = f"{module}:{line} imports {target}"
             if target == "remotedialer" and module != "remotedialer" and here != "_tap":
                 found.append(f"{where}: only the programs may import the facade")
@@ -115,7 +135,7 @@ def violations(trees: dict[str, ast.Module]) -> list[str]:
 def cycles(trees: dict[str, ast.Module]) -> list[list[str]]:
     """The import cycles between modules (strongly connected components of more than one)."""
     modules = set(trees)
-    graph = {m: {t for t, _, _ in imports(tree, modules) if t in modules and t != m}
+    graph = {m: {t for t, _, _ in imports(tree, modules, m) if t in modules and t != m}
              for m, tree in trees.items()}
     # (A package's __init__ re-exports its modules; a module importing its
     # own package's __init__ would close a cycle through it, and is one.)
@@ -153,10 +173,17 @@ def cycles(trees: dict[str, ast.Module]) -> list[list[str]]:
 
 
 def planted(trees: dict[str, ast.Module], module: str, source: str) -> dict[str, ast.Module]:
-    """C{trees} with C{source} appended to C{module}."""
+    """C{trees} with C{source} appended to C{module} (or as a new module)."""
     copy = dict(trees)
-    copy[module] = ast.parse(ast.unparse(trees[module]) + "\n" + source)
+    before = ast.unparse(trees[module]) if module in trees else ""
+    copy[module] = ast.parse(before + "\n" + source)
     return copy
+
+
+def new_violations(trees: dict[str, ast.Module], planted_trees: dict[str, ast.Module]) -> list[str]:
+    """What the planted tree breaks that the tree did not (so one real failure fails one test)."""
+    clean = set(violations(trees))
+    return [v for v in violations(planted_trees) if v not in clean]
 
 
 class LayoutTests(SynchronousTestCase):
@@ -173,17 +200,32 @@ class LayoutTests(SynchronousTestCase):
     def test_no_cycles(self) -> None:
         self.assertEqual(cycles(self.trees), [])
 
+    def plant(self, module: str, source: str) -> list[str]:
+        return new_violations(self.trees, planted(self.trees, module, source))
+
     def test_planted_wrong_way_import(self) -> None:
-        trees = planted(self.trees, "remotedialer.tunnel._session",
-                        "from remotedialer.server._server import Server")
-        self.assertEqual(violations(trees), [
-            f"remotedialer.tunnel._session:{_last_line(trees, 'remotedialer.tunnel._session')} imports "
-            "remotedialer.server._server: tunnel may import only floors below it"])
+        found = self.plant("remotedialer.tunnel._session", "from remotedialer.server._server import Server")
+        self.assertEqual(len(found), 1, found)
+        self.assertIn("imports remotedialer.server._server: tunnel may import only floors below it", found[0])
+
+    def test_planted_wrong_way_forms(self) -> None:
+        """Relative imports, module imports and package imports are read as what they name."""
+        for module, source in [
+            ("remotedialer.tunnel._relay", "from ..server import _server"),
+            ("remotedialer.tunnel._relay", "from ..server._server import Server"),
+            ("remotedialer.tunnel._relay", "import remotedialer.server._server as x"),
+            ("remotedialer.tunnel._relay", "from remotedialer import server"),
+            ("remotedialer.proxies._forward", "from ..frontdoor import _pool"),
+            ("remotedialer.client", "from ..server import Server"),
+        ]:
+            self.assertEqual(len(self.plant(module, source)), 1, (module, source))
 
     def test_planted_sibling_import(self) -> None:
-        trees = planted(self.trees, "remotedialer.proxies._forward",
-                        "from remotedialer.frontdoor._pool import ClientPools")
-        self.assertEqual(len(violations(trees)), 1)
+        self.assertEqual(len(self.plant("remotedialer.proxies._forward",
+                                        "from remotedialer.frontdoor._pool import ClientPools")), 1)
+
+    def test_planted_module_outside_the_floors(self) -> None:
+        self.assertEqual(len(self.plant("remotedialer._compat", "import os")), 1)
 
     def test_planted_type_only_cycle(self) -> None:
         trees = planted(self.trees, "remotedialer.protocol._codec",
@@ -191,13 +233,27 @@ class LayoutTests(SynchronousTestCase):
         self.assertIn("remotedialer.protocol._codec", {m for cycle in cycles(trees) for m in cycle})
 
     def test_planted_hidden_import(self) -> None:
-        trees = planted(self.trees, "remotedialer.server._drain",
-                        "def f():\n    from remotedialer.server._server import Server")
-        self.assertEqual(len(violations(trees)), 1)
+        found = self.plant("remotedialer.server._drain",
+                           "def f():\n    from remotedialer.server._server import Server")
+        self.assertEqual(len(found), 1, found)
+        self.assertIn("function-local", found[0])
+
+    def test_import_time_blocks_are_not_hidden(self) -> None:
+        """An import in a class body, or under if/try/with at module level, runs at import: not 'hidden'."""
+        source = ("class C:\n    from remotedialer.protocol._text import printable\n"
+                  "with open(__file__):\n    from remotedialer.protocol._text import cut\n")
+        self.assertEqual(self.plant("remotedialer.server._drain", source), [])
 
     def test_planted_event_loop_in_core(self) -> None:
-        trees = planted(self.trees, "remotedialer.protocol._text", "import twisted.logger")
-        self.assertEqual(len(violations(trees)), 1)
+        self.assertEqual(len(self.plant("remotedialer.protocol._text", "import twisted.logger")), 1)
+
+    def test_every_subpackage_is_installed(self) -> None:
+        """setup.cfg lists its packages by hand: each subpackage must be there, or the wheel lacks it."""
+        config = configparser.ConfigParser()
+        config.read(PACKAGE.parent / "setup.cfg")
+        listed = set(config["options"]["packages"].split())
+        packages = {m for m in self.trees if _is_package(m, set(self.trees))}
+        self.assertEqual(packages - listed, set())
 
     def test_protocol_loads_no_event_loop(self) -> None:
         """Importing the core in a fresh interpreter loads no Twisted, zope or Autobahn module."""
@@ -208,6 +264,3 @@ class LayoutTests(SynchronousTestCase):
             env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})  # this checkout's package
         self.assertEqual(out.stdout.strip(), "[]")
 
-
-def _last_line(trees: dict[str, ast.Module], module: str) -> int:
-    return max(node.lineno for node in ast.walk(trees[module]) if hasattr(node, "lineno"))

@@ -71,7 +71,7 @@ __all__ = ["ABORT_GRACE", "IDEMPOTENT", "MAX_RETRIES", "Exchange", "Upstreams", 
 @attrs.frozen
 class Upstreams:
     """
-    What an exchange needs of its front door: where tunnel streams come
+    What an exchange needs of the front door it serves: where tunnel streams come
     from (C{opener}), how https targets are verified, the pools of
     kept-alive connections, the response-head limits, the clock and log.
     """
@@ -138,13 +138,7 @@ class Exchange:
     def __init__(self, upstreams: Upstreams, request: Request, fetch: Fetch) -> None:
         self.upstreams = upstreams
         self.request = request
-        self.fetch_ = fetch
-        self.client_key = fetch.client_key
-        self.target = fetch.target
-        self.path = fetch.path
-        self.headers = fetch.headers
-        self.body = fetch.body
-        self.timeout = fetch.timeout
+        self.fetch = fetch
         self.attempts = 1
         self.reused = False
         #: The pool whose connection this exchange uses.
@@ -164,21 +158,22 @@ class Exchange:
     @property
     def url(self) -> str:
         """What is fetched, for error texts and the log."""
-        return self.fetch_.url
+        return self.fetch.url
 
     # Asking.
 
-    def fetch(self) -> None:
+    def start(self) -> None:
         """Ask the target (again, after a kept-alive connection failed under a retryable request)."""
         upstreams = self.upstreams
-        pool = self.pool = upstreams.pools.pool_for(self.client_key)
-        connection = pool.take(self.target)
+        fetch = self.fetch
+        pool = self.pool = upstreams.pools.pool_for(fetch.client_key)
+        connection = pool.take(fetch.target)
         if connection is not None:
             self._send(connection)
             return
         endpoint = TunnelAgentEndpointFactory(
-            upstreams.opener, self.client_key, upstreams.tls_policy).endpoint_for(*self.target)
-        d = self._connecting = pool.connect(self.target, endpoint, *upstreams.head_limits)
+            upstreams.opener, fetch.client_key, upstreams.tls_policy).endpoint_for(*fetch.target)
+        d = self._connecting = pool.connect(fetch.target, endpoint, *upstreams.head_limits)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, connection: UpstreamConnection) -> None:
@@ -198,7 +193,8 @@ class Exchange:
         self.connection = connection
         self.reused = connection.requests > 0
         try:
-            connection.request(self, self.request.method, self.path, list(self.headers), self.body)
+            fetch = self.fetch
+            connection.request(self, self.request.method, fetch.path, list(fetch.headers), fetch.body)
         except RequestNotSendable as e:
             self.connection = None
             self._fail(Failure(e))
@@ -208,7 +204,7 @@ class Exchange:
         An idempotent request without a body whose kept-alive connection
         failed before any answer (as twisted.web's own pool decides).
         """
-        return (not answered and self.reused and self.body is None and self.attempts <= MAX_RETRIES
+        return (not answered and self.reused and self.fetch.body is None and self.attempts <= MAX_RETRIES
                 and self.request.method in IDEMPOTENT)
 
     # ResponseHandler
@@ -217,7 +213,7 @@ class Exchange:
         self._stop_timer()
         self.answered = True
         request = self.request
-        if self.fetch_.upgrade is not None:
+        if self.fetch.upgrade is not None:
             cast(StreamingHTTPChannel, request.channel).release_input()  # an ordinary answer: no switch
         request.setResponseCode(code, reason)
         grouped: dict[bytes, list[bytes]] = {}
@@ -270,7 +266,7 @@ class Exchange:
             # A kept-alive connection that the target (or the tunnel) had
             # closed as we sent on it: ask again.
             self.attempts += 1
-            self.fetch()
+            self.start()
             return
         self._fail(reason)
 
@@ -353,13 +349,13 @@ class Exchange:
         if self.over:
             return
         self._give_up()
-        self._fail(Failure(defer.TimeoutError(f"no response within {self.timeout:g} s")))
+        self._fail(Failure(defer.TimeoutError(f"no response within {self.fetch.timeout:g} s")))
 
     def _fail(self, failure: Failure) -> None:
         self.over = True
         self._give_up()
         request, url = self.request, self.url
-        if self.fetch_.upgrade is not None and not self.reader_gone:
+        if self.fetch.upgrade is not None and not self.reader_gone:
             cast(StreamingHTTPChannel, request.channel).release_input()
         reason = describe_failure(failure)
         if reason is None:

@@ -20,17 +20,18 @@ from remotedialer.protocol._text import printable
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "DEFAULT_PORTS",
     "DEFAULT_TIMEOUT",
     "DROPPED",
     "HOP_BY_HOP",
     "MAX_TIMEOUT",
+    "USAGE",
     "Fetch",
+    "error_body",
     "host_header",
     "parse",
     "split_target",
     "upgrade_of",
-    "USAGE",
-    "error_body",
 ]
 
 #: Go's default when ?timeout= is not given.
@@ -43,7 +44,7 @@ MAX_TIMEOUT = 3600.0
 
 #: Headers that belong to one hop, never forwarded (RFC 9110 7.6.1); the
 #: framing of each hop's body is its own (Content-Length is passed on
-#: where it still holds, see L{_Exchange.response_started}).
+#: where it still holds, see L{remotedialer.frontdoor._exchange.Exchange.response_started}).
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"host",
@@ -55,6 +56,7 @@ HOP_BY_HOP = frozenset({
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
 
 
+#: What is not passed on to a target by default (FrontDoorAccess.forward_credentials keeps the credentials).
 DROPPED = HOP_BY_HOP | CREDENTIAL_HEADERS
 
 

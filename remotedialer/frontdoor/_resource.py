@@ -117,5 +117,5 @@ class FrontDoor(Resource):
             return error_body(request, 403, "front door: the target is this server's own listener")
         if fetch.upgrade is not None:
             cast(StreamingHTTPChannel, channel).hold_input()
-        Exchange(self.upstreams, request, fetch).fetch()
+        Exchange(self.upstreams, request, fetch).start()
         return NOT_DONE_YET

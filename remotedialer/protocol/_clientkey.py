@@ -1,6 +1,7 @@
 """
 What a client key may be: the one rule, for the tunnel's authorizers and
-for every caller who names a client (front door, proxies).
+for the proxies' callers who name a client (a front-door request for a key
+no session can have finds no session, as in Go).
 
 A key travels in AddClient as C{key/sessionKey}, of which Go reads 100
 bytes, and a session key takes up to 19 digits; keys end up in logs,

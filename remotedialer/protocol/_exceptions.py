@@ -1,8 +1,11 @@
 """
-Every exception of the sans-IO core, and every other one of the library's
-that needs no Twisted base class: one home, as h2's C{exceptions.py}.
-Those built on Twisted's error types (a stream's C{ConnectionLost}, a
-dial's C{ConnectError}) live in L{remotedialer.tunnel._exceptions}.
+Every exception of the sans-IO core, and every other public one of the
+library's that needs no Twisted base class: one home, as h2's
+C{exceptions.py}.  Those built on Twisted's error types (a stream's
+C{ConnectionLost}, a dial's C{ConnectError}) live in
+L{remotedialer.tunnel._exceptions}.  The front door's upstream client keeps
+its own (a target's answer that is not HTTP, a request h11 will not write,
+a head over the limits) beside it: they never leave that subpackage.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """
-Addresses of tunnel streams: Go's C{host:port} splitting, and the Twisted
-address a stream reports for its C{proto/address} target.
+Addresses of tunnel streams: the Twisted address a stream reports for its
+C{proto/address} target (the splitting itself is the protocol core's,
+L{remotedialer.protocol._addresses}).
 
 A stream to C{tcp/10.0.0.5:6443} reports C{IPv4Address("TCP", "10.0.0.5",
 6443)} as its peer, as a TCP connection to that target would, so code that
