@@ -30,16 +30,20 @@ import shutil
 import socket
 import ssl
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, utils
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from remotedialer._tap import client as client_tap
+from remotedialer._tap import server as server_tap
 from tests.support import listen_tcp, wait
 from tests.system.test_auth_programs import make_pki
-from tests.system.test_programs import Program, ProgramTestCase
+from tests.system.test_programs import Program, ProgramTestCase, parse
 
 BODY = b"hello through the tunnel"
 H2_AND_HTTP_1_1 = ("h2", "http/1.1")
@@ -83,6 +87,46 @@ def tls_exchange(port: int, offered: tuple[str, ...], ca: str, cert: str | None 
                     break
                 answer += chunk
         return selected, answer
+
+
+def offers(service) -> dict[str, list[bytes]]:
+    """What each listener of a program's service would offer on TLS (ALPN), by its log prefix."""
+    found = {}
+    for listener in service:
+        if isinstance(listener, StreamServerEndpointService):
+            factory = getattr(listener.factory, "wrappedFactory", listener.factory)  # --tls-cert wraps it
+            found[factory.logPrefix()] = IProtocolNegotiationFactory(factory).acceptableProtocols()
+    return found
+
+
+class ListenerProtocolsTests(TestCase):
+    """What each listener of the programs offers for ALPN, from makeService (nothing listens)."""
+
+    def test_tunnel_listener_with_front_door(self):
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "0", "--connect-proxy-listen", "0"]))
+        self.assertEqual(offers(top), {
+            "tunnel listener": [b"h2", b"http/1.1"], "admin endpoint": [b"http/1.1"],
+            "connect-proxy:tcp:0:interface=127.0.0.1": [b"http/1.1"]})
+
+    def test_frontdoor_listener(self):
+        """The front door's listener: h2 and http/1.1; the tunnel's beside it: upgrades, HTTP/1.1."""
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--listen", "tcp:0:interface=127.0.0.1", "--frontdoor-listen", "tcp:0:interface=127.0.0.1"]))
+        self.assertEqual(offers(top), {"tunnel listener": [b"http/1.1"], "front door": [b"h2", b"http/1.1"]})
+
+    def test_tls_cert_listener(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        pki = make_pki(directory)
+        top = server_tap.makeService(parse(server_tap.Options, [
+            "--listen", "tcp:0:interface=127.0.0.1", "--tls-cert", pki["server_cert"],
+            "--tls-key", pki["server_key"], "--client-ca-file", pki["ca"]]))
+        self.assertEqual(offers(top), {"tunnel listener": [b"h2", b"http/1.1"]})
+
+    def test_client_admin_endpoint(self):
+        program = client_tap.makeService(parse(client_tap.Options, ["--admin-listen", "0"]))
+        self.assertEqual(offers(program), {"admin endpoint": [b"http/1.1"]})
 
 
 class TLSListenersTests(ProgramTestCase):
