@@ -30,7 +30,7 @@ from remotedialer.ops._metrics import ClientMetrics, ForwarderCollector, Metrics
 from remotedialer.ops._status import client_status, server_status
 from remotedialer.protocol._text import printable
 from remotedialer.server._forwardstats import ForwarderStats
-from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
 from remotedialer.server._server import Server
 
 __all__ = ["AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
@@ -110,16 +110,12 @@ def loopback_only(description: str) -> bool:
         return False
 
 
-class _Guarded(HeaderGuardFactory):
-    """The admin site behind the same request-head limits as the tunnel's listener."""
-
-    def logPrefix(self) -> str:
-        return "admin endpoint"
-
-
 def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:
-    # Idle connections (a prober's, a scraper's) are closed after a minute.
-    site = _Guarded(AdminSite(admin, timeout=60))
+    # The admin site behind the same request-head limits as the tunnel's
+    # listener; idle connections (a prober's, a scraper's) are closed after
+    # a minute.  Probes and scrapers speak HTTP/1.1: on TLS (ssl:...) it is
+    # the one protocol offered (ALPN).
+    site = HeaderGuardFactory(AdminSite(admin, timeout=60), name="admin endpoint", alpn=HTTP_1_1_ONLY)
     _AdminListener(program, description, site).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
 

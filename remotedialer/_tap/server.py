@@ -54,7 +54,7 @@ from remotedialer.server._access import FrontDoorAccess
 from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, TokenFile, secret_from
 from remotedialer.server._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
 from remotedialer.server._forwardstats import ForwarderStats
-from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
 from remotedialer.server._ratelimit import FailureLimiter
 from remotedialer.server._resource import header_authorizer
 from remotedialer.server._server import Server
@@ -392,8 +392,11 @@ def makeService(options: Options) -> ServerProgram:
         Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
+    # On TLS, ALPN offers what the listener serves: h2 and http/1.1 with the
+    # front door; the tunnel alone (a WebSocket upgrade) is HTTP/1.1 only.
     site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early,
-                                   name="tunnel listener")
+                                   name="tunnel listener",
+                                   alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] else None)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651

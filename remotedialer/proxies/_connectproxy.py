@@ -33,11 +33,14 @@ import binascii
 from http import HTTPStatus
 
 import h11
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from zope.interface import implementer
 
 from remotedialer.protocol._addresses import split_host_port
 from remotedialer.protocol._text import printable
 from remotedialer.proxies._handshake import HandshakeFactory, HandshakeSplice
 from remotedialer.server._access import Refusal
+from remotedialer.server._guard import HTTP_1_1_ONLY
 from remotedialer.tunnel._logtext import address
 
 __all__ = ["ConnectProxyFactory", "proxy_credentials"]
@@ -186,6 +189,7 @@ class _ConnectProxy(HandshakeSplice):
         self._refuse(408, "handshake-timeout", f"no complete request head {within}")
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectProxyFactory(HandshakeFactory):
     """
     The CONNECT proxy's listening factory (see module docstring).
@@ -196,4 +200,12 @@ class ConnectProxyFactory(HandshakeFactory):
 
     splice = _ConnectProxy
     handshaking = "sending their request heads"
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        On a TLS listener (an HTTPS proxy) the one protocol ALPN may pick:
+        the proxy speaks HTTP/1.1 (a factory naming none makes Twisted
+        abort the handshake of any client that offers ALPN).
+        """
+        return list(HTTP_1_1_ONLY)
 

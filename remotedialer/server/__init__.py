@@ -11,7 +11,8 @@ Module map:
     _resource     the tunnel's twisted.web resource: authenticate, then upgrade
     _auth         ready tunnel authorizers: tokens, mutual TLS
     _ratelimit    failed authentications delayed and limited per address
-    _guard        a guard in front of the site: request heads complete, quick, bounded
+    _guard        a guard in front of the site: request heads complete, quick, bounded;
+                  on TLS it names the site's protocols (ALPN)
     _site         the server's web site: access log opt-in, bodies streamed
     _drain        graceful drain: refuse new work, tell peers, let streams finish
     _peering      the outgoing link to a peer server (HA)

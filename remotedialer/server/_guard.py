@@ -17,23 +17,41 @@ head: TLS, HTTP/2 negotiation (the HTTP/2 preface ends with an empty line,
 and h2 applies its own limits from there) and Autobahn see the transport
 itself.  Requests after the first on a kept-alive connection are bounded by
 twisted.web's own header limits and idle timeout.
+
+On a TLS listener the guard is the listening factory, so it is what TLS
+asks which protocols it may negotiate (ALPN): it names the site's (h2 when
+installed, and http/1.1), or those within C{alpn} (L{HTTP_1_1_ONLY}).  A
+listening factory that names none makes Twisted's ALPN callback select
+nothing, and OpenSSL then aborts the handshake of every client offering
+ALPN (curl, browsers, kubectl); a client offering none is served either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPFactory
+from zope.interface import implementer
 
 from remotedialer.protocol._limits import UpgradeLimits
 from remotedialer.protocol._text import printable
 from remotedialer.tunnel._logtext import address
 
-__all__ = ["HeaderGuardFactory"]
+__all__ = ["HTTP_1_1_ONLY", "HeaderGuardFactory"]
+
+#: C{alpn} of a listener that serves HTTP/1.1 only (the admin endpoint).
+HTTP_1_1_ONLY: tuple[bytes, ...] = (b"http/1.1",)
 
 _HEAD_END = b"\r\n\r\n"
 _TOO_LARGE = (
@@ -137,11 +155,13 @@ def _address(protocol: _HeaderGuard) -> str:
     return address(protocol.transport.getPeer())
 
 
+@implementer(IProtocolNegotiationFactory)
 class HeaderGuardFactory(Factory):
     """
     Guards C{wrapped} (a twisted.web Site) as the module docstring says.
     C{pending} is how many connections are still sending their first
-    request head.
+    request head.  C{alpn}, if given, bounds the protocols TLS may
+    negotiate to those of the site within it (L{acceptableProtocols}).
     """
 
     log = Logger()
@@ -150,7 +170,7 @@ class HeaderGuardFactory(Factory):
     def __init__(self, wrapped: HTTPFactory, limits: UpgradeLimits | None = None,
                  clock: IReactorTime | None = None,
                  early: Callable[[bytes, bytes], tuple[int, str] | None] | None = None,
-                 name: str = "HTTP listener") -> None:
+                 name: str = "HTTP listener", alpn: Sequence[bytes] | None = None) -> None:
         #: What its listening port's log lines call it ("<name> starting on 8123").
         self.name = name
         if clock is None:
@@ -165,9 +185,26 @@ class HeaderGuardFactory(Factory):
         #: C{early(method, path)} may answer a request that carries a body
         #: before the body is read: C{(status, text)}, or None to go on.
         self.early = early
+        #: The protocols TLS may negotiate are the site's within these (None: all the site's).
+        self.alpn = tuple(alpn) if alpn is not None else None
+        if self.alpn is not None and not self.acceptableProtocols():
+            raise ValueError(f"the site speaks none of the protocols {list(self.alpn)}")
 
     def logPrefix(self) -> str:
         return self.name
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What a TLS listener in front of the guard may negotiate (ALPN), most
+        preferred first: the site's own protocols (twisted.web's Site: h2 if
+        installed, http/1.1), or http/1.1 if it names none (the guard itself
+        speaks HTTP/1.1), within C{alpn} if given.
+        """
+        site = IProtocolNegotiationFactory(self.wrapped, None)
+        protocols = list(site.acceptableProtocols()) if site is not None else list(HTTP_1_1_ONLY)
+        if self.alpn is not None:
+            protocols = [protocol for protocol in protocols if protocol in self.alpn]
+        return protocols
 
     def answer_early(self, head: bytes) -> tuple[int, str] | None:
         """The early answer for a request head with a body, if C{early} has one."""

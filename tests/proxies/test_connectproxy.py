@@ -9,7 +9,9 @@ import base64
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from remotedialer.protocol._limits import UpgradeLimits
 from remotedialer.proxies._connectproxy import ConnectProxyFactory, proxy_credentials
@@ -59,6 +61,11 @@ class ConnectProxyTests(SynchronousTestCase):
         self.forwarder = forwarder(self.tunnel)
         self.factory = ConnectProxyFactory(self.forwarder)
         self.log = LogLines(self)
+
+    def test_alpn_http_1_1(self):
+        """On a TLS listener (an HTTPS proxy) ALPN may pick http/1.1, what the proxy speaks, only."""
+        verifyObject(IProtocolNegotiationFactory, self.factory)
+        self.assertEqual(self.factory.acceptableProtocols(), [b"http/1.1"])
 
     def caller(self, data: bytes = b"", host: str = "127.0.0.1"):
         proxy, caller = connect_caller(self.tunnel, self.factory, host)

@@ -2,19 +2,33 @@
 The header guard in front of the server's site (remotedialer.server._guard), on
 StringTransport and a Clock: slowloris closed at the deadline, request heads
 over the size or header-count limit answered 431, a cap on connections still
-sending their heads; each at the limit and one past it.
+sending their heads; each at the limit and one past it.  On TLS (in memory,
+iosim) the guard names the site's protocols for ALPN, so clients offering
+ALPN complete the handshake.
 """
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site as WebSite
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from remotedialer.protocol._limits import UpgradeLimits
-from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
+from remotedialer.server._site import ServerSite
+from tests.support import self_signed_certificate
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 50000)
 
@@ -202,3 +216,109 @@ class EarlyAnswerTests(SynchronousTestCase):
             transport = self.send(head)
             self.assertEqual(transport.value(), b"", head)
         self.assertEqual(len(self.site.built), 4)
+
+
+class _Greeter(Protocol):
+    """A TLS client's protocol: sends a request head once TLS is up; records a lost connection."""
+
+    lost = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(head())
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+class NegotiationTests(SynchronousTestCase):
+    """
+    The guard is a TLS listener's factory: it names the site's protocols
+    for ALPN (all of them, or those within C{alpn}).  With none named,
+    Twisted's ALPN callback selects nothing and OpenSSL aborts the
+    handshake of every client that offers ALPN.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key = self_signed_certificate(directory)
+        with open(cert, "rb") as f, open(key, "rb") as g:
+            cert_pem, key_pem = f.read(), g.read()
+        self.server_options = PrivateCertificate.loadPEM(cert_pem + key_pem).options()
+        self.trust = Certificate.loadPEM(cert_pem)
+
+    def handshake(self, guard: HeaderGuardFactory, offered: list[bytes] | None):
+        """
+        A TLS client offering C{offered} (None: no ALPN) against a TLS
+        listener of C{guard}, in memory: (the client's wrapped protocol,
+        the protocol TLS negotiated as the site's channel sees it).
+        """
+        clock = Clock()  # TLS gathers small writes until the reactor's next turn
+        server = TLSMemoryBIOFactory(self.server_options, False, guard, clock=clock).buildProtocol(ADDR)
+        greeter = _Greeter()
+        options = optionsForClientTLS("localhost", trustRoot=self.trust, acceptableProtocols=offered)
+        client = TLSMemoryBIOFactory(options, True, Factory.forProtocol(lambda: greeter),
+                                     clock=clock).buildProtocol(ADDR)
+        pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                             client, iosim.FakeTransport(client, isServer=False), clock=clock)
+        pump.flush()
+        self.assertIsNone(greeter.lost)
+        [site] = guard.wrapped.built
+        self.assertEqual(site.received, head())  # TLS is up and the site has the request
+        self.assertEqual(client.negotiatedProtocol, site.transport.negotiatedProtocol)
+        return site.transport.negotiatedProtocol
+
+    def test_provides_protocol_negotiation(self) -> None:
+        verifyObject(IProtocolNegotiationFactory, HeaderGuardFactory(Recording(), clock=Clock()))
+
+    def test_passes_on_the_sites_protocols(self) -> None:
+        """twisted.web's Site (h2 is installed with the package) and ours: h2, then http/1.1."""
+        for site in (WebSite(Resource()), ServerSite(Resource(), stream_prefixes=(b"/client/",))):
+            guard = HeaderGuardFactory(site, clock=Clock())
+            self.assertEqual(guard.acceptableProtocols(), site.acceptableProtocols())
+            self.assertEqual(guard.acceptableProtocols(), [b"h2", b"http/1.1"])
+
+    def test_restricted(self) -> None:
+        """C{alpn} keeps the site's protocols within it (the admin endpoint: HTTP/1.1 only)."""
+        guard = HeaderGuardFactory(WebSite(Resource()), clock=Clock(), alpn=HTTP_1_1_ONLY)
+        self.assertEqual(guard.acceptableProtocols(), [b"http/1.1"])
+        guard = HeaderGuardFactory(WebSite(Resource()), clock=Clock(), alpn=[b"http/1.1", b"h2"])
+        self.assertEqual(guard.acceptableProtocols(), [b"h2", b"http/1.1"])  # the site's order
+
+    def test_site_naming_none(self) -> None:
+        """A factory that names no protocols: http/1.1, which the guard itself speaks."""
+        self.assertEqual(HeaderGuardFactory(Recording(), clock=Clock()).acceptableProtocols(), [b"http/1.1"])
+
+    def test_restricted_to_nothing_refused(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            HeaderGuardFactory(WebSite(Resource()), clock=Clock(), alpn=[b"spdy/3"])
+        self.assertIn("spdy/3", str(caught.exception))
+
+    def test_handshake_negotiates(self) -> None:
+        """Clients offering h2 and http/1.1, http/1.1 only, or nothing: each gets through."""
+
+        @implementer(IProtocolNegotiationFactory)
+        class NegotiatingRecording(Recording):
+            def __init__(self, protocols: list[bytes]) -> None:
+                super().__init__()
+                self.protocols = protocols
+
+            def acceptableProtocols(self) -> list[bytes]:
+                return self.protocols
+
+        cases = [
+            ([b"h2", b"http/1.1"], None, [b"h2", b"http/1.1"], b"h2"),
+            ([b"h2", b"http/1.1"], None, [b"http/1.1"], b"http/1.1"),
+            ([b"h2", b"http/1.1"], None, None, None),
+            ([b"h2", b"http/1.1"], HTTP_1_1_ONLY, [b"h2", b"http/1.1"], b"http/1.1"),
+            ([b"h2", b"http/1.1"], HTTP_1_1_ONLY, None, None),
+        ]
+        for site_protocols, alpn, offered, negotiated in cases:
+            site = NegotiatingRecording(site_protocols)
+            guard = HeaderGuardFactory(site, clock=Clock(), alpn=alpn)
+            self.assertEqual(self.handshake(guard, offered), negotiated, (alpn, offered))
+
+    def test_handshake_site_naming_none(self) -> None:
+        """A site that names no protocols: a client offering h2 and http/1.1 gets http/1.1."""
+        guard = HeaderGuardFactory(Recording(), clock=Clock())
+        self.assertEqual(self.handshake(guard, [b"h2", b"http/1.1"]), b"http/1.1")
