@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import attrs
 from twisted.web.client import FileBodyProducer
@@ -115,6 +116,8 @@ class Fetch:
         return f"{self.scheme}://{self.host_port}" + self.path.decode("utf-8", "replace")
 
 
+_NUMBER = re.compile(rb"[+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
+
 USAGE = "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]"
 
 
@@ -150,9 +153,13 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     client_key, scheme, host_port = (p.decode("utf-8", "replace") for p in parts[:3])
     if scheme not in DEFAULT_PORTS:
         return 400, "unsupported scheme (use http or https)"
+    # ?timeout=<seconds> is the front door's (Go's example server); any other
+    # form (Kubernetes' ?timeout=32s on every kubectl request) is the target's.
     timeout = DEFAULT_TIMEOUT
+    ours = b""
     values = request.args.get(b"timeout")
-    if values:
+    if values and _NUMBER.fullmatch(values[0]):
+        ours = b"timeout=" + values[0]
         try:
             timeout = float(values[0])
         except ValueError:
@@ -168,7 +175,7 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     raw_path, _, query = request.uri.partition(b"?")
     path = b"/" + b"/".join(raw_path.split(b"/")[1 + len(request.prepath or []) + 3:])
     if query:
-        kept = b"&".join(q for q in query.split(b"&") if q and not q.startswith(b"timeout="))
+        kept = b"&".join(q for q in query.split(b"&") if q and q != ours) if ours else query
         if kept:
             path += b"?" + kept
     headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()

@@ -605,15 +605,33 @@ class FrontDoorTests(TestCase):
         return run(go())
 
     def test_bad_timeout_is_400(self):
-        """A timeout that is not a positive finite number is refused before anything is dialed."""
+        """A number of seconds out of range is refused before anything is dialed."""
 
         async def go():
             await self._setup()
-            for value in ("-1", "nan", "inf", "0", "soon"):
+            for value in ("-1", "0", "1e9", "-0.5"):
                 response = await treq.get(self.url(f"hello?timeout={value}"), pool=self.pool)
                 self.assertEqual(response.code, 400, value)
                 self.assertIn(b"timeout", await response.content())
             self.assertEqual(self._server_streams(), [])
+
+        return run(go())
+
+    def test_other_timeouts_are_the_targets(self):
+        """
+        ?timeout= that is not a number of seconds (kubectl adds ?timeout=32s to
+        every request) is the target's: passed on untouched; a number is ours
+        and is not passed on.
+        """
+
+        async def go():
+            await self._setup()
+            for value in ("32s", "soon", "nan"):
+                response = await treq.get(self.url(f"uri?timeout={value}&x=1"), pool=self.pool)
+                self.assertEqual(response.code, 200, value)
+                self.assertEqual(await response.content(), f"/uri?timeout={value}&x=1".encode())
+            response = await treq.get(self.url("uri?timeout=5&x=1"), pool=self.pool)
+            self.assertEqual(await response.content(), b"/uri?x=1")
 
         return run(go())
 
