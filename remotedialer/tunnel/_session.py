@@ -136,22 +136,28 @@ class Session:
         self._send = send
         self._drop = drop
         self._observer = observer
+        # The class's logger: an instance's would refer back to the session.
+        self._violations = Throttle(clock, Session.log, "protocol errors")
+        self._dial_failures = Throttle(clock, Session.log, "refused or failed dials")
         self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll(),
                                   self.mux.session_limits.max_pending_dials,
-                                  clock, self._dialed if observer is not None else None)
+                                  clock, self._dialed if observer is not None else None,
+                                  throttle=self._dial_failures, source=self._label())
         self._listener = listener
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
         self._address: TunnelAddress | None = None
-        # The class's logger: an instance's would refer back to the session.
-        self._violations = Throttle(clock, Session.log, "protocol errors")
         if observer is not None:
             observer.session_started(self)
 
     def __repr__(self) -> str:
+        return f"{self._label()[:-1]} streams={len(self.mux.streams)}>"
+
+    def _label(self) -> str:
+        """C{<Session client foo/123>}: the session in log lines that must not refer to it."""
         kind = "peer" if self.is_peer else "client"
-        return f"<Session {kind} {self.client_key}/{self.session_key} streams={len(self.mux.streams)}>"
+        return f"<Session {kind} {self.client_key}/{self.session_key}>"
 
     # What the multiplexer knows.
 
@@ -456,6 +462,7 @@ class Session:
         handles = self.mux.lose()
         self._blocked.clear()
         self._violations.flush()
+        self._dial_failures.flush()
         for handle in handles:
             if handle.context is not None:
                 handle.context.session_lost(reason)
