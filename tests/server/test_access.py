@@ -28,6 +28,9 @@ class AccessTests(SynchronousTestCase):
         self.assertIsNone(access.refusal(request("127.0.0.1")))
         self.assertIsNone(access.refusal(request("127.5.6.7")))
         self.assertIsNone(access.refusal(request("::1", v6=True)))
+        # A dual-stack listener's local IPv4 caller (ipaddress: not loopback before 3.13).
+        self.assertIsNone(access.refusal(request("::ffff:127.0.0.1", v6=True)))
+        self.assertEqual(access.refusal(request("::ffff:10.1.2.3", v6=True))[0], 403)
         code, text = access.refusal(request("10.1.2.3"))
         self.assertEqual(code, 403)
         self.assertIn("only loopback callers", text)

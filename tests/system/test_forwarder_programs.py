@@ -61,11 +61,20 @@ class ForwarderOptionsTests(TestCase):
         from tests.forwarding import LogLines
 
         log = LogLines(self)
-        server_tap.makeService(parse(server_tap.Options, ["--forward", "tcp:16443=foo:tcp/10.0.0.5:6443",
-                                                          "--forward", "16444=foo:tcp/10.0.0.5:22"]))
+        server_tap.makeService(parse(server_tap.Options, [
+            "--forward", "tcp:16443=foo:tcp/10.0.0.5:6443",
+            "--forward", "16444=foo:tcp/10.0.0.5:22",
+            # Loopback by the one rule (protocol._addresses.is_loopback), escaped colons and all:
+            "--forward", r"tcp6:16445:interface=\:\:1=foo:tcp/10.0.0.5:22",
+            "--forward", r"tcp6:16446:interface=\:\:ffff\:127.0.0.1=foo:tcp/10.0.0.5:22",
+            # ...and not loopback, whatever its first characters say:
+            "--forward", "tcp:16447:interface=127.example.com=foo:tcp/10.0.0.5:22",
+        ]))
         self.assertEqual(log.matching("listens beyond loopback"), [
             "--forward tcp:16443: listens beyond loopback: "
-            "anyone who reaches it reaches foo:tcp/10.0.0.5:6443"])
+            "anyone who reaches it reaches foo:tcp/10.0.0.5:6443",
+            "--forward tcp:16447:interface=127.example.com: listens beyond loopback: "
+            "anyone who reaches it reaches foo:tcp/10.0.0.5:22"])
 
 
 class ForwarderProgramTests(ProgramTestCase):
