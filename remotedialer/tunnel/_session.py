@@ -60,7 +60,10 @@ from remotedialer.tunnel._interfaces import (
 from remotedialer.tunnel._logtext import Throttle, address, failure_text
 from remotedialer.tunnel._stream import TunnelStream
 
-__all__ = ["Session", "SessionFactory"]
+__all__ = ["GOING_AWAY", "Session", "SessionFactory"]
+
+#: The WebSocket close code of an endpoint going away (RFC 6455 7.4.1): a server shutting down.
+GOING_AWAY = 1001
 
 
 @implementer(IPushProducer, ISession, IStreamCarrier)
@@ -442,6 +445,19 @@ class Session:
     def drop(self, reason: Failure | None = None) -> None:
         """End the session from our side: every stream ends now, the WebSocket is dropped."""
         self.lose(reason if reason is not None else Failure(ConnectionLost("tunnel session dropped")))
+
+    def close(self, reason: str, code: int = GOING_AWAY) -> None:
+        """
+        End the session from our side, telling the far side why: every
+        stream ends now, and the WebSocket is closed with a close frame
+        (C{code}, C{reason}), which the far side answers (or it is aborted
+        a few seconds later).  Without a WebSocket, the same as L{drop}.
+        """
+        self.connection_lost(Failure(ConnectionLost(reason)))
+        if self._connection is not None:
+            self._connection.close(code, reason)
+        elif self._drop is not None:
+            self._drop()
 
     def lose(self, reason: Failure) -> None:
         """
