@@ -3,12 +3,18 @@ A front-door request read: C{/client/<clientKey>/<scheme>/<host>[/<path>]
 [?timeout=<s>]} becomes a L{Fetch} (what to ask which target through
 which client, with which headers), or a refusal (status, one line).
 Nothing here does I/O: L{parse} is a function of the request.
+
+C{?timeout=} is the front door's own (how long to wait for the response
+head), never passed to the target: seconds, as Go's example server takes
+it, or a Go duration (C{32s}, C{1m0s}), as client-go (kubectl) adds it to
+its requests.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 
 import attrs
 from twisted.web.client import FileBodyProducer
@@ -27,6 +33,7 @@ __all__ = [
     "Fetch",
     "host_header",
     "parse",
+    "parse_timeout",
     "split_target",
     "USAGE",
     "error_body",
@@ -127,12 +134,10 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool) -> Fetch | t
     timeout = DEFAULT_TIMEOUT
     values = request.args.get(b"timeout")
     if values:
-        try:
-            timeout = float(values[0])
-        except ValueError:
-            timeout = math.nan
+        timeout = parse_timeout(values[0].decode("ascii", "replace"))
         if not 0 < timeout <= MAX_TIMEOUT:
-            return 400, f"timeout must be a number of seconds, over 0 and at most {MAX_TIMEOUT:g}"
+            return 400, (f"timeout must be a number of seconds (or a Go duration such as 32s), "
+                         f"over 0 and at most {MAX_TIMEOUT:g}")
     target = _target(scheme, host_port)
     if target is None:
         return 400, f"bad target {printable(host_port)}: use host, host:port or [v6]:port"
@@ -155,6 +160,26 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool) -> Fetch | t
     if body is None and request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
         body = FileBodyProducer(request.content)
     return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout)
+
+
+#: Go's time.Duration units, in seconds.
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+
+
+def parse_timeout(text: str) -> float:
+    """
+    Seconds of a C{?timeout=} value: a number of seconds (C{15}, C{2.5}),
+    or a Go duration (C{32s}, C{1m0s}, C{500ms}); NaN if it is neither.
+    """
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not _DURATION.fullmatch(text):
+        return math.nan
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
 
 
 @functools.lru_cache(maxsize=1024)  # the same few targets come again and again
