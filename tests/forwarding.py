@@ -50,6 +50,15 @@ def token_access(token: bytes):
     return ProxyAccess(FrontDoorAccess(token_hashes=frozenset([bytes.fromhex(hash_token(token))])))
 
 
+def scoped_access(scopes: dict[bytes, tuple[str, ...]]):
+    """The proxies' access with front-door tokens, each for the clients given (a tokens file's clients=)."""
+    from remotedialer.server._access import FrontDoorAccess, ProxyAccess
+    from remotedialer.server._auth import ClientScope, hash_token
+
+    return ProxyAccess(FrontDoorAccess(token_hashes={
+        bytes.fromhex(hash_token(token)): ClientScope(clients) for token, clients in scopes.items()}))
+
+
 def connect_caller(tunnel: MemoryTunnel, factory, host: str = "127.0.0.1"):
     """A caller connected to a protocol of C{factory}: (that protocol, the caller's Collector)."""
     caller_address = IPv4Address("TCP", host, 50000)

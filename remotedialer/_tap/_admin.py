@@ -11,8 +11,6 @@ probes on the pod's address, warned: the endpoint has no authentication).
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +21,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._tap._listen import Listening, port_of
+from remotedialer._tap._listen import Listening, loopback_only, port_of
 from remotedialer.client._client import TunnelClient
 from remotedialer.ops._admin import AdminEndpoint, AdminSite
 from remotedialer.ops._metrics import ClientMetrics, ForwarderCollector, MetricsOptions, ServerMetrics
@@ -33,7 +31,7 @@ from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
 from remotedialer.server._server import Server
 
-__all__ = ["AdminOptions", "ClientProgram", "serve_client_admin", "serve_server_admin"]
+__all__ = ["AdminOptions", "ClientProgram", "loopback_only", "serve_client_admin", "serve_server_admin"]
 
 log = Logger()
 
@@ -90,24 +88,6 @@ class _AdminListener(Listening):
                      "authentication (it shows client ids and addresses)", description=self._description)
 
 
-def loopback_only(description: str) -> bool:
-    """
-    The endpoint C{description} cannot be reached from another host: a
-    TCP/SSL one bound to a loopback interface, or not a network one at all.
-    """
-    kind = description.partition(":")[0]
-    if kind not in ("tcp", "tcp6", "ssl"):
-        return True
-    found = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])*)", description)
-    if found is None:
-        return False
-    interface = found.group(1).replace("\\", "")
-    if interface == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        return False
 
 
 def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:

@@ -21,7 +21,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._tap._listen import Listening, check_listen, port_of
+from remotedialer._tap._listen import Listening, check_listen, loopback_only, port_of
 from remotedialer.client._acl import TCP_PROTOS
 from remotedialer.protocol._addresses import split_host_port
 from remotedialer.protocol._text import printable
@@ -38,7 +38,6 @@ log = Logger()
 
 #: Longest --proxy-dial-wait (every answer waits this long for protocols where the caller speaks first).
 MAX_DIAL_WAIT = 30.0
-_LOOPBACK_INTERFACES = ("127.", "::1", "localhost")
 
 
 class ForwarderOptions:
@@ -118,15 +117,6 @@ def parse_forwarders(options: Any) -> None:
     options["frontdoor_access"] = attrs.evolve(access, own_ports=access.own_ports | ports)
 
 
-def _beyond_loopback(description: str) -> bool:
-    """A tcp: listener without a loopback interface= (so on every interface, or a public one)."""
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
-        return False
-    interface = next((p[len("interface="):] for p in parts if p.startswith("interface=")), "")
-    return not interface.startswith(_LOOPBACK_INTERFACES)
-
-
 def add_forwarders(top: MultiService, server: Any, options: Any) -> list[ForwarderStats]:
     """The forwarders' listening services, children of C{top}; each one's counters."""
     from twisted.internet import reactor
@@ -141,7 +131,7 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
         return Forwarder(server, stats, reactor, dial_wait=dial_wait, reaches=server.reaches)
 
     for listen, route in options["forwards"]:
-        if _beyond_loopback(listen):
+        if not loopback_only(listen):
             log.warn("--forward {listen}: listens beyond loopback: anyone who reaches it reaches {route}",
                      listen=listen, route=str(route))
         factory: Any = PortForwardFactory(forwarder(f"forward:{listen}", "forward", str(route)), route)
@@ -152,7 +142,7 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
         listen = options[flag]
         if not listen:
             continue
-        if _beyond_loopback(listen) and access.front_door.open:
+        if not loopback_only(listen) and access.front_door.open:
             log.warn("--{flag} {listen} with --frontdoor-open: anyone who reaches it reaches every "
                      "client's network", flag=flag, listen=listen)
         factory = make(forwarder(f"{kind}:{listen}", kind, dial_wait=dial_wait), access, limits)

@@ -1,11 +1,15 @@
 """
 What every listener of the programs shares: a description checked at
 option time (one usage line, never a traceback), a listening service whose
-failure to listen is one line and exit status 1, and the port of a
-description (to know the server's own listeners).
+failure to listen is one line and exit status 1, the port of a
+description (to know the server's own listeners), and whether a listener
+is on loopback only (to warn about those beyond it), by the one loopback
+rule (L{remotedialer.protocol._addresses.is_loopback}).
 """
 
 from __future__ import annotations
+
+import re
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
@@ -13,9 +17,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
+from remotedialer.protocol._addresses import is_loopback
 from remotedialer.protocol._text import printable
 
-__all__ = ["Listening", "check_listen", "port_of"]
+__all__ = ["Listening", "check_listen", "loopback_only", "port_of"]
+
+#: The interface= of an endpoint description (colons in it escaped, C{\\:}).
+_INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
 
 
 def port_of(description: str) -> int | None:
@@ -28,6 +36,19 @@ def port_of(description: str) -> int | None:
         if value.isdigit():
             return int(value)
     return None
+
+
+def loopback_only(description: str) -> bool:
+    """
+    The endpoint C{description} cannot be reached from another host: a
+    tcp:/tcp6:/ssl: one bound to a loopback interface (C{127.0.0.1},
+    C{\\:\\:1}, C{\\:\\:ffff\\:127.0.0.1}, C{localhost}), or not a network one.
+    """
+    kind = description.partition(":")[0]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return True
+    found = _INTERFACE.search(description)
+    return found is not None and is_loopback(re.sub(r"\\(.)", r"\1", found.group(1)))
 
 
 def check_listen(flag: str, description: str) -> None:

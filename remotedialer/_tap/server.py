@@ -9,7 +9,8 @@ the certificate's); the program refuses to start with neither unless
 which is then logged at start and for every new client.
 
 The front door answers loopback callers only, unless --frontdoor-tokens-file
-(Proxy-Authorization bearer tokens) or --frontdoor-open; it may have its own
+(bearer tokens, each for every client or for those its line names with
+clients=; re-read on SIGHUP) or --frontdoor-open; it may have its own
 listener (--frontdoor-listen).  It verifies https targets against the
 system trust store, or the CAs of --target-ca-file; --target-insecure
 (self-signed clusters) turns verification off, with a warning at start.
@@ -110,8 +111,11 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         ["frontdoor-listen", None, None,
          "Serve the front door on this endpoint instead of the tunnel's listener."],
         ["frontdoor-tokens-file", None, None,
-         "Front-door callers must send 'Proxy-Authorization: Bearer <token>' of one listed here "
-         "(lines 'sha256:<hex>'; re-read on SIGHUP)."],
+         "Front-door and proxy callers must present a token listed here (front door: "
+         "'Proxy-Authorization: Bearer <token>', or 'Authorization: Bearer <token>' as kubectl sends it, "
+         "which is then not passed on; proxies: the proxy password). Lines '[label] sha256:<hex> "
+         "[clients=foo,bar-*]': a token for every client, or only for those named (* any characters); "
+         "re-read on SIGHUP."],
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL; prefer --peers-file)."],
         ["peers-file", None, None, "File of peers, one id:token:url a line (keeps their tokens out of ps)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],

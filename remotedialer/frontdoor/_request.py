@@ -3,6 +3,11 @@ A front-door request read: C{/client/<clientKey>/<scheme>/<host>[/<path>]
 [?timeout=<s>]} becomes a L{Fetch} (what to ask which target through
 which client, with which headers), or a refusal (status, one line).
 Nothing here does I/O: L{parse} is a function of the request.
+
+C{?timeout=} is the front door's own (how long to wait for the response
+head), never passed to the target: seconds, as Go's example server takes
+it, or a Go duration (C{32s}, C{1m0s}), as client-go (kubectl) adds it to
+its requests.
 """
 
 from __future__ import annotations

@@ -105,12 +105,15 @@ class FrontDoor(Resource):
     def render(self, request: Request) -> bytes | int:
         refusal = self._access.refusal(request)
         if refusal is not None:
-            if refusal[0] == 407:
-                request.setHeader(b"Proxy-Authenticate", b"Bearer")
+            challenge = {401: b"WWW-Authenticate", 407: b"Proxy-Authenticate"}.get(refusal[0])
+            if challenge is not None:
+                request.setHeader(challenge, b"Bearer")
             return error_body(request, *refusal)
+        consumed = self._access.consumed_header(request)  # the token's own header: never passed on
+        dropped = self._dropped if consumed is None else self._dropped | {consumed}
         channel = request.channel
         upgradable = isinstance(channel, StreamingHTTPChannel)  # (HTTP/1.1 on the server's site)
-        fetch = parse(request, self._dropped, close=not self.pools.max_idle, upgradable=upgradable)
+        fetch = parse(request, dropped, close=not self.pools.max_idle, upgradable=upgradable)
         if not isinstance(fetch, Fetch):
             return error_body(request, *fetch)
         if self._access.nested(fetch.host_port):

@@ -18,8 +18,9 @@ connection becomes a L{TunnelSplice}.  Answers:
   - 400 a malformed head, 405 a method other than CONNECT, 408 a head not
     sent in time, 431 a head too big;
   - 407 no valid credentials (front-door tokens configured), or no client
-    named; 403 a caller outside loopback (no tokens configured), or a
-    target that is this server's own listener;
+    named; 403 a token not for the client named (its scope), a caller
+    outside loopback (no tokens configured), or a target that is this
+    server's own listener;
   - 502 the client is not connected or its dial failed (the reason given),
     504 the dial timed out.
 
@@ -49,7 +50,8 @@ __all__ = ["ConnectProxyFactory", "proxy_credentials"]
 REALM = b'Basic realm="remotedialer"'
 
 _REFUSAL_STATUS = {
-    "unauthenticated": 407, "no-client": 407, "caller-refused": 403, "own-listener": 403,
+    "unauthenticated": 407, "no-client": 407, "caller-refused": 403, "client-not-allowed": 403,
+    "own-listener": 403,
     "bad-request": 400, "dial-timeout": 504,
 }
 
@@ -141,9 +143,7 @@ class _ConnectProxy(HandshakeSplice):
         except ValueError as e:
             self._refuse(400, "bad-request", str(e))
             return
-        access = self.factory.access
-        refusal = access.caller_refusal(self.transport.getPeer(), password)
-        route = access.route(user, host, port) if refusal is None else refusal
+        route = self.factory.access.admit(self.transport.getPeer(), password, user, host, port)
         if isinstance(route, Refusal):
             self._refuse(_REFUSAL_STATUS.get(route.reason, 400), route.reason, route.text)
             return

@@ -5,10 +5,11 @@ or a browser reaches targets behind client C{foo}.
 
 The handshake is L{remotedialer.proxies._socks}'s machine; this protocol feeds it,
 applies the proxies' access rules (L{ProxyAccess}: the password must be a
-front-door token where those are configured; the client is the user name,
-or the target's C{<host>.<client>.tunnel} suffix), then becomes a
-L{TunnelSplice}.  Its outcome is RFC 1928's reply: succeeded; not allowed
-(credentials, the client's dial rules, this server's own listener);
+front-door token where those are configured, and one for the client named;
+the client is the user name, or the target's C{<host>.<client>.tunnel}
+suffix), then becomes a L{TunnelSplice}.  Its outcome is RFC 1928's reply:
+succeeded; not allowed (credentials, a token not for that client, the
+client's dial rules, this server's own listener);
 network unreachable (the client is not connected); connection refused;
 host unreachable; TTL expired (the dial timed out); general failure.  A
 handshake is bounded in time and in bytes, and in how many may be in
@@ -32,7 +33,8 @@ from remotedialer.tunnel._logtext import address
 
 __all__ = ["SocksProxyFactory", "reply_for"]
 
-_NOT_ALLOWED = {"dial-refused", "own-listener", "caller-refused", "unauthenticated", "no-client"}
+_NOT_ALLOWED = {"dial-refused", "own-listener", "caller-refused", "client-not-allowed", "unauthenticated",
+                "no-client"}
 _HOST_UNREACHABLE = ("unreachable", "no route", "resolve", "no such host", "dns", "name or service")
 
 
@@ -96,9 +98,8 @@ class _SocksProxy(HandshakeSplice):
 
     def _connect(self, event: ConnectRequest) -> None:
         self._settled()
-        access = self.factory.access
-        refusal = access.caller_refusal(self.transport.getPeer(), self._password)
-        route = access.route(self._user, event.host, event.port) if refusal is None else refusal
+        route = self.factory.access.admit(self.transport.getPeer(), self._password, self._user,
+                                          event.host, event.port)
         if isinstance(route, Refusal):
             self._machine.reply(reply_for(route.reason, route.text))
             self._close(route.reason, route.text)

@@ -17,6 +17,16 @@ key to a credential:
 Both return L{Credentials}: the key and a fingerprint of what proved it, so
 the server can tell a client reconnecting (same credential: the new session
 replaces the old) from a stranger (another credential: refused).
+
+Callers of the front door and the proxies have tokens of their own, in a
+front-door tokens file (L{TokenFile}, re-read on SIGHUP), one a line:
+
+    [label] sha256:<hex of the token's SHA-256> [clients=<id or glob>,...]
+
+A line without C{clients=} is a token for every client (what every line
+meant before scopes); with it, the token may use only the clients named:
+exact ids, or globs where C{*} stands for any characters (C{bar-*}).  A
+token listed on several lines may use what all of them name.
 """
 
 from __future__ import annotations
@@ -25,26 +35,32 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import attrs
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from remotedialer.protocol._clientkey import client_key_problem
 from remotedialer.tunnel._identity import Credentials
 from remotedialer.tunnel._interfaces import ITunnelAuthorizer
 
 __all__ = [
+    "EVERY_CLIENT",
     "CertificateAuthorizer",
+    "ClientScope",
     "TokenAuthorizer",
     "TokenFile",
     "hash_token",
     "load_token_hashes",
+    "load_tokens",
     "read_secret",
     "secret_from",
     "token_matches",
+    "token_scope",
 ]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -160,57 +176,134 @@ class CertificateAuthorizer:
         return Credentials(names[0], "cert:" + cert.fingerprint(hashes.SHA256()).hex()[:16])
 
 
-def load_token_hashes(path: str) -> frozenset[bytes]:
+@attrs.frozen
+class ClientScope:
     """
-    A tokens file: one C{sha256:<hex>} per line, optionally after a label
-    (C{alice sha256:...}); C{#} comments and blank lines are skipped.
+    The clients a front-door token may use: C{patterns}, each a client id
+    or a glob where C{*} stands for any characters (nothing else is
+    special); None: every client.
     """
-    digests = set()
+
+    patterns: tuple[str, ...] | None = None
+    _match: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        match = None
+        if self.patterns is not None:
+            match = re.compile("|".join(".*".join(map(re.escape, p.split("*"))) for p in self.patterns)
+                               or "(?!)", re.DOTALL)
+        object.__setattr__(self, "_match", match)
+
+    def allows(self, client_key: str) -> bool:
+        """C{client_key} is one of the clients."""
+        return self._match is None or self._match.fullmatch(client_key) is not None
+
+    def __or__(self, other: ClientScope) -> ClientScope:
+        """The clients of both."""
+        if self.patterns is None or other.patterns is None:
+            return EVERY_CLIENT
+        return ClientScope(tuple(dict.fromkeys(self.patterns + other.patterns)))
+
+
+#: The scope of a token line without C{clients=}.
+EVERY_CLIENT = ClientScope()
+
+_SCOPE_PREFIX = "clients="
+_TOKEN_LINE = "'[label] sha256:<64 hex digits> [clients=<id or glob>,...]'"
+
+
+def _parse_scope(text: str) -> ClientScope:
+    """C{foo,bar-*} (the value of C{clients=}); ValueError naming what is wrong."""
+    patterns = text.split(",")
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("clients= has an empty name (write clients=foo,bar-*)")
+        problem = client_key_problem(pattern.replace("*", "x"))
+        if problem is not None:
+            raise ValueError(f"clients=: {problem.replace('client key', 'a client name')}")
+    return ClientScope(tuple(patterns))
+
+
+def load_tokens(path: str) -> dict[bytes, ClientScope]:
+    """
+    A front-door tokens file (see module docstring): each token's SHA-256,
+    and the clients it may use.  C{#} comments and blank lines are
+    skipped; a malformed line raises ValueError naming it.
+    """
+    tokens: dict[bytes, ClientScope] = {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
-            digest = line.split()[-1].removeprefix("sha256:").lower()
+            scope = EVERY_CLIENT
+            if fields[-1].startswith(_SCOPE_PREFIX):
+                try:
+                    scope = _parse_scope(fields.pop()[len(_SCOPE_PREFIX):])
+                except ValueError as e:
+                    raise ValueError(f"{path} line {number}: {e}") from None
+            digest = fields[-1].removeprefix("sha256:").lower() if fields else ""
             if not _HEX64.fullmatch(digest):
-                raise ValueError(f"{path} line {number}: not '[label] sha256:<64 hex digits>'")
-            digests.add(bytes.fromhex(digest))
-    if not digests:
+                raise ValueError(f"{path} line {number}: not {_TOKEN_LINE}")
+            key = bytes.fromhex(digest)
+            tokens[key] = tokens[key] | scope if key in tokens else scope
+    if not tokens:
         raise ValueError(f"{path}: no token hashes in it")
-    return frozenset(digests)
+    return tokens
 
 
-class TokenFile:
+def load_token_hashes(path: str) -> frozenset[bytes]:
+    """The token hashes of a front-door tokens file (L{load_tokens} without the scopes)."""
+    return frozenset(load_tokens(path))
+
+
+class TokenFile(Mapping[bytes, ClientScope]):
     """
-    The token hashes of a tokens file (L{load_token_hashes}), which
-    L{reload} reads again (on SIGHUP): whoever holds it (the front door,
-    the proxies) checks against the current ones.  A file that fails to
-    load leaves the previous hashes in place.
+    A front-door tokens file (L{load_tokens}): each token's SHA-256 and the
+    clients it may use, which L{reload} reads again (on SIGHUP); whoever
+    holds it (the front door, the proxies) checks against the current
+    ones.  A file that fails to load leaves the previous tokens in place.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._hashes = load_token_hashes(path)
+        self._tokens = load_tokens(path)
 
     def reload(self) -> int:
-        """Read the file again; the number of hashes (raises OSError/ValueError, keeping the old ones)."""
-        self._hashes = load_token_hashes(self.path)
-        return len(self._hashes)
+        """Read the file again; the number of tokens (raises OSError/ValueError, keeping the old ones)."""
+        self._tokens = load_tokens(self.path)
+        return len(self._tokens)
+
+    def __getitem__(self, digest: bytes) -> ClientScope:
+        return self._tokens[digest]
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._hashes)
+        return iter(self._tokens)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._tokens)
 
 
 def token_matches(token: bytes, digests: Iterable[bytes]) -> bool:
     """C{token}'s SHA-256 is one of C{digests}, compared in constant time against each."""
+    return token_scope(token, digests) is not None
+
+
+def token_scope(token: bytes, tokens: Iterable[bytes] | Mapping[bytes, ClientScope]) -> ClientScope | None:
+    """
+    The clients C{token} may use if its SHA-256 is one of C{tokens}
+    (compared in constant time against each), else None.  C{tokens} is a
+    mapping of digests to scopes (a L{TokenFile}), or plain digests, each
+    a token for every client.
+    """
     presented = hashlib.sha256(token).digest()
-    found = False
-    for digest in digests:
-        found |= hmac.compare_digest(presented, digest)
-    return found
+    found = None
+    for digest in tokens:
+        if hmac.compare_digest(presented, digest):
+            found = digest
+    if found is None:
+        return None
+    return tokens[found] if isinstance(tokens, Mapping) else EVERY_CLIENT
 
 
 def secret_from(path: str | None, env: str | None) -> str | None:

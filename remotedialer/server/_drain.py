@@ -14,12 +14,17 @@ runs on SIGTERM and whose Deferred the reactor waits for before it stops):
      client sessions, so that their dials stop coming here;
   3. wait for the streams in flight (ours, and those peers forward through
      us) to end, at most C{timeout} seconds;
-  4. close the client sessions: their clients reconnect, to another server
-     of the group (a client given several URLs moves to the next; one
-     behind a load-balanced URL gets a live replica).
+  4. close the client sessions with a WebSocket close, code 1001 "going
+     away" and the reason "server is shutting down" (which the clients
+     log, Go's too); a client that has not answered the close within
+     C{CLOSE_HANDSHAKE_TIMEOUT} seconds is aborted.  The clients
+     reconnect, to another server of the group (a client given several
+     URLs moves to the next; one behind a load-balanced URL gets a live
+     replica).
 
-The Deferred fires once the sessions have gone (or a second after they were
-told to); the caller then stops listening and exits.
+The Deferred fires once the sessions have gone (or a second after a
+silent client's close was aborted); the caller then stops listening and
+exits.
 """
 
 from __future__ import annotations
@@ -28,14 +33,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from remotedialer.protocol._text import duration
+from remotedialer.tunnel._websocket import CLOSE_HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -66,8 +70,11 @@ __all__ = ["DRAIN_TIMEOUT", "DrainGate", "DrainOnStop", "Drainable", "drain"]
 DRAIN_TIMEOUT = 30.0
 #: How often the drain looks whether the streams have ended.
 CHECK_INTERVAL = 0.1
-#: After the sessions are told to close, how long to wait for them to be gone.
-CLOSE_WAIT = 1.0
+#: Why the sessions are closed: the clients' log lines say it.
+SHUTTING_DOWN = "server is shutting down"
+#: After the sessions are told to close, how long to wait for them to be
+#: gone (a client that does not answer the close is aborted before that).
+CLOSE_WAIT = CLOSE_HANDSHAKE_TIMEOUT + 1.0
 
 log = Logger()
 
@@ -89,7 +96,7 @@ class DrainGate(Resource):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Connection", b"close")
         request.setHeader(b"Retry-After", b"1")
-        return b"server is shutting down"
+        return SHUTTING_DOWN.encode("ascii")
 
 
 def _sessions(server: Drainable) -> list[Session]:
@@ -153,7 +160,7 @@ def _tell_peers(server: Drainable) -> None:
 def _close_clients(server: Drainable) -> None:
     for session in server.sessions.local_sessions():
         if not session.closed:
-            session.drop(Failure(ConnectionLost("server shutting down")))
+            session.close(SHUTTING_DOWN)
 
 
 def _wait_closed(server: Drainable, done: defer.Deferred[None]) -> None:

@@ -22,6 +22,7 @@ FAILURE_REASONS = (
     "too-many-handshakes",  # too many connections still handshaking: closed at once
     "unauthenticated",  # missing or wrong credentials (407, SOCKS5 auth failure)
     "caller-refused",  # a caller from outside loopback, with no tokens configured
+    "client-not-allowed",  # the token is not for the client named (its clients= scope)
     "no-client",  # the target names no client (no user name, no host suffix)
     "own-listener",  # the target is one of this server's own listeners
     "client-not-connected",  # no session, local or through a peer, reaches the client

@@ -5,7 +5,10 @@ leads, dial it, and relay bytes between the new stream and the target.
 This is what the client does for a server's dials (and a server for a
 peer's forwarded dials, or for a client's own dials where allowed).  A
 refused or failed dial ends only that stream, with the reason as its Error
-text (Go drops the whole session when its authorizer says no).
+text (Go drops the whole session when its authorizer says no), and is
+logged through the session's L{Throttle}: a far side sending Connect after
+Connect that are refused (or fail) makes a few lines and a summary per
+window, not a line each.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from remotedialer.protocol._exceptions import TooManyDials
 from remotedialer.protocol._text import printable
 from remotedialer.tunnel._deferred import maybe_deferred
 from remotedialer.tunnel._interfaces import IDialPolicy
-from remotedialer.tunnel._logtext import failure_text
+from remotedialer.tunnel._logtext import Throttle, failure_text
 from remotedialer.tunnel._relay import Relay
 from remotedialer.tunnel._stream import TunnelStream
 
@@ -40,7 +43,9 @@ class Acceptor:
     Serves inbound Connects of one session under C{policy} (an
     L{IDialPolicy}), with at most C{max_pending} dials in progress at once.
     Given C{clock} and C{on_dialed}, each dial's outcome is reported as
-    C{on_dialed(seconds, failure or None)} (for metrics).
+    C{on_dialed(seconds, failure or None)} (for metrics).  Refused and
+    failed dials are logged through C{throttle} (default: one of its own),
+    naming C{source} (the session, as text: no reference to it).
     """
 
     log = Logger()
@@ -51,11 +56,21 @@ class Acceptor:
         max_pending: int = 1024,
         clock: IReactorTime | None = None,
         on_dialed: Callable[[float, Failure | None], object] | None = None,
+        throttle: Throttle | None = None,
+        source: str = "",
     ) -> None:
         self._policy = policy
         self._max_pending = max_pending
         self._clock = clock
         self._on_dialed = on_dialed if clock is not None else None
+        if throttle is None:
+            if clock is None:
+                from twisted.internet import reactor
+
+                clock = reactor
+            throttle = Throttle(clock, Acceptor.log, "refused or failed dials")
+        self._failures = throttle
+        self._source = source
         #: Dials whose target is not connected yet.
         self.pending = 0
 
@@ -95,7 +110,7 @@ class Acceptor:
         if failure.check(defer.CancelledError) or stream.closed:
             return
         reason = failure_text(failure)
-        self.log.info("stream {stream_id}: dial {target} failed: {reason}",
-                      stream_id=stream.conn_id, target=printable(f"{proto}/{address}"),
-                      reason=printable(reason))
+        self._failures.info("{session}: stream {stream_id}: dial {target} failed: {reason}",
+                            session=self._source, stream_id=stream.conn_id,
+                            target=printable(f"{proto}/{address}"), reason=printable(reason))
         stream.close_with_error(reason)

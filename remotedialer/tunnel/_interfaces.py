@@ -155,6 +155,13 @@ class ITunnelConnection(Interface):
     def drop() -> None:
         """Abort the connection at once."""
 
+    def close(code: int, reason: str) -> None:
+        """
+        Close the connection telling the far side why (a WebSocket close
+        frame with C{code} and C{reason}); aborted if the far side does not
+        answer within a few seconds.
+        """
+
     def probe(timeout: float) -> Deferred[bool]:
         """Fires True once the far side shows it is alive, False after C{timeout} seconds."""
 

@@ -8,14 +8,12 @@ reach the operator's terminal, and a 15 KB id would flood the log.
 from __future__ import annotations
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from remotedialer.protocol._text import printable
 
 __all__ = ["Throttle", "address", "failure_text"]
-
-
 
 
 def address(addr: object) -> str:
@@ -41,7 +39,8 @@ class Throttle:
     """
     At most C{burst} log lines per C{window} seconds for one source (a
     session), and then one summary line saying how many were left out: a
-    flood of bad input makes a bounded amount of log.
+    flood of bad input makes a bounded amount of log.  L{warn} and L{info}
+    share the burst; the summary has the level of the last line left out.
     """
 
     def __init__(
@@ -57,10 +56,18 @@ class Throttle:
         self._window_end = 0.0
         self._logged = 0
         self.suppressed = 0
+        self._summary_level = LogLevel.warn
         self._summary: IDelayedCall | None = None
 
     def warn(self, format: str, session: object = "", **fields: object) -> None:
-        """Log C{format} (with C{session} and C{fields}), unless over the burst."""
+        """Log C{format} (with C{session} and C{fields}) as a warning, unless over the burst."""
+        self._emit(LogLevel.warn, format, session, fields)
+
+    def info(self, format: str, session: object = "", **fields: object) -> None:
+        """Log C{format} (with C{session} and C{fields}) as information, unless over the burst."""
+        self._emit(LogLevel.info, format, session, fields)
+
+    def _emit(self, level: LogLevel, format: str, session: object, fields: dict[str, object]) -> None:
         self._source = str(session)
         now = self._clock.seconds()
         if now >= self._window_end:
@@ -68,9 +75,10 @@ class Throttle:
             self._logged = 0
         if self._logged < self._burst:
             self._logged += 1
-            self._log.warn(format, session=session, **fields)
+            self._log.emit(level, format, session=session, **fields)
             return
         self.suppressed += 1
+        self._summary_level = level
         if self._summary is None:
             self._summary = self._clock.callLater(self._window_end - now, self.flush)
 
@@ -81,7 +89,6 @@ class Throttle:
         self._summary = None
         if self.suppressed:
             count, self.suppressed = self.suppressed, 0
-            self._log.warn("{source}: {count} more {what} in the last {window:g} s, not logged one by one",
+            self._log.emit(self._summary_level,
+                           "{source}: {count} more {what} in the last {window:g} s, not logged one by one",
                            source=self._source, count=count, what=self._what, window=self._window)
-
-

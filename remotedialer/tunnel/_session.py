@@ -60,7 +60,10 @@ from remotedialer.tunnel._interfaces import (
 from remotedialer.tunnel._logtext import Throttle, address, failure_text
 from remotedialer.tunnel._stream import TunnelStream
 
-__all__ = ["Session", "SessionFactory"]
+__all__ = ["GOING_AWAY", "Session", "SessionFactory"]
+
+#: The WebSocket close code of an endpoint going away (RFC 6455 7.4.1): a server shutting down.
+GOING_AWAY = 1001
 
 
 @implementer(IPushProducer, ISession, IStreamCarrier)
@@ -136,22 +139,28 @@ class Session:
         self._send = send
         self._drop = drop
         self._observer = observer
+        # The class's logger: an instance's would refer back to the session.
+        self._violations = Throttle(clock, Session.log, "protocol errors")
+        self._dial_failures = Throttle(clock, Session.log, "refused or failed dials")
         self._acceptor = Acceptor(dialer if dialer is not None else RefuseAll(),
                                   self.mux.session_limits.max_pending_dials,
-                                  clock, self._dialed if observer is not None else None)
+                                  clock, self._dialed if observer is not None else None,
+                                  throttle=self._dial_failures, source=self._label())
         self._listener = listener
         self._trace = trace
         self._transport_paused = False
         self._blocked: dict[int, TunnelStream] = {}
         self._address: TunnelAddress | None = None
-        # The class's logger: an instance's would refer back to the session.
-        self._violations = Throttle(clock, Session.log, "protocol errors")
         if observer is not None:
             observer.session_started(self)
 
     def __repr__(self) -> str:
+        return f"{self._label()[:-1]} streams={len(self.mux.streams)}>"
+
+    def _label(self) -> str:
+        """C{<Session client foo/123>}: the session in log lines that must not refer to it."""
         kind = "peer" if self.is_peer else "client"
-        return f"<Session {kind} {self.client_key}/{self.session_key} streams={len(self.mux.streams)}>"
+        return f"<Session {kind} {self.client_key}/{self.session_key}>"
 
     # What the multiplexer knows.
 
@@ -437,6 +446,19 @@ class Session:
         """End the session from our side: every stream ends now, the WebSocket is dropped."""
         self.lose(reason if reason is not None else Failure(ConnectionLost("tunnel session dropped")))
 
+    def close(self, reason: str, code: int = GOING_AWAY) -> None:
+        """
+        End the session from our side, telling the far side why: every
+        stream ends now, and the WebSocket is closed with a close frame
+        (C{code}, C{reason}), which the far side answers (or it is aborted
+        a few seconds later).  Without a WebSocket, the same as L{drop}.
+        """
+        self.connection_lost(Failure(ConnectionLost(reason)))
+        if self._connection is not None:
+            self._connection.close(code, reason)
+        elif self._drop is not None:
+            self._drop()
+
     def lose(self, reason: Failure) -> None:
         """
         End the session from our side (malformed input): every stream ends
@@ -456,6 +478,7 @@ class Session:
         handles = self.mux.lose()
         self._blocked.clear()
         self._violations.flush()
+        self._dial_failures.flush()
         for handle in handles:
             if handle.context is not None:
                 handle.context.session_lost(reason)

@@ -23,6 +23,12 @@ Keepalive, as Go's remotedialer does it (docs/protocol.md section 1):
   - On our side any frame received counts as liveness, and a link silent
     for 60 s is dead (C{TimeoutMixin}); both numbers are options.
 
+Closing: a session ended on purpose (the server draining) is closed with
+a WebSocket close frame, code 1001 "going away" and a reason ("server is
+shutting down"), so that the far side (ours or Go's) can say why; a far
+side that has not answered the close within C{CLOSE_HANDSHAKE_TIMEOUT}
+seconds is aborted.  Fatal input and dead links are aborted at once.
+
 Limits (L{SessionLimits}): a message (or frame) over C{max_message_size}
 closes the WebSocket with 1009 (Autobahn's payload limits); a message
 started and not finished within C{message_deadline} drops it; and while the
@@ -84,6 +90,8 @@ IDLE_TIMEOUT = 60.0
 #: The dialing side pings this often (Go's PingWriteInterval).
 PING_INTERVAL = 5.0
 HANDSHAKE_TIMEOUT = 30
+#: How long a far side has to answer our close frame before the connection is aborted.
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 
 def nvx_active() -> bool:
@@ -243,6 +251,19 @@ class _TunnelProtocol(_WebSocket):
 
     def drop(self) -> None:
         self.dropConnection(abort=True)
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Send a close frame with C{code} and C{reason} (cut to the 123 bytes
+        a close frame has room for); Autobahn aborts the connection if the
+        far side has not answered it within C{CLOSE_HANDSHAKE_TIMEOUT}
+        seconds.  (Not C{sendClose}: it refuses 1001, "going away", which
+        RFC 6455 section 7.4.1 gives to a server going down.)
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        text = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        self.sendCloseFrame(code=code, reasonUtf8=text, isReply=False)
 
     def peer_address(self) -> IAddress | None:
         """The far end's address (None once the transport is gone)."""
@@ -461,7 +482,7 @@ def _set_options(factory: TunnelServerFactory | TunnelClientFactory, limits: Ses
         # An upgrade that gets no answer is a silent link too: give up on it
         # as soon as on an open one (a client then redials).
         openHandshakeTimeout=min(HANDSHAKE_TIMEOUT, factory.idle_timeout),
-        closeHandshakeTimeout=5,
+        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
         # A protocol violation (a message over the size limit) is told to
         # the far side with its close code (1009) before the drop.
         failByDrop=False,

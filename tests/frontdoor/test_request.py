@@ -1,7 +1,8 @@
 """
 Reading a front-door request (remotedialer.frontdoor._request) from a real
-twisted.web request in memory: what is passed on for an upgrade, and when
-an upgrade is one (HTTP/1.1, Connection naming upgrade).
+twisted.web request in memory: the front door's own ?timeout= (a number of
+seconds; kubectl's ?timeout=32s is the target's), what is passed on for an
+upgrade, and when an upgrade is one (HTTP/1.1, Connection naming upgrade).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from remotedialer.frontdoor._request import DROPPED, Fetch, parse, upgrade_of
+from remotedialer.frontdoor._request import DEFAULT_TIMEOUT, DROPPED, Fetch, parse, upgrade_of
 from remotedialer.server._site import ServerSite
 
 
@@ -73,3 +74,28 @@ class UpgradeTests(SynchronousTestCase):
         ]
         for head, expected in cases:
             self.assertEqual(read(head)[1], expected, head)
+
+
+class TimeoutTests(SynchronousTestCase):
+    def fetch(self, query: bytes) -> Fetch | tuple[int, str]:
+        return read(b"GET /client/foo/http/t:80/version?%s HTTP/1.1\r\nHost: x\r\n\r\n" % query)[0]
+
+    def test_seconds_are_ours(self) -> None:
+        for value, seconds in ((b"15", 15.0), (b"2.5", 2.5), (b"3600", 3600.0)):
+            fetch = self.fetch(b"timeout=" + value + b"&limit=500")
+            assert isinstance(fetch, Fetch)
+            self.assertEqual((fetch.timeout, fetch.path), (seconds, b"/version?limit=500"), value)
+
+    def test_other_forms_are_the_targets(self) -> None:
+        """kubectl's ?timeout=32s (a Go duration) goes to the API server untouched; ours is the default."""
+        for value in (b"32s", b"1m0s", b"soon", b"nan", b"inf"):
+            fetch = self.fetch(b"timeout=" + value + b"&limit=500")
+            assert isinstance(fetch, Fetch)
+            expected = b"/version?timeout=" + value + b"&limit=500"
+            self.assertEqual((fetch.timeout, fetch.path), (DEFAULT_TIMEOUT, expected))
+
+    def test_seconds_out_of_range_are_400(self) -> None:
+        for value in (b"0", b"-1", b"1e9"):
+            status, text = self.fetch(b"timeout=" + value)
+            self.assertEqual(status, 400, value)
+            self.assertIn("timeout must be a number of seconds", text)

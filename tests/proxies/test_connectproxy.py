@@ -22,6 +22,7 @@ from tests.forwarding import (
     connect_caller,
     forwarder,
     received,
+    scoped_access,
     token_access,
     tunnel_with_targets,
 )
@@ -163,6 +164,27 @@ class ConnectProxyTests(SynchronousTestCase):
         self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 "))
         self.assertEqual(self.forwarder.stats.failures, {"unauthenticated": 2})
         self.assertEqual(self.log.matching("s3cret"), [], "no token in a log line")
+
+    def test_token_scoped_to_other_clients(self):
+        """
+        A token whose tokens-file line names other clients (clients=bar,bar-*)
+        gets 403 for foo, by user name or .tunnel host, in one line naming
+        neither the token nor its clients; the same token passes for foo's
+        own token holder.
+        """
+        self.factory.access = scoped_access({b"bar-token": ("bar", "bar-*"), b"foo-token": ("foo",)})
+        for head in (connect_head(TARGET, b"Proxy-Authorization: " + basic("foo", b"bar-token")),
+                     connect_head("10.0.0.5.foo.tunnel:6443", b"Proxy-Authorization: Bearer bar-token"),
+                     connect_head("10.0.0.5.foo.tunnel:6443",
+                                  b"Proxy-Authorization: " + basic("", b"bar-token"))):
+            _, caller = self.caller(head)
+            self.assertAnswer(caller, b"403 Forbidden", b"the token presented is not for this client")
+            self.assertNotIn(b"bar", received(caller))
+        own = b"Proxy-Authorization: " + basic("foo", b"foo-token")
+        _, caller = self.caller(connect_head("10.0.0.6:22", own))
+        self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(self.forwarder.stats.failures, {"client-not-allowed": 3})
+        self.assertEqual(self.log.matching("bar-token"), [], "no token in a log line")
 
     def test_callers_beyond_loopback(self):
         """No tokens configured: only loopback callers, as the front door; --frontdoor-open: anyone."""

@@ -24,7 +24,15 @@ from remotedialer.proxies._socks import (
     State,
 )
 from remotedialer.proxies._socksproxy import SocksProxyFactory, reply_for
-from tests.forwarding import LogLines, connect_caller, forwarder, received, token_access, tunnel_with_targets
+from tests.forwarding import (
+    LogLines,
+    connect_caller,
+    forwarder,
+    received,
+    scoped_access,
+    token_access,
+    tunnel_with_targets,
+)
 
 SUCCESS = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
@@ -240,6 +248,22 @@ class SocksProxyTests(SynchronousTestCase):
         self.assertEqual(received(caller), b"\x05\x02\x01\x00" + SUCCESS + b"220 hello\r\n")
         self.assertEqual(self.forwarder.stats.failures, {"bad-request": 1, "unauthenticated": 1})
         self.assertEqual(self.log.matching("t0ken"), [])
+
+    def test_token_scoped_to_other_clients(self):
+        """
+        A token for bar authenticates (it is a token), but its request for a
+        target behind foo, by user name or .tunnel host, is not allowed (0x02).
+        """
+        self.factory.access = scoped_access({b"bar-token": ("bar",), b"foo-token": ("foo",)})
+        for request in (client_bytes("10.0.0.6", 22, (b"foo", b"bar-token")),
+                        client_bytes("10.0.0.5.foo.tunnel", 6443, (b"", b"bar-token"))):
+            caller = self.caller(request)
+            self.assertEqual(received(caller), b"\x05\x02\x01\x00" + b"\x05\x02\x00\x01" + bytes(6))
+            self.assertIsNotNone(caller.reason)
+        caller = self.caller(client_bytes("10.0.0.6", 22, (b"foo", b"foo-token")))
+        self.assertEqual(received(caller), b"\x05\x02\x01\x00" + SUCCESS + b"220 hello\r\n")
+        self.assertEqual(self.forwarder.stats.failures, {"client-not-allowed": 2})
+        self.assertEqual(self.log.matching("bar-token"), [])
 
     def test_caller_beyond_loopback(self):
         caller = self.caller(client_bytes("10.0.0.6", 22, (b"foo", b"")), host="192.0.2.1")

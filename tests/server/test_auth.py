@@ -12,7 +12,18 @@ import os
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
-from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, hash_token, read_secret
+from remotedialer.server._auth import (
+    EVERY_CLIENT,
+    CertificateAuthorizer,
+    ClientScope,
+    TokenAuthorizer,
+    TokenFile,
+    hash_token,
+    load_token_hashes,
+    read_secret,
+    token_matches,
+    token_scope,
+)
 from remotedialer.server._server import PROBE_TIMEOUT
 from remotedialer.tunnel._identity import Credentials
 from tests.netsim import Network
@@ -222,3 +233,90 @@ class CertificateAuthorizerTests(SynchronousTestCase):
         self.assertTrue(credentials.fingerprint.startswith("cert:"))
         self.assertIsNone(CertificateAuthorizer().authorize(Request(TLS(None))))
         self.assertIsNone(CertificateAuthorizer().authorize(Request(object())))
+
+
+class FrontDoorTokensFileTests(SynchronousTestCase):
+    """
+    The front-door tokens file: C{[label] sha256:<hex> [clients=<id or glob>,...]};
+    a line without clients= is a token for every client (as every line was
+    before scopes).
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_unscoped_lines_keep_their_meaning(self) -> None:
+        path = self.write(f"# callers\n\nsha256:{hash_token('a')}\nalice {hash_token('b')}\n"
+                          f"two words sha256:{hash_token('c').upper()}\n")
+        tokens = TokenFile(path)
+        self.assertEqual(len(tokens), 3)
+        self.assertEqual(set(tokens.values()), {EVERY_CLIENT})
+        self.assertEqual(load_token_hashes(path), frozenset(tokens))
+        for token in (b"a", b"b", b"c"):
+            self.assertIs(token_scope(token, tokens), EVERY_CLIENT)
+            self.assertTrue(token_matches(token, tokens))
+        self.assertIsNone(token_scope(b"d", tokens))
+
+    def test_scoped_lines(self) -> None:
+        path = self.write(f"ops sha256:{hash_token('ops')} clients=foo,bar-*\n"
+                          f"sha256:{hash_token('one')} clients=foo\n"
+                          f"sha256:{hash_token('all')} clients=*\n")
+        tokens = TokenFile(path)
+        ops = token_scope(b"ops", tokens)
+        self.assertEqual(ops, ClientScope(("foo", "bar-*")))
+        for key, allowed in (("foo", True), ("bar-", True), ("bar-eu.1", True), ("bar", False),
+                             ("foo2", False), ("xfoo", False), ("", False)):
+            self.assertEqual(ops.allows(key), allowed, key)
+        self.assertTrue(token_scope(b"one", tokens).allows("foo"))
+        self.assertFalse(token_scope(b"one", tokens).allows("bar-1"))
+        self.assertTrue(token_scope(b"all", tokens).allows("anything at all"))
+        # Plain digests (the library's frozenset) are tokens for every client.
+        self.assertIs(token_scope(b"ops", frozenset(tokens)), EVERY_CLIENT)
+
+    def test_globs_are_only_stars(self) -> None:
+        scope = ClientScope(("a.b", "c?d", "[x]*"))
+        self.assertTrue(scope.allows("a.b"))
+        self.assertFalse(scope.allows("aXb"))
+        self.assertTrue(scope.allows("c?d"))
+        self.assertFalse(scope.allows("cXd"))
+        self.assertTrue(scope.allows("[x]-1"))
+        self.assertFalse(scope.allows("x-1"))
+
+    def test_a_token_on_several_lines_may_use_what_all_name(self) -> None:
+        digest = hash_token("t")
+        tokens = TokenFile(self.write(f"sha256:{digest} clients=foo\nsha256:{digest} clients=bar\n"))
+        self.assertEqual(token_scope(b"t", tokens), ClientScope(("foo", "bar")))
+        tokens = TokenFile(self.write(f"sha256:{digest} clients=foo\nsha256:{digest}\n"))
+        self.assertIs(token_scope(b"t", tokens), EVERY_CLIENT)
+
+    def test_bad_lines_name_the_line(self) -> None:
+        digest = hash_token("t")
+        for text, fragment in (
+            (f"sha256:{digest}\nclients=foo\n", "line 2: not '[label] sha256:<64 hex digits> [clients="),
+            (f"sha256:{digest} clients=\n", "line 1: clients= has an empty name"),
+            (f"sha256:{digest} clients=foo,,bar\n", "line 1: clients= has an empty name"),
+            (f"sha256:{digest} clients=a/b\n", "line 1: clients=: a client name must not contain '/'"),
+            (f"sha256:{digest} clients=foo bar\n", "line 1: not '[label]"),
+            ("# nothing\n", "no token hashes"),
+        ):
+            with self.assertRaises(ValueError) as caught:
+                TokenFile(self.write(text))
+            self.assertIn(fragment, str(caught.exception), text)
+            self.assertNotIn(digest, str(caught.exception).split("line")[-1])
+
+    def test_reload_reads_the_scopes_again(self) -> None:
+        path = self.write(f"sha256:{hash_token('t')} clients=foo\n")
+        tokens = TokenFile(path)
+        self.assertFalse(token_scope(b"t", tokens).allows("bar"))
+        with open(path, "w") as f:
+            f.write(f"sha256:{hash_token('t')} clients=bar\n")
+        self.assertEqual(tokens.reload(), 1)
+        self.assertTrue(token_scope(b"t", tokens).allows("bar"))
+        self.assertFalse(token_scope(b"t", tokens).allows("foo"))
+        with open(path, "w") as f:
+            f.write("broken\n")
+        self.assertRaises(ValueError, tokens.reload)
+        self.assertTrue(token_scope(b"t", tokens).allows("bar"))  # the previous ones stay

@@ -78,7 +78,58 @@ class DrainTests(SynchronousTestCase):
         self.assertTrue(b.server.has_session("foo"))
         self.assertFalse(a.server.has_session("foo"))
         down = [e for e in lines(self.events, "down after") if e.get("kind") == "client"]
-        self.assertEqual([e["reason"] for e in down], ["server shutting down"])
+        self.assertEqual([e["reason"] for e in down], ["server is shutting down"])
+        # The client says why, from the close frame (not "closed uncleanly").
+        [client_down] = lines(self.events, "tunnel to {url} down after")
+        self.assertEqual(client_down["reason"], "tunnel closed: server is shutting down")
+
+    def test_sessions_closed_with_going_away(self):
+        """
+        At the end of the drain each client session gets a WebSocket close,
+        1001 "going away" with the reason; the client answers it, so the
+        close is clean on both ends and nothing is aborted.
+        """
+        net = self.net
+        a, _b, client = self._two_servers_and_client()
+        [server_session] = a.server.sessions.local_sessions()
+        server_end, client_end = server_session._connection, client.session._connection
+        done = a.server.drain(10.0)
+        net.run(0.5)
+        self.successResultOf(done)
+        self.assertEqual((server_end.localCloseCode, server_end.localCloseReason),
+                         (1001, b"server is shutting down"))
+        self.assertEqual((client_end.remoteCloseCode, client_end.remoteCloseReason),
+                         (1001, "server is shutting down"))
+        self.assertTrue(server_end.wasClean)
+        self.assertTrue(client_end.wasClean)
+        self.assertFalse(server_end.wasCloseHandshakeTimeout)
+        self.assertEqual(a.server.clients(), [])
+
+    def test_silent_client_aborted_after_the_close_grace(self):
+        """
+        A client that does not answer the close (it reads nothing) keeps its
+        connection through the grace, and is aborted once it has passed; the
+        drain waits for that.
+        """
+        from remotedialer.tunnel._websocket import CLOSE_HANDSHAKE_TIMEOUT
+
+        net = self.net
+        a, _b, client = self._two_servers_and_client()
+        [server_session] = a.server.sessions.local_sessions()
+        server_end = server_session._connection
+        client.session._connection.transport.pauseProducing()  # reads nothing from now on
+        done = a.server.drain(10.0)
+        net.run(CLOSE_HANDSHAKE_TIMEOUT - 0.3)
+        self.assertEqual(server_end.localCloseCode, 1001)
+        self.assertTrue(server_session.closed)  # its streams are over...
+        self.assertEqual(a.server.sessions.local_sessions(), [server_session])  # ...its WebSocket waits
+        self.assertFalse(server_end.droppedByMe)
+        self.assertNoResult(done)
+        net.run(1.0)
+        self.assertTrue(server_end.droppedByMe)
+        self.assertTrue(server_end.wasCloseHandshakeTimeout)
+        self.assertEqual(a.server.sessions.local_sessions(), [])
+        self.successResultOf(done)
 
     def test_new_tunnels_refused_while_draining(self):
         net = self.net

@@ -62,6 +62,9 @@ class AdminOptionsTests(TestCase):
         """What the listener warns about: an admin endpoint another host could reach."""
         cases = [("tcp:9125:interface=127.0.0.1", True), (r"tcp6:9125:interface=\:\:1", True),
                  ("ssl:9125:privateKey=k.pem:interface=localhost", True), ("unix:/run/admin.sock", True),
+                 # How a dual-stack listener names 127.0.0.1 (ipaddress: not loopback before 3.13).
+                 (r"tcp6:9125:interface=\:\:ffff\:127.0.0.1", True),
+                 (r"tcp6:9125:interface=\:\:ffff\:10.0.0.1", False),
                  ("tcp:9125", False), ("tcp:9125:interface=0.0.0.0", False),
                  ("tcp:9125:interface=10.0.0.1", False)]
         for description, expected in cases:

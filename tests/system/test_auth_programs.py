@@ -103,6 +103,40 @@ class ServerAuthOptionsTests(TestCase):
         reloader.reload()  # logged; the tokens before it stay
         self.assertFalse(front_door_refuses("new"))
 
+    def test_sighup_reloads_token_scopes(self):
+        """
+        A tokens file's clients= scopes are read again on SIGHUP, for the
+        front door and the proxies alike: a token moved from foo to bar
+        is refused for foo at once.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from remotedialer.server._access import ProxyAccess, Route
+
+        tokens = self.write(f"ops sha256:{hash_token('t')} clients=foo,foo-*\n")
+        options = parse(server_tap.Options, ["--insecure-any-client", "--frontdoor-tokens-file", tokens])
+        top = server_tap.makeService(options)
+        [reloader] = [s for s in top if isinstance(s, server_tap._ReloadOnHangup)]
+        access = options["frontdoor_access"]
+        proxies = ProxyAccess(access)
+        caller = IPv4Address("TCP", "10.0.0.9", 40000)
+
+        def front_door(client: bytes) -> int | None:
+            request = DummyRequest([client, b"http", b"10.0.0.5"])
+            request.requestHeaders.setRawHeaders(b"Authorization", [b"Bearer t"])
+            refusal = access.refusal(request)
+            return refusal[0] if refusal is not None else None
+
+        self.assertEqual((front_door(b"foo"), front_door(b"foo-1"), front_door(b"bar")), (None, None, 403))
+        self.assertIsInstance(proxies.admit(caller, b"t", "foo", "10.0.0.5", 22), Route)
+        with open(tokens, "w") as f:
+            f.write(f"ops sha256:{hash_token('t')} clients=bar\n")
+        reloader.reload()
+        self.assertEqual((front_door(b"foo"), front_door(b"bar")), (403, None))
+        self.assertEqual(proxies.admit(caller, b"t", "foo", "10.0.0.5", 22).reason, "client-not-allowed")
+        self.assertIsInstance(proxies.admit(caller, b"t", None, "10.0.0.5.bar.tunnel", 22), Route)
+
     def test_mutual_tls_options(self):
         directory = self.mktemp()
         os.makedirs(directory)

@@ -33,6 +33,8 @@ from remotedialer import Server, TunnelClient, allow_all, allow_patterns
 from remotedialer._tap._common import load_ca_file
 from remotedialer.frontdoor._resource import FrontDoor
 from remotedialer.frontdoor._tls import InsecureTLSPolicy
+from remotedialer.server._access import FrontDoorAccess
+from remotedialer.server._auth import ClientScope, hash_token
 from remotedialer.tunnel._stream import HARD_CAP, PAUSE_THRESHOLD
 from tests.support import eventually, listen_tcp, wait
 
@@ -373,7 +375,7 @@ class RawHTTP(Protocol):
 class FrontDoorTests(TestCase):
     timeout = 180
 
-    async def _setup(self, tls_policy=None, tls_target: bool = False):
+    async def _setup(self, tls_policy=None, tls_target: bool = False, access=None):
         """
         Server, front door (with C{tls_policy}), target and client "foo".
         With C{tls_target} the target serves HTTPS with a leaf certificate of
@@ -383,7 +385,7 @@ class FrontDoorTests(TestCase):
         self.server = Server(reactor=reactor)
         self.root = root = Resource()
         root.putChild(b"connect", self.server.resource)
-        self.front_door = FrontDoor(self.server, tls_policy=tls_policy)
+        self.front_door = FrontDoor(self.server, tls_policy=tls_policy, access=access)
         root.putChild(b"client", self.front_door)
         self.front_factory = WrappingFactory(Site(root))
         self.front = await listen_tcp(self.front_factory, self)
@@ -858,6 +860,45 @@ class FrontDoorTests(TestCase):
                                       headers={"Authorization": "Bearer caller", "Cookie": "s=1",
                                                "X-Other": "kept"})
             self.assertEqual(await response.content(), b"x-other")
+
+        return run(go())
+
+    def test_scoped_tokens_and_what_reaches_the_target(self):
+        """
+        Front-door tokens scoped to clients (a tokens file's clients=), with
+        --forward-credentials.  A token in Proxy-Authorization leaves the
+        caller's Authorization its own (passed on); a token in Authorization
+        (kubectl's kubeconfig user token) is consumed: the target sees no
+        Authorization.  Another client's token is 403, a wrong token in
+        Authorization 401 with WWW-Authenticate.
+        """
+
+        async def go():
+            tokens = {bytes.fromhex(hash_token("foo-token")): ClientScope(("foo",)),
+                      bytes.fromhex(hash_token("bar-token")): ClientScope(("bar", "bar-*"))}
+            await self._setup(access=FrontDoorAccess(token_hashes=tokens, forward_credentials=True))
+
+            async def get(headers, client_key="foo"):
+                response = await treq.get(self.url("credentials", client_key), pool=self.pool,
+                                          headers={"Cookie": "s=1", "X-Other": "kept", **headers})
+                return response, await response.content()
+
+            response, body = await get({"Proxy-Authorization": "Bearer foo-token",
+                                        "Authorization": "Bearer for-the-api-server"})
+            self.assertEqual((response.code, body), (200, b"authorization,cookie,x-other"))
+            response, body = await get({"Authorization": "Bearer foo-token"})
+            self.assertEqual((response.code, body), (200, b"cookie,x-other"))
+            for header in ("Authorization", "Proxy-Authorization"):
+                response, body = await get({header: "Bearer bar-token"})
+                self.assert_reason(response, body, 403,
+                                   b"front door: the token presented is not for this client")
+                self.assertNotIn(b"bar", body)
+            response, body = await get({"Authorization": "Bearer wrong"})
+            self.assert_reason(response, body, 401, b"a valid front-door token is required")
+            self.assertEqual(response.headers.getRawHeaders(b"WWW-Authenticate"), [b"Bearer"])
+            response, body = await get({})
+            self.assert_reason(response, body, 407, b"a valid front-door token is required")
+            self.assertEqual(response.headers.getRawHeaders(b"Proxy-Authenticate"), [b"Bearer"])
 
         return run(go())
 

@@ -270,14 +270,16 @@ class ProgramTests(ProgramTestCase):
             up = [r for r in records if r.get("kind") == "client" and "up from" in r["text"]]
             down = [r for r in records if r.get("kind") == "client" and "down after" in r["text"]]
             self.assertEqual([(r["client_key"], r["level"]) for r in up], [("foo", "info")])
-            self.assertEqual([r["reason"] for r in down], ["server shutting down"])
+            self.assertEqual([r["reason"] for r in down], ["server is shutting down"])
             self.assertGreater(down[0]["lived"], 0.0)
             self.assertEqual(up[0]["session_id"], down[0]["session_id"])
             for record in records:
                 self.assertEqual({"time", "level", "namespace", "text"} - record.keys(), set(), record)
             client_records = [r for r in _json_lines(client) if "tunnel to" in r["text"]]
             self.assertTrue(any(f":{b_port}/connect up" in r["text"] for r in client_records), client_records)
-            self.assertTrue(any("down after" in r["text"] and r.get("reason") for r in client_records))
+            # The client heard why (the drain's close frame, 1001 going away), not "closed uncleanly".
+            [a_down] = [r for r in client_records if f":{a_port}/connect down after" in r["text"]]
+            self.assertEqual(a_down["reason"], "tunnel closed: server is shutting down", client_records)
             for program in (a, b, client):
                 self.assertNotIn(b"Traceback", program.out + program.err)
             await client.terminate()

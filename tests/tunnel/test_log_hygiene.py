@@ -77,6 +77,44 @@ class FloodTests(SynchronousTestCase):
         self.assertFalse(any("\x1b" in line or "\x07" in line for line in lines))
         self.assertFalse(session.closed)
 
+    def test_refused_connects_bounded_log(self) -> None:
+        """
+        2,500 Connects that the session's dial policy refuses (the server's
+        RefuseAll, for a client that sends Connects) each end their stream
+        with an Error, but make a few lines and a summary: under 64 KiB of
+        log (one 418-byte line each made 1 MB before).
+        """
+        capture = LogCapture(self)
+        clock = Clock()
+        sent = Direction()
+        session = Session(sent.send, client_key="foo", clock=clock)
+        target = "10.0.0.5.very-long-name." + "x" * 200 + ":6443"
+        for i in range(2_500):
+            session.message_received(_codec.encode(_codec.connect(i + 1, 2 * i + 1, "tcp", target)))
+            if i % 500 == 499:
+                clock.advance(1)
+        clock.advance(10)
+        lines = capture.lines
+        self.assertLess(sum(len(line) for line in lines), 64 * 1024)
+        summaries = [line for line in lines if "more refused or failed dials in the last 10 s" in line]
+        self.assertEqual(len(summaries), 1, lines)
+        self.assertIn("<Session client foo/", summaries[0])
+        self.assertTrue(any("dial tcp/10.0.0.5.very-long-name." in line and "failed: connect to" in line
+                            for line in lines), lines)
+        self.assertFalse(session.closed)
+        self.assertEqual(session.stream_count, 0)  # every one answered with an Error
+
+    def test_dial_failures_summarised_when_the_session_ends(self) -> None:
+        """What a throttled session left out is summed up as it ends, not lost."""
+        capture = LogCapture(self)
+        clock = Clock()
+        session = Session(Direction().send, client_key="foo", clock=clock)
+        for i in range(20):
+            session.message_received(_codec.encode(_codec.connect(i + 1, 2 * i + 1, "tcp", "10.0.0.5:22")))
+        session.drop()
+        self.assertTrue(any("15 more refused or failed dials" in line for line in capture.lines),
+                        capture.lines)
+
     def test_throttle_windows(self) -> None:
         """Burst lines per window, then one summary; a new window logs again."""
         capture = LogCapture(self)

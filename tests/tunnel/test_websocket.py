@@ -234,6 +234,38 @@ class WebSocketLinkTests(SynchronousTestCase):
         self.assertTrue(server_session.closed)
         self.assertTrue(self.server_io.disconnecting)
 
+    def test_close_going_away(self):
+        """
+        close() sends a close frame, 1001 "going away" and the reason; the
+        client answers it and says why its tunnel ended; nothing is aborted.
+        """
+        [client_session] = self.client_owner.opened
+        self.server.close(1001, "server is shutting down")
+        reason = b"server is shutting down"
+        self.assertEqual(b"".join(self.server_io.stream),
+                         b"\x88" + bytes([2 + len(reason)]) + b"\x03\xe9" + reason)  # FIN+close, unmasked
+        self.pump.flush()
+        self.clock.advance(0)
+        self.assertEqual((self.client.remoteCloseCode, self.client.remoteCloseReason),
+                         (1001, "server is shutting down"))
+        self.assertTrue(self.server.wasClean)
+        self.assertFalse(self.server.wasCloseHandshakeTimeout)
+        self.assertEqual(client_session.end_reason, "tunnel closed: server is shutting down")
+        self.assertEqual(self.client_owner.closed, [client_session])
+
+    def test_close_unanswered_aborted_after_the_grace(self):
+        """A far side that never answers the close is aborted after the grace, not before."""
+        from remotedialer.tunnel._websocket import CLOSE_HANDSHAKE_TIMEOUT
+
+        aborted = []
+        self.server_io.abortConnection = lambda: aborted.append(self.clock.seconds())
+        self.server.close(1001, "server is shutting down")
+        self.clock.advance(CLOSE_HANDSHAKE_TIMEOUT - 0.5)  # nothing delivered: no answer
+        self.assertEqual(aborted, [])
+        self.clock.advance(1.0)
+        self.assertEqual(len(aborted), 1)
+        self.assertTrue(self.server.wasCloseHandshakeTimeout)
+
     def test_binary_message_reaches_session(self):
         """Binary messages reach the session: Data for an unknown stream is answered."""
         from remotedialer.protocol._codec import decode, encode_data
