@@ -27,7 +27,7 @@ class _Parsed(Resource):
         self.upgrades: list[bytes | None] = []
 
     def render(self, request: Request) -> bytes:
-        request.postpath = request.postpath[1:]  # (as under /client/)
+        request.prepath, request.postpath = request.postpath[:1], request.postpath[1:]  # (as under /client/)
         self.parsed.append(parse(request, DROPPED, close=False, upgradable=self.upgradable))
         self.upgrades.append(upgrade_of(request))
         return b""

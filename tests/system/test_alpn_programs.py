@@ -276,7 +276,8 @@ class TLSListenersTests(ProgramTestCase):
             await self.check_alpn(front, {H2_AND_HTTP_1_1: "h2", HTTP_1_1: "http/1.1"})
 
             await self.check_alpn(listen, {H2_AND_HTTP_1_1: "http/1.1", HTTP_1_1: "http/1.1"})
-            await self.check_curl(f"https://127.0.0.1:{listen}/connect", HTTP_1_1_VERSIONS, 401, None)
+            # (a plain GET on the tunnel path: 400, it is not a WebSocket upgrade)
+            await self.check_curl(f"https://127.0.0.1:{listen}/connect", HTTP_1_1_VERSIONS, 400, None)
             await self.check_upgrade(listen, H2_AND_HTTP_1_1, b"browser-like")
             await self.check_upgrade(listen, HTTP_1_1, b"gorilla")
             await self.stop(client, server)
