@@ -59,7 +59,7 @@ class ReadmeBlocksTests(TestCase):
         """The README has its Python blocks (a changed fence would make the test below read none)."""
         self.assertGreaterEqual(len([b for b in python_blocks() if b[0] == "README.md"]), 3)
 
-    async def _run(self, source: str) -> tuple[int, bytes]:
+    async def execute(self, source: str) -> tuple[int, bytes]:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         script = os.path.join(directory, "block.py")
@@ -77,7 +77,7 @@ class ReadmeBlocksTests(TestCase):
     def test_every_block_runs(self):
         async def go() -> None:
             for path, line, source in python_blocks():
-                code, output = await self._run(source)
+                code, output = await self.execute(source)
                 where = f"{path}:{line}"
                 self.assertEqual(code, 0, f"{where}:\n{output.decode(errors='replace')}")
                 self.assertNotIn(b"Traceback", output, where)
