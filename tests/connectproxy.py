@@ -113,7 +113,8 @@ class _ClientSide(Protocol):
             wanted = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             if headers.get("proxy-authorization") != wanted:
                 self.proxy.refused += 1
-                self.answer(b"407 Proxy Authentication Required", b'Proxy-Authenticate: Basic realm="test"\r\n')
+                self.answer(b"407 Proxy Authentication Required",
+                            b'Proxy-Authenticate: Basic realm="test"\r\n')
                 return
         host, _, port = target.rpartition(":")
         host = host.strip("[]")

@@ -476,7 +476,7 @@ class Network:
     def serve_tunnel(self, address: str = "127.0.0.1:0", *, tls=None, **server_kwargs) -> TunnelSite:
         """A L{Server} (given C{server_kwargs}) behind a Site listening at C{address}."""
         host, port = _split(address)
-        server_kwargs.setdefault("peer_proxy", "")  # (the network is simulated: no proxy from the environment)
+        server_kwargs.setdefault("peer_proxy", "")  # (a simulated network: no proxy from the environment)
         server = Server(reactor=self.reactor, **server_kwargs)
         return TunnelSite(self, server, host, port, tls)
 

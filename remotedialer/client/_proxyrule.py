@@ -63,10 +63,18 @@ NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
 _DEFAULT_PORTS = {"ws": "80", "wss": "443"}
 
 
-def _ip(text: str) -> IPAddress | None:
-    """C{text} as an IP address as Go's net.ParseIP reads it (IPv4-mapped as IPv4; no zone)."""
+def _ip(text: str, zone: bool = False) -> IPAddress | None:
+    """
+    C{text} as an IP address, IPv4-mapped ones as IPv4: as Go's
+    C{net.ParseIP} reads a C{NO_PROXY} entry (no zone), or with C{zone} as
+    its C{netip.ParseAddr} reads a URL's host (a zone allowed, and left out).
+    """
     if "%" in text:
-        return None
+        if not zone:
+            return None
+        text, _, scope = text.partition("%")
+        if not scope:
+            return None
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -153,14 +161,10 @@ class NoProxy:
         """C{host} (lower case, no brackets) at C{port} goes direct."""
         if self.everything:
             return True
-        ip = _ip(host)
+        ip = _ip(host, zone=True)
         if ip is not None:
-            if any(ip in network for network in self.networks):
-                return True
-            if any(ip == address and (not want or want == port) for address, want in self.addresses):
-                return True
-        # Go tries the domain entries on addresses too ("0.0.1" is no address:
-        # it is the suffix ".0.0.1").
+            return any(ip in network for network in self.networks) or any(
+                ip == address and (not want or want == port) for address, want in self.addresses)
         for suffix, want, bare in self.domains:
             if host.endswith(suffix) or (bare and host == suffix[1:]):
                 if not want or want == port:
@@ -284,13 +288,13 @@ class ProxyRule:
         proxy = self.https if parts.scheme == "wss" else self.http if parts.scheme == "ws" else None
         if proxy is None:
             return None
-        host = _ascii((parts.hostname or "").strip())
+        host = _ascii(unquote(parts.hostname or "").strip())
         try:
             port = str(parts.port) if parts.port is not None else _DEFAULT_PORTS[parts.scheme]
         except ValueError:
             return proxy  # (endpoint_for_url refuses the URL)
         if self.loopback_direct:
-            ip = _ip(host)
+            ip = _ip(host, zone=True)
             if host == "localhost" or (ip is not None and ip.is_loopback):
                 return None
         if self.no_proxy.matches(host, port):
