@@ -38,9 +38,10 @@ class RecordingProxy(Factory):
         self.requests: list[str] = []
         #: The Proxy-Authorization header of each (None: none sent).
         self.authorizations: list[str | None] = []
-        #: Connections relayed, and answered 407.
+        #: Connections relayed, and answered 407; connections open now (both sides).
         self.relayed = 0
         self.refused = 0
+        self.open = 0
 
     def buildProtocol(self, addr) -> Protocol:
         return _ClientSide(self)
@@ -53,12 +54,14 @@ class _Upstream(Protocol):
         self.client_side = client_side
 
     def connectionMade(self) -> None:
+        self.client_side.proxy.open += 1
         self.client_side.upstream_made(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.client_side.transport.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self.client_side.proxy.open -= 1
         self.client_side.transport.unregisterProducer()
         self.client_side.transport.loseConnection()
 
@@ -72,6 +75,10 @@ class _ClientSide(Protocol):
         self.rest = b""
         self.upstream: _Upstream | None = None
         self.relaying = False
+        self.gone = False
+
+    def connectionMade(self) -> None:
+        self.proxy.open += 1
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
@@ -125,6 +132,9 @@ class _ClientSide(Protocol):
 
     def upstream_made(self, upstream: _Upstream) -> None:
         self.upstream = upstream
+        if self.gone:  # (the client left while we connected)
+            upstream.transport.loseConnection()
+            return
         self.relaying = True
         self.proxy.relayed += 1
         self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -135,6 +145,8 @@ class _ClientSide(Protocol):
             self.rest = b""
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self.proxy.open -= 1
+        self.gone = True
         if self.upstream is not None:
             self.upstream.transport.unregisterProducer()
             self.upstream.transport.loseConnection()
