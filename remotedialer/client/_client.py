@@ -97,7 +97,7 @@ def reconnect_policy(
     max_delay: float = RETRY_MAX, first: float = 1.0, random: Callable[[], float] = _random.random,
 ) -> Callable[[int], float]:
     """
-    Exponential backoff with jitter for ClientService: retry C{n} waits
+    Exponential backoff with jitter for the link's redials: retry C{n} waits
     between half and all of C{min(first * 2**(n-1), max_delay)} -- the first
     within C{first} seconds, none past C{max_delay}, and thousands of agents
     that lost one server spread over the whole window instead of coming
