@@ -46,6 +46,7 @@ _PUBLIC = {
     "UpgradeLimits": "protocol",
     # tunnel
     "ClientNotConnected": "tunnel",
+    "ProxyError": "tunnel",
     "Credentials": "tunnel",
     "IDialPolicy": "tunnel",
     "IPeerObserver": "tunnel",
@@ -69,6 +70,8 @@ _PUBLIC = {
     # client
     "DialACL": "client",
     "LocalDialer": "client",
+    "ProxyConnectEndpoint": "client",
+    "ProxyRule": "client",
     "TunnelClient": "client",
     "allow_all": "client",
     "allow_patterns": "client",
@@ -132,6 +135,12 @@ if TYPE_CHECKING:
     )
     from remotedialer.client import (
         LocalDialer as LocalDialer,
+    )
+    from remotedialer.client import (
+        ProxyConnectEndpoint as ProxyConnectEndpoint,
+    )
+    from remotedialer.client import (
+        ProxyRule as ProxyRule,
     )
     from remotedialer.client import (
         TunnelClient as TunnelClient,
@@ -282,6 +291,9 @@ if TYPE_CHECKING:
     )
     from remotedialer.tunnel import (
         ITunnelAuthorizer as ITunnelAuthorizer,
+    )
+    from remotedialer.tunnel import (
+        ProxyError as ProxyError,
     )
     from remotedialer.tunnel import (
         ServerDraining as ServerDraining,

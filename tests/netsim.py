@@ -476,6 +476,7 @@ class Network:
     def serve_tunnel(self, address: str = "127.0.0.1:0", *, tls=None, **server_kwargs) -> TunnelSite:
         """A L{Server} (given C{server_kwargs}) behind a Site listening at C{address}."""
         host, port = _split(address)
+        server_kwargs.setdefault("peer_proxy", "")  # (a simulated network: no proxy from the environment)
         server = Server(reactor=self.reactor, **server_kwargs)
         return TunnelSite(self, server, host, port, tls)
 
@@ -492,6 +493,7 @@ class Network:
         C{X-Tunnel-ID: key} (none if C{key} is None) and C{headers}.
         """
         headers = {**({"X-Tunnel-ID": key} if key else {}), **(headers or {})}
+        kwargs.setdefault("proxy", "")  # (the network is simulated: no proxy from the environment)
         client = TunnelClient(url, headers=headers, reactor=self.reactor, client_key=key or "",
                               connect_authorizer=connect_authorizer, **kwargs)
         return self.start(client)

@@ -28,6 +28,7 @@ from remotedialer._tap._logging import LogFormatOption
 from remotedialer.client._acl import parse_rule
 from remotedialer.client._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
 from remotedialer.client._dialer import ConnectAuthorizer, allow_all, allow_patterns, deny_all
+from remotedialer.client._proxyrule import proxy_rule
 from remotedialer.protocol._text import printable
 from remotedialer.server._auth import secret_from
 from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, check_keepalive
@@ -42,7 +43,7 @@ log = Logger()
 class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
     synopsis = (
         "[--connect URL] [--id ID] [--header 'Name: value' ...] [--allow RULE ... | --allow-any] "
-        "[--ca-file PEM] [--header-file FILE] [--log-format json] [--debug]"
+        "[--ca-file PEM] [--header-file FILE] [--proxy URL] [--log-format json] [--debug]"
     )
     optParameters = [
         ["connect", "c", DEFAULT_CONNECT,
@@ -57,6 +58,10 @@ class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
         ["ping-interval", None, PING_INTERVAL, "Seconds between keepalive pings (Go: 5).", float],
         ["idle-timeout", None, IDLE_TIMEOUT,
          "Seconds of silence after which the tunnel is dead and redialed (Go: 60).", float],
+        ["proxy", None, None,
+         "HTTP proxy to reach the server through, http://[user:password@]host:port, instead of "
+         "$HTTPS_PROXY (wss://) / $HTTP_PROXY (ws://); hosts in $NO_PROXY still go direct; '' dials "
+         "direct whatever the environment says.  Default: the environment, as Go reads it."],
         ["header-file", None, None,
          "File of extra upgrade headers, one 'Name: value' a line (keeps secret headers out of ps)."],
         ["reconnect-max", None, RETRY_MAX,
@@ -137,6 +142,11 @@ class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
                 self["client_certificate"] = PrivateCertificate.loadPEM(pem)
             except Exception as e:
                 raise usage.UsageError(f"--cert/--key: {printable(str(e)) or type(e).__name__}") from None
+        try:
+            self["proxy_rule"] = proxy_rule(self["proxy"], source="--proxy")
+        except ValueError as e:
+            hint = " (--proxy overrides the environment)" if self["proxy"] is None else ""
+            raise usage.UsageError(f"{e}{hint}") from None
         self["urls"] = [u.strip() for u in self["connect"].split(",") if u.strip()]
         if not self["urls"]:
             raise usage.UsageError("--connect needs a URL")
@@ -172,5 +182,6 @@ def makeService(options: Options) -> IService:
         session_limits=options["session_limits"],
         flow_limits=options["flow_limits"],
         retry_policy=reconnect_policy(options["reconnect-max"]),
+        proxy=options["proxy_rule"],
     )
     return serve_client_admin(client, options)

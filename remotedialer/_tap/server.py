@@ -47,6 +47,7 @@ from remotedialer._tap._common import (
 from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
 from remotedialer._tap._listen import Listening, check_listen, port_of
 from remotedialer._tap._logging import LogFormatOption
+from remotedialer.client._proxyrule import ProxyRule, proxy_rule
 from remotedialer.frontdoor._resource import FrontDoor, refuse_unknown_client
 from remotedialer.frontdoor._tls import InsecureTLSPolicy
 from remotedialer.ops._admin import AdminEndpoint
@@ -119,6 +120,9 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         ["peers", None, "", "Peers as id:token:url,... (url: the peer's tunnel URL; prefer --peers-file)."],
         ["peers-file", None, None, "File of peers, one id:token:url a line (keeps their tokens out of ps)."],
         ["peer-ca-file", None, None, "PEM CA certificates to verify wss:// peer URLs with."],
+        ["peer-proxy", None, None,
+         "HTTP proxy for the links to peers, http://[user:password@]host:port (hosts in $NO_PROXY go "
+         "direct); '' for none.  Default: $HTTPS_PROXY/$HTTP_PROXY/$NO_PROXY, as Go reads them."],
         ["target-ca-file", None, None,
          "PEM CA certificates to verify the front door's https targets with (default: system trust store)."],
         ["ping-interval", None, PING_INTERVAL,
@@ -174,6 +178,13 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         if self["peer_list"] and not (self["id"] and self["token"]):
             raise usage.UsageError(
                 "--peers needs --id and a peer token (--token-file, or $REMOTEDIALER_PEER_TOKEN)")
+        self["peer_proxy_rule"] = ProxyRule()
+        if self["peer_list"] or self["peers-dns"]:
+            try:
+                self["peer_proxy_rule"] = proxy_rule(self["peer-proxy"], source="--peer-proxy")
+            except ValueError as e:
+                hint = " (--peer-proxy overrides the environment)" if self["peer-proxy"] is None else ""
+                raise usage.UsageError(f"{e}{hint}") from None
         self["peer_trust_root"] = None
         if self["peer-ca-file"]:
             self["peer_trust_root"] = load_ca_file("peer-ca-file", self["peer-ca-file"])
@@ -368,7 +379,7 @@ def makeService(options: Options) -> ServerProgram:
 
     server = Server(authorizer, trace=data_debug(options["debug"]), auth_limiter=FailureLimiter(reactor),
                     peer_id=options["id"], peer_token=options["token"],
-                    peer_trust_root=options["peer_trust_root"],
+                    peer_trust_root=options["peer_trust_root"], peer_proxy=options["peer_proxy_rule"],
                     ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"],
                     session_limits=options["session_limits"], flow_limits=options["flow_limits"])
     for peer_id, token, url in options["peer_list"]:

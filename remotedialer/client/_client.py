@@ -1,8 +1,11 @@
 """
 The client: keeps one tunnel open to a server and dials what the server asks.
 
-A twisted.application service built on ClientService, so reconnection with
-backoff after any loss (refused handshakes included) is Twisted's, not ours.
+A twisted.application service; the link (L{WebSocketLink}) redials with
+backoff after any loss, refused upgrades included, and logs each failed
+attempt with its reason.  Behind an HTTP proxy the tunnel is dialed
+through a CONNECT (L{ProxyConnectEndpoint}), chosen per server URL by a
+L{ProxyRule}: by default Go's C{HTTPS_PROXY}/C{HTTP_PROXY}/C{NO_PROXY}.
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ from zope.interface import implementer
 
 from remotedialer.client._dialer import ConnectAuthorizer, LocalDialer
 from remotedialer.client._link import WebSocketLink
+from remotedialer.client._proxyconnect import ProxyConnectEndpoint
+from remotedialer.client._proxyrule import ProxyRule, ProxyURL, proxy_rule
 from remotedialer.protocol._flow import FlowLimits
 from remotedialer.protocol._limits import SessionLimits
+from remotedialer.protocol._text import printable, public_url
 from remotedialer.tunnel._deferred import maybe_deferred
 from remotedialer.tunnel._endpoint import TunnelEndpoint
+from remotedialer.tunnel._logtext import failure_text
 from remotedialer.tunnel._session import Session, SessionFactory
 from remotedialer.tunnel._stream import TunnelStream
-from remotedialer.tunnel._tunnellog import link_down, link_up
+from remotedialer.tunnel._tunnellog import link_down, link_retry, link_up
 from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, _TunnelProtocol, client_factory
 
 if TYPE_CHECKING:
@@ -48,6 +55,7 @@ def endpoint_for_url(
     tls_options: IOpenSSLClientConnectionCreator | None = None,
     trust_root: IOpenSSLTrustRoot | Certificate | None = None,
     client_certificate: PrivateCertificate | None = None,
+    proxy: ProxyURL | None = None,
 ) -> IStreamClientEndpoint:
     """
     The endpoint for a C{ws://} or C{wss://} URL.  wss always verifies the
@@ -55,6 +63,9 @@ def endpoint_for_url(
     Certificate loaded from a CA file) or the platform trust store, unless
     C{tls_options} replaces the whole TLS configuration; it presents
     C{client_certificate} to a server that asks for one (mutual TLS).
+    Through C{proxy} (see L{ProxyRule.proxy_for}), the connection is an
+    HTTP CONNECT to the URL's host and port, and TLS runs inside it, end
+    to end, exactly as without the proxy.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -64,7 +75,12 @@ def endpoint_for_url(
         port = parts.port or (443 if secure else 80)
     except ValueError as e:
         raise ValueError(f"{url!r}: {e}") from None
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
+    endpoint: IStreamClientEndpoint
+    if proxy is None:
+        endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=30)
+    else:
+        to_proxy = HostnameEndpoint(reactor, proxy.host, proxy.port, timeout=30)
+        endpoint = ProxyConnectEndpoint(reactor, to_proxy, proxy, parts.hostname, port)
     if secure:
         if tls_options is None:
             tls_options = optionsForClientTLS(parts.hostname, trustRoot=trust_root,
@@ -81,7 +97,7 @@ def reconnect_policy(
     max_delay: float = RETRY_MAX, first: float = 1.0, random: Callable[[], float] = _random.random,
 ) -> Callable[[int], float]:
     """
-    Exponential backoff with jitter for ClientService: retry C{n} waits
+    Exponential backoff with jitter for the link's redials: retry C{n} waits
     between half and all of C{min(first * 2**(n-1), max_delay)} -- the first
     within C{first} seconds, none past C{max_delay}, and thousands of agents
     that lost one server spread over the whole window instead of coming
@@ -113,12 +129,9 @@ class _ServerRotation:
     """
     Connects to one of several server URLs: the same one while it works,
     the next after a failed attempt or a lost tunnel (failover to another
-    server of an HA group).  Autobahn's factory is told which URL it speaks to.
+    server of an HA group), each directly or through its proxy.  Autobahn's
+    factory is told which URL it speaks to.
     """
-
-    def __repr__(self) -> str:
-        # ClientService names its endpoint in "Scheduling retry ..." lines.
-        return self.url
 
     def __init__(
         self,
@@ -129,22 +142,30 @@ class _ServerRotation:
         websocket_factory: WebSocketClientFactory,
         headers: dict[str, str],
         client_certificate: PrivateCertificate | None = None,
+        proxies: ProxyRule | None = None,
     ) -> None:
-        self._targets = [(url, endpoint_for_url(reactor, url, tls_options, trust_root, client_certificate))
-                         for url in urls]
+        proxies = proxies if proxies is not None else ProxyRule()
+        #: Each URL, the proxy it is dialed through (None: direct), its endpoint.
+        self.targets = [
+            (url, proxy, endpoint_for_url(reactor, url, tls_options, trust_root, client_certificate, proxy))
+            for url, proxy in ((url, proxies.proxy_for(url)) for url in urls)
+        ]
         self._index = 0
         self._factory = websocket_factory
         self._headers = headers
+        #: The URL of the latest attempt.
+        self.attempted = urls[0]
 
     @property
     def url(self) -> str:
-        return self._targets[self._index][0]
+        return self.targets[self._index][0]
 
     def rotate(self) -> None:
-        self._index = (self._index + 1) % len(self._targets)
+        self._index = (self._index + 1) % len(self.targets)
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
-        url, endpoint = self._targets[self._index]
+        url, _, endpoint = self.targets[self._index]
+        self.attempted = url
         self._factory.setSessionParameters(url=url, headers=self._headers)
         d = endpoint.connect(protocolFactory)
 
@@ -166,6 +187,11 @@ class TunnelClient(WebSocketLink):
         trust); C{tls_options} replaces the TLS configuration outright.
     @param client_certificate: our certificate and key, for a server that
         authenticates clients by mutual TLS.
+    @param proxy: the HTTP proxy to dial through: None (the default) reads
+        C{HTTPS_PROXY}/C{HTTP_PROXY}/C{NO_PROXY} as Go does; C{""} dials
+        direct; a proxy URL is used for every server URL but the hosts
+        C{NO_PROXY} names; or a L{ProxyRule}.  ValueError for a proxy URL
+        that cannot be used (e.g. C{https://}).
     @param on_connect: called with the L{Session} each time the tunnel
         opens; may return a Deferred; a failure drops the tunnel (and it is
         retried, with backoff).
@@ -193,6 +219,7 @@ class TunnelClient(WebSocketLink):
         session_limits: SessionLimits | None = None,
         flow_limits: FlowLimits | None = None,
         client_certificate: PrivateCertificate | None = None,
+        proxy: str | ProxyRule | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -205,7 +232,7 @@ class TunnelClient(WebSocketLink):
         factory = client_factory(self, urls[0], headers, reactor, ping_interval, idle_timeout,
                                  session_limits)
         self._rotation = _ServerRotation(reactor, urls, tls_options, trust_root, factory, headers,
-                                         client_certificate)
+                                         client_certificate, proxy_rule(proxy))
         super().__init__(
             reactor,
             self._rotation,
@@ -238,6 +265,13 @@ class TunnelClient(WebSocketLink):
     def ready(self) -> bool:
         """The tunnel is open and the on-connect hook has finished: the server can dial us."""
         return self.session is not None and self._ready
+
+    def startService(self) -> None:
+        for url, proxy, _ in self._rotation.targets:
+            if proxy is not None:
+                self.log.info("tunnel to {url}: through proxy {proxy} ({source})", url=public_url(url),
+                              proxy=str(proxy), source=proxy.source)
+        super().startService()
 
     def stopService(self) -> defer.Deferred[None]:
         waiters, self._waiters = self._waiters, []
@@ -288,7 +322,7 @@ class TunnelClient(WebSocketLink):
             # Not ready: the attempt counts as failed, so the retry backs
             # off (the drop moves on to the next server).
             self.log.failure("on-connect hook failed; dropping the tunnel", failure)
-            self._failed_opens += 1
+            self.attempt_failed(f"on-connect hook failed: {printable(failure_text(failure))}")
             protocol.drop()
 
         d = maybe_deferred(self._on_connect, session)
@@ -298,7 +332,7 @@ class TunnelClient(WebSocketLink):
         if self.session is not session:
             return
         self._ready = True
-        self._failed_opens = 0
+        self.tunnel_usable()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(session)
@@ -308,6 +342,13 @@ class TunnelClient(WebSocketLink):
         if self.running:
             self._rotation.rotate()
 
-    def link_failed(self) -> None:
-        super().link_failed()
-        self._rotation.rotate()
+    def link_failed(self, reason: str) -> None:
+        self._rotation.rotate()  # (before the retry is logged: it says where it goes next)
+        super().link_failed(reason)
+
+    @property
+    def attempted_url(self) -> str:
+        return self._rotation.attempted
+
+    def retrying(self, url: str, reason: str, wait: float) -> None:
+        link_retry(self.log, url, reason, wait, client_key=self._client_key, next_url=self.url)

@@ -1,27 +1,37 @@
 """
-An outgoing WebSocket link kept up by ClientService: what the client and
-a server's peer links share.
+An outgoing WebSocket kept up (L{Redialer}): what the client and a
+server's peer links share.
 
-The upgrade is watched here rather than in ClientService's
-prepareConnection: a connection lost while "preparing" trips ClientService's
-state machine (NoTransition).  Refused upgrades still back off, because the
-retry policy is given the count of links that failed to open.
+Each connection ends one of three ways, and the link tells them apart:
+the attempt failed before a connection was made (name resolution,
+refused, the proxy's answer: the endpoint's failure); a connection was
+made but gave no usable tunnel (the upgrade refused, TLS failed, the
+client's on-connect hook failed: L{link_failed} or L{attempt_failed} say
+why); or a usable tunnel ended (L{link_closed}, logged by the subclass
+with its reason and how long it lived).  Failed attempts back off (the
+retry policy is given their count since the last usable tunnel) and each
+is logged once, in one line, with its reason and the wait before the
+next; after a usable tunnel ends, the first retry comes at the policy's
+first wait.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from remotedialer.client._redial import Redialer
 from remotedialer.tunnel._interfaces import ISession, ISessionOwner, ITunnelConnection
+from remotedialer.tunnel._logtext import dial_failure_text
 from remotedialer.tunnel._session import Session
 from remotedialer.tunnel._websocket import TunnelClientFactory, _TunnelProtocol
 
@@ -33,30 +43,12 @@ SYNC_INTERVAL = 60
 
 
 @implementer(IStreamClientEndpoint)
-class NamedEndpoint:
-    """An endpoint that says which URL it reaches (ClientService logs its endpoint)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, name: str) -> None:
-        self._endpoint = endpoint
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
-        return self._endpoint.connect(protocolFactory)
-
-
-@implementer(IStreamClientEndpoint)
 class _CountedEndpoint:
-    """Counts the link's connection attempts (metrics); says where it connects, as the endpoint does."""
+    """Counts the link's connection attempts (metrics)."""
 
     def __init__(self, link: WebSocketLink, endpoint: IStreamClientEndpoint) -> None:
         self._link = link
         self._endpoint = endpoint
-
-    def __repr__(self) -> str:
-        return repr(self._endpoint)
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         self._link.attempts += 1
@@ -88,20 +80,20 @@ class WebSocketLink(Service):
         self._endpoint = endpoint
         self._factory = websocket_factory
         self._retry_policy = retry_policy
-        self._failed_opens = 0
-        self._service: ClientService | None = None
+        #: Failed attempts since the last usable tunnel (the retry policy's argument).
+        self._failures = 0
+        #: The connection up now gave a usable tunnel; or, why it gave none.
+        self._usable = False
+        self._why: str | None = None
+        self._redialer: Redialer | None = None
         self._protocol: _TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
-        self._service = ClientService(
-            _CountedEndpoint(self, self._endpoint),
-            self._factory,
-            retryPolicy=lambda attempt: self._retry_policy(max(attempt, self._failed_opens)),
-            clock=self.reactor,
-        )
-        self._service.startService()
+        self._redialer = Redialer(self.reactor, _CountedEndpoint(self, self._endpoint), self._factory,
+                                  self._next_wait)
+        self._redialer.start()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
@@ -110,10 +102,14 @@ class WebSocketLink(Service):
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()
-        service, self._service = self._service, None
-        return service.stopService() if service is not None else defer.succeed(None)
+        return self._redialer.stop() if self._redialer is not None else defer.succeed(None)
 
     # For subclasses.
+
+    @property
+    def attempted_url(self) -> str:
+        """The URL of the latest attempt (the one a failure is about)."""
+        raise NotImplementedError
 
     def make_session(self, protocol: _TunnelProtocol) -> Session:
         raise NotImplementedError
@@ -122,11 +118,44 @@ class WebSocketLink(Service):
         """The tunnel is open."""
 
     def link_closed(self, session: Session) -> None:
-        """The tunnel is gone (the service reconnects by itself)."""
+        """The tunnel is gone (the link redials by itself)."""
 
-    def link_failed(self) -> None:
-        """A connection ended without a usable tunnel (refused upgrade, failed hook)."""
-        self._failed_opens += 1
+    def tunnel_usable(self) -> None:
+        """The tunnel is open and ready: this attempt succeeded, and failures count from zero again."""
+        self._failures = 0
+        self._usable = True
+
+    def attempt_failed(self, reason: str) -> None:
+        """The connection up now will give no usable tunnel, for C{reason} (its end follows)."""
+        self._why = reason
+
+    def retrying(self, url: str, reason: str, wait: float) -> None:
+        """The attempt to C{url} failed for C{reason}; the next is in C{wait} s: log it, one line."""
+        raise NotImplementedError
+
+    # The redialer asks how long to wait after each connection.
+
+    def _next_wait(self, failure: Failure | None) -> float:
+        usable, self._usable = self._usable, False
+        why, self._why = self._why, None
+        if failure is None and usable:
+            return self._retry_policy(1)  # a usable tunnel ended (link_closed told of it)
+        self._failures += 1
+        wait = self._retry_policy(self._failures)
+        url = self.attempted_url
+        if failure is not None:
+            parts = urlsplit(url)
+            try:
+                port = parts.port or (443 if parts.scheme == "wss" else 80)
+            except ValueError:
+                port = None
+            why = dial_failure_text(failure, parts.hostname or "", port)
+        self.retrying(url, why or "connection closed", wait)
+        return wait
+
+    def _ended(self) -> None:
+        if self._redialer is not None:
+            self._redialer.ended()
 
     # ISessionOwner: called by the WebSocket protocol.
 
@@ -152,4 +181,13 @@ class WebSocketLink(Service):
             if self._sync is not None and self._sync.running:
                 self._sync.stop()
             self._sync = None
-            self.link_closed(cast("Session", session))
+            ours = cast("Session", session)
+            if not self._usable and self._why is None:
+                self._why = f"tunnel closed before it was ready: {ours.end_reason or 'closed'}"
+            self.link_closed(ours)
+            self._ended()
+
+    def link_failed(self, reason: str) -> None:
+        """The WebSocket ended before it opened, for C{reason}."""
+        self._why = reason
+        self._ended()

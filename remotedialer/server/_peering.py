@@ -10,6 +10,10 @@ another peer, so a dial cannot loop.
 
 The other direction -- recording what a peer announced and dialing through
 it -- is the incoming peer session's, which the registry routes to.
+
+A link goes through an HTTP proxy under the same rule as a client's
+tunnel (L{remotedialer.client._proxyrule}): the server's C{peer_proxy}, by
+default C{HTTPS_PROXY}/C{HTTP_PROXY}/C{NO_PROXY} as Go reads them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from twisted.internet.ssl import Certificate
 from zope.interface import implementer
 
 from remotedialer.client._client import endpoint_for_url
-from remotedialer.client._link import NamedEndpoint, WebSocketLink
+from remotedialer.client._link import WebSocketLink
+from remotedialer.client._proxyrule import ProxyRule
 from remotedialer.protocol._text import public_url
 from remotedialer.server._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer.tunnel._interfaces import ISession, ISessionObserver
 from remotedialer.tunnel._session import Session
-from remotedialer.tunnel._tunnellog import link_down, link_up
+from remotedialer.tunnel._tunnellog import link_down, link_retry, link_up
 from remotedialer.tunnel._websocket import _TunnelProtocol, client_factory
 
 if TYPE_CHECKING:
@@ -64,7 +69,7 @@ class PeeringServer(Protocol):
 class PeerLink(WebSocketLink):
     """
     The link to peer C{peer_id} at C{url}, kept up (with backoff) while the
-    service runs.
+    service runs; through the proxy C{proxies} gives for C{url}, if any.
     """
 
     def __init__(
@@ -74,13 +79,15 @@ class PeerLink(WebSocketLink):
         token: str,
         url: str,
         trust_root: IOpenSSLTrustRoot | Certificate | None = None,
+        proxies: ProxyRule | None = None,
     ) -> None:
         # Peering needs both (Server.add_peer checks).
         assert server.peer_id is not None and server.peer_token is not None
         headers = {PEER_ID_HEADER: server.peer_id, PEER_TOKEN_HEADER: server.peer_token}
+        self.proxy = (proxies or ProxyRule()).proxy_for(url)
         super().__init__(
             server.reactor,
-            NamedEndpoint(endpoint_for_url(server.reactor, url, trust_root=trust_root), url),
+            endpoint_for_url(server.reactor, url, trust_root=trust_root, proxy=self.proxy),
             client_factory(self, url, headers, server.reactor,
                            server.ping_interval, server.idle_timeout, server.session_limits),
             backoffPolicy(initialDelay=0.5, maxDelay=PEER_RETRY_MAX),
@@ -98,7 +105,11 @@ class PeerLink(WebSocketLink):
         return (self.token, self.url) == (token, url)
 
     def startService(self) -> None:
-        self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=public_url(self.url))
+        if self.proxy is None:
+            self.log.info("peer {peer}: linking to {url}", peer=self.peer_id, url=public_url(self.url))
+        else:
+            self.log.info("peer {peer}: linking to {url} through proxy {proxy} ({source})", peer=self.peer_id,
+                          url=public_url(self.url), proxy=str(self.proxy), source=self.proxy.source)
         super().startService()
 
     # The registry tells us of local sessions while the link is up.
@@ -123,7 +134,7 @@ class PeerLink(WebSocketLink):
 
     def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
         link_up(self.log, session, self.url, peer=self.peer_id)
-        self._failed_opens = 0
+        self.tunnel_usable()
         # A draining server has told its peers its clients are leaving: a
         # peer found meanwhile is not told otherwise.
         for local in self.server.sessions.local_sessions() if not self.server.draining else ():
@@ -133,3 +144,10 @@ class PeerLink(WebSocketLink):
     def link_closed(self, session: Session) -> None:
         link_down(self.log, session, self.url, peer=self.peer_id)
         self.server.sessions.unobserve(self)
+
+    @property
+    def attempted_url(self) -> str:
+        return self.url
+
+    def retrying(self, url: str, reason: str, wait: float) -> None:
+        link_retry(self.log, url, reason, wait, peer=self.peer_id)

@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from remotedialer.client._dialer import ConnectAuthorizer, LocalDialer, deny_all
+from remotedialer.client._proxyrule import ProxyRule, proxy_rule
 from remotedialer.protocol._flow import FlowLimits
 from remotedialer.protocol._limits import SessionLimits
 from remotedialer.protocol._text import printable
@@ -105,6 +106,10 @@ class Server(MultiService):
         Without both there is no peering.
     @param peer_trust_root: CA to verify peers' wss:// URLs with (default:
         platform trust; unlike Go, peers' certificates are verified).
+    @param peer_proxy: the HTTP proxy our links to peers go through, as
+        L{TunnelClient}'s C{proxy}: None (the default) reads
+        C{HTTPS_PROXY}/C{HTTP_PROXY}/C{NO_PROXY} as Go does; C{""} dials
+        direct; a URL, or a L{ProxyRule}.
     @param trace: log every message (CATTLE_TUNNEL_DATA_DEBUG).
     @param ping_interval: seconds between the keepalive pings of our
         outgoing peer links (Go: 5).
@@ -127,6 +132,7 @@ class Server(MultiService):
         peer_id: str | None = None,
         peer_token: str | None = None,
         peer_trust_root: IOpenSSLTrustRoot | Certificate | None = None,
+        peer_proxy: str | ProxyRule | None = None,
         trace: bool = False,
         ping_interval: float = PING_INTERVAL,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -151,6 +157,9 @@ class Server(MultiService):
         self._peer_tokens: dict[str, str] = {}
         self._peer_links: dict[str, PeerLink] = {}
         self._peer_trust_root = peer_trust_root
+        self._peer_proxy = peer_proxy
+        self._peer_proxies: ProxyRule | None = None  # (read at the first peer: a server without peers
+        #                                             does not fail on a proxy variable it never uses)
         self._client_dialer = LocalDialer(reactor, client_connect_authorizer)
         self._peer_dialer = _PeerForwardDialer(self)
         #: Builds this server's sessions, and its peer links' sessions.
@@ -267,7 +276,9 @@ class Server(MultiService):
             if link.same_as(token, url):
                 return
             self.remove_peer(peer_id)
-        link = PeerLink(self, peer_id, token, url, self._peer_trust_root)
+        if self._peer_proxies is None:
+            self._peer_proxies = proxy_rule(self._peer_proxy, source="peer proxy")
+        link = PeerLink(self, peer_id, token, url, self._peer_trust_root, self._peer_proxies)
         self._peer_tokens[peer_id] = token
         self._peer_links[peer_id] = link
         link.setServiceParent(self)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
@@ -377,7 +388,7 @@ class Server(MultiService):
         self.log.info("peer {peer} lost client {key}/{session_key}",
                       peer=session.client_key, key=printable(client_key), session_key=session_key)
 
-    def link_failed(self) -> None:
+    def link_failed(self, reason: str) -> None:
         """Only dialed WebSockets fail to open; the server's never do."""
 
     def session_closed(self, session: ISession) -> None:

@@ -18,13 +18,19 @@ Module map:
     _addresses    the Twisted address of a stream's target
     _producers    a pull producer driven as a push producer
     _deferred     maybeDeferred, typed
-    _logtext      Twisted addresses and failures for logs; a log throttle
+    _logtext      Twisted addresses and failures for logs (why a dial failed); a log throttle
     _tunnellog    the two log lines of a tunnel: up, and down with its reason
 """
 
 from remotedialer.tunnel._addresses import TunnelAddress
 from remotedialer.tunnel._endpoint import TunnelAgentEndpointFactory, TunnelEndpoint, tunnel_agent
-from remotedialer.tunnel._exceptions import ClientNotConnected, ServerDraining, StreamError, TunnelLinkError
+from remotedialer.tunnel._exceptions import (
+    ClientNotConnected,
+    ProxyError,
+    ServerDraining,
+    StreamError,
+    TunnelLinkError,
+)
 from remotedialer.tunnel._identity import Credentials, Identity
 from remotedialer.tunnel._interfaces import (
     IDialPolicy,
@@ -54,6 +60,7 @@ __all__ = [
     "ITunnelAuthorizer",
     "ITunnelConnection",
     "ClientNotConnected",
+    "ProxyError",
     "ServerDraining",
     "StreamError",
     "TunnelLinkError",

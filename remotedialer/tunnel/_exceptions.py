@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.internet.error import ConnectError, ConnectionLost
 
-__all__ = ["ClientNotConnected", "ServerDraining", "StreamError", "TunnelLinkError"]
+__all__ = ["ClientNotConnected", "ProxyError", "ServerDraining", "StreamError", "TunnelLinkError"]
 
 
 class StreamError(ConnectionLost):
@@ -26,6 +26,21 @@ class StreamError(ConnectionLost):
 
 class ClientNotConnected(ConnectError):
     """No session (local or through a peer) reaches that client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(string=message)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProxyError(ConnectError):
+    """
+    The HTTP proxy a tunnel is dialed through did not open the way to the
+    server: it could not be reached, refused the CONNECT (its status is in
+    the message), or did not answer.  The message is one printable line.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(string=message)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653

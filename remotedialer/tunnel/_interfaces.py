@@ -84,8 +84,11 @@ class ISessionOwner(Interface):
     def session_closed(session: ISession) -> None:
         """C{session}'s WebSocket is gone (its streams have ended)."""
 
-    def link_failed() -> None:
-        """A dialed WebSocket ended without a usable tunnel (refused upgrade)."""
+    def link_failed(reason: str) -> None:
+        """
+        A dialed WebSocket ended before it opened (refused upgrade, failed
+        TLS handshake...); C{reason} says why, in one printable line.
+        """
 
 
 class ISessionObserver(Interface):

@@ -3,18 +3,24 @@ Peer-supplied text made safe for a log line: control characters escaped,
 length cut.  A client key, a peer id, a Connect target or an Error text
 comes from whoever is at the other end; logged raw, an ESC or BEL would
 reach the operator's terminal, and a 15 KB id would flood the log.
+
+And why a dial failed, in words (L{dial_failure_text}): name resolution,
+refused, timed out, TLS -- never an exception's repr.
 """
 
 from __future__ import annotations
 
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from remotedialer.protocol._text import printable
+from remotedialer.tunnel._exceptions import ProxyError
 
-__all__ = ["Throttle", "address", "failure_text"]
-
+__all__ = ["Throttle", "address", "dial_failure_text", "failure_text", "tls_failure_text"]
 
 def address(addr: object) -> str:
     """C{host:port} of a Twisted address (IPv4Address/IPv6Address...), never its repr."""
@@ -33,6 +39,56 @@ def failure_text(failure: Failure) -> str:
     if message or failure.type is None:  # (a Failure always has a type)
         return message
     return failure.type.__name__
+
+
+def tls_failure_text(failure: Failure) -> str | None:
+    """
+    A failed TLS handshake or certificate check in words
+    (C{TLS: certificate verify failed}); None if C{failure} is not one.
+    """
+    value = failure.value
+    if isinstance(value, VerificationError):
+        names = []
+        for mismatch in value.errors:
+            found = getattr(mismatch.mismatched_id, "hostname", None) or getattr(
+                mismatch.mismatched_id, "ip", None)
+            if found is not None:
+                names.append(printable(found.decode("ascii", "replace") if isinstance(found, bytes)
+                                       else str(found)))
+        return "TLS: the server's certificate is not valid for " + (", ".join(names) or "its name")
+    if isinstance(value, SSL.Error):
+        reasons = [printable(str(item[-1])) for item in (value.args[0] if value.args else ())
+                   if isinstance(item, tuple) and item and item[-1]]
+        return "TLS: " + ("; ".join(reasons) or "handshake failed")
+    return None
+
+
+def dial_failure_text(failure: Failure, host: str = "", port: int | None = None) -> str:
+    """
+    Why dialing C{host}:C{port} failed, for a log line: C{name resolution
+    failed for HOST}, C{connection to HOST:PORT refused}, C{... timed
+    out}, a TLS failure, a proxy's refusal (L{ProxyError}'s own words), or
+    the failure's message.  Printable, one line, never a repr.
+    """
+    where = host if port is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = printable(where)
+    if failure.check(ProxyError):
+        return printable(str(failure.value))
+    if failure.check(error.DNSLookupError):
+        return f"name resolution failed for {printable(host)}" if host else "name resolution failed"
+    if failure.check(error.ConnectionRefusedError):
+        return f"connection to {where} refused" if host else "connection refused"
+    if failure.check(error.TimeoutError, error.TCPTimedOutError):
+        return f"connection to {where} timed out" if host else "connection timed out"
+    if failure.check(error.NoRouteError):
+        return f"no route to {where}" if host else "no route to host"
+    tls = tls_failure_text(failure)
+    if tls is not None:
+        return tls
+    os_error = getattr(failure.value, "osError", None) if failure.check(error.ConnectError) else None
+    if os_error:
+        return f"cannot connect to {where}: {printable(str(os_error))}"
+    return printable(failure_text(failure))
 
 
 class Throttle:

@@ -1,7 +1,9 @@
 """
 The two lines a tunnel makes in the log: one when it comes up, one when it
 drops (with the reason and how long it lived) -- on the server for each
-client session and peer link, on the client for each tunnel.
+client session and peer link, on the client for each tunnel.  And on the
+dialing side, one line for each attempt that failed: why, and when the
+next one is (L{link_retry}).
 
 Each is a twisted.logger event with fields, so that C{--log-format json}
 gives collectors C{client_key} (or C{peer}), C{session_id},
@@ -17,7 +19,7 @@ from twisted.logger import Logger
 from remotedialer.protocol._text import duration, printable, public_url
 from remotedialer.tunnel._session import Session
 
-__all__ = ["link_down", "link_up", "tunnel_down", "tunnel_up"]
+__all__ = ["link_down", "link_retry", "link_up", "tunnel_down", "tunnel_up"]
 
 
 def _who(session: Session) -> dict[str, object]:
@@ -72,3 +74,24 @@ def link_down(log: Logger, session: Session, url: str, peer: str | None = None) 
     else:
         log.info("peer {peer}: link to {url} down after {lived_text}: {reason}", url=public_url(url),
                  peer=peer, lived=lived, lived_text=duration(lived), reason=reason)
+
+
+def link_retry(log: Logger, url: str, reason: str, wait: float, *, peer: str | None = None,
+               client_key: str | None = None, next_url: str | None = None) -> None:
+    """
+    An attempt to open our dialed tunnel to C{url} failed for C{reason} (one
+    printable line); the next is in C{wait} seconds (to C{next_url}, when
+    failing over to another server).
+    """
+    fields = {"url": public_url(url), "reason": reason, "retry_in": round(wait, 1),
+              "wait_text": duration(wait)}
+    if next_url is not None and next_url != url:
+        fields["next_url"] = public_url(next_url)
+        then = "trying {next_url} in {wait_text}"
+    else:
+        then = "retrying in {wait_text}"
+    if peer is None:
+        log.warn("tunnel to {url} failed: {reason}; " + then, client_key=printable(client_key or ""),
+                 **fields)
+    else:
+        log.warn("peer {peer}: link to {url} failed: {reason}; " + then, peer=peer, **fields)

@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+import txaio
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -54,7 +55,9 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket import USES_NVX
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -62,9 +65,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from remotedialer.protocol._limits import SessionLimits
-from remotedialer.protocol._text import public_url
+from remotedialer.protocol._text import printable
 from remotedialer.tunnel._exceptions import TunnelLinkError
 from remotedialer.tunnel._interfaces import IFlowTransport, ISessionOwner, ITunnelConnection
+from remotedialer.tunnel._logtext import tls_failure_text
 from remotedialer.tunnel._session import Session
 
 if TYPE_CHECKING:
@@ -455,20 +459,45 @@ class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):  # type: i
 
 
 class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: ignore[misc]  # as _WebSocket
-    """The client end of a tunnel (also a server's outgoing peer link)."""
+    """
+    The client end of a tunnel (also a server's outgoing peer link).  Its
+    owner logs what becomes of each attempt, in one line with the reason
+    (a refused upgrade, a failed TLS handshake...); Autobahn's own lines
+    about the same events (failing the handshake, dropping the
+    connection, the TLS error) would only repeat it, so its logger here
+    speaks of critical things only.
+    """
 
     factory: TunnelClientFactory
+    log = txaio.make_logger(level="critical")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
+    _lost: Failure | None = None
 
     def onOpen(self) -> None:
         self.start_session(cast("Session", self.factory.owner.session_opened(self, None)))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = reason
+        super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
-            self._log.warn("tunnel to {url} not opened: {reason}", url=public_url(self.factory.url),
-                           reason=reason or "connection lost")
-            self.factory.owner.link_failed()
+            self.factory.owner.link_failed(self.why_not_opened())
+
+    def why_not_opened(self) -> str:
+        """Why the WebSocket did not open, in words: TLS, the server's answer, or what Autobahn saw."""
+        tls = tls_failure_text(self._lost) if self._lost is not None else None
+        if tls is not None:
+            return tls
+        status = getattr(self, "http_status_line", None)  # (the answer's first line, once read)
+        if status:
+            parts = str(status).split(None, 2)
+            if len(parts) >= 2 and parts[1] != "101":
+                return printable(f"server answered {parts[1]} {parts[2] if len(parts) > 2 else ''}".rstrip())
+        elif self._lost is not None and self._lost.check(ConnectionDone, ConnectionLost):
+            return "connection closed before the server answered the upgrade"
+        return printable(self.wasNotCleanReason or "connection closed")
 
     def session_ended(self, session: Session) -> None:
         self.factory.owner.session_closed(session)

@@ -141,7 +141,8 @@ class DrainTests(SynchronousTestCase):
         net.run(0.5)
         self.assertIsNone(refused.session)
         self.assertFalse(a.server.has_session("bar"))
-        self.assertTrue(lines(self.events, "not opened"))
+        [failed, *_] = lines(self.events, "; retrying in")
+        self.assertTrue(failed["reason"].startswith("server answered 503"), failed["reason"])
         reader.transport.loseConnection()
         net.flush()
 

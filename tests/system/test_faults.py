@@ -818,7 +818,9 @@ class ProgramTests(FaultTestCase):
             await self.within(lambda: body.reason and self.slow.ended, killed, PROMPT,
                               "the download and the target connection ending")
             self.assert_truncated(body)
-            await eventually(lambda: b"Scheduling retry 2 " in client.out, timeout=15)  # retry 1 failed
+            # A retry failed, and said why and when the next one is.
+            retry = rb"failed: connection to 127\.0\.0\.1:\d+ refused; retrying in \d+\.\d s\n"
+            await eventually(lambda: re.search(retry, client.out), timeout=15)
             await eventually(lambda: not server.running)
             await self.start_server(port)
             await self.fetch_small(port)

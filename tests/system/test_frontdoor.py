@@ -65,10 +65,11 @@ def sha256_of_chunks(size: int) -> str:
     return h.hexdigest()
 
 
-def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
+def make_ca(directory: str, name: str = "test CA", dns_names: tuple[str, ...] = ("localhost",)
+            ) -> tuple[str, str, str]:
     """
-    A CA and a leaf certificate it signs for 127.0.0.1 and localhost, in
-    C{directory}: the paths of (CA PEM, leaf PEM, leaf key PEM).
+    A CA and a leaf certificate it signs for 127.0.0.1 and C{dns_names}
+    (localhost), in C{directory}: the paths of (CA PEM, leaf PEM, leaf key PEM).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -104,7 +105,8 @@ def make_ca(directory: str, name: str = "test CA") -> tuple[str, str, str]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            [*(x509.DNSName(n) for n in dns_names), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
