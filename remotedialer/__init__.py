@@ -91,6 +91,7 @@ _PUBLIC = {
     "Server": "server",
     "ServerSite": "server",
     "TokenAuthorizer": "server",
+    "TrustedProxies": "server",
     "TunnelResource": "server",
     "hash_token": "server",
     "header_authorizer": "server",
@@ -249,6 +250,9 @@ if TYPE_CHECKING:
     )
     from remotedialer.server import (
         TokenAuthorizer as TokenAuthorizer,
+    )
+    from remotedialer.server import (
+        TrustedProxies as TrustedProxies,
     )
     from remotedialer.server import (
         TunnelResource as TunnelResource,

@@ -342,9 +342,9 @@ class TunnelClient(WebSocketLink):
         if self.running:
             self._rotation.rotate()
 
-    def link_failed(self, reason: str) -> None:
+    def link_failed(self, reason: str, retry_after: float | None = None) -> None:
         self._rotation.rotate()  # (before the retry is logged: it says where it goes next)
-        super().link_failed(reason)
+        super().link_failed(reason, retry_after)
 
     @property
     def attempted_url(self) -> str:

@@ -12,11 +12,17 @@ with its reason and how long it lived).  Failed attempts back off (the
 retry policy is given their count since the last usable tunnel) and each
 is logged once, in one line, with its reason and the wait before the
 next; after a usable tunnel ends, the first retry comes at the policy's
-first wait.
+first wait.  A server that refuses the upgrade with 429 (its limiter) or
+503 (it drains) and says C{Retry-After} is taken at its word: the next
+attempt comes after that wait plus a jitter (up to half of it, at least
+1 s, so that a fleet told the same does not come back at one instant), and
+the refusal is not a failure that grows the backoff -- the server could
+take us, just not now.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -40,6 +46,10 @@ if TYPE_CHECKING:
 
 #: The dialing side hears which streams we hold this often (Go: 60 s).
 SYNC_INTERVAL = 60
+#: A wait the server asked for gets a jitter of up to half of it, and at least this.
+RETRY_AFTER_JITTER = 1.0
+#: The shortest wait after a refusal with Retry-After (one of 0, or a date past, is not "at once").
+RETRY_AFTER_MIN = 0.1
 
 
 @implementer(IStreamClientEndpoint)
@@ -68,6 +78,10 @@ class WebSocketLink(Service):
     attempts = 0
     opened = 0
     closed = 0
+    #: Refused upgrades whose Retry-After was honoured, since made (metrics, tests).
+    asked_to_wait = 0
+    #: Where the jitter of a wait the server asked for comes from (tests replace it).
+    random: Callable[[], float] = staticmethod(random.random)
 
     def __init__(
         self,
@@ -85,6 +99,8 @@ class WebSocketLink(Service):
         #: The connection up now gave a usable tunnel; or, why it gave none.
         self._usable = False
         self._why: str | None = None
+        #: The wait the server asked for when it refused this attempt (Retry-After).
+        self._asked: float | None = None
         self._redialer: Redialer | None = None
         self._protocol: _TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
@@ -138,8 +154,15 @@ class WebSocketLink(Service):
     def _next_wait(self, failure: Failure | None) -> float:
         usable, self._usable = self._usable, False
         why, self._why = self._why, None
+        asked, self._asked = self._asked, None
         if failure is None and usable:
             return self._retry_policy(1)  # a usable tunnel ended (link_closed told of it)
+        if failure is None and asked is not None:
+            # Not a failure: the server would take us, after the wait it named.
+            self.asked_to_wait += 1
+            wait = max(asked + self.random() * max(asked / 2, RETRY_AFTER_JITTER), RETRY_AFTER_MIN)
+            self.retrying(self.attempted_url, f"{why or 'refused'}, retry after {asked:g} s", wait)
+            return wait
         self._failures += 1
         wait = self._retry_policy(self._failures)
         url = self.attempted_url
@@ -187,7 +210,8 @@ class WebSocketLink(Service):
             self.link_closed(ours)
             self._ended()
 
-    def link_failed(self, reason: str) -> None:
-        """The WebSocket ended before it opened, for C{reason}."""
+    def link_failed(self, reason: str, retry_after: float | None = None) -> None:
+        """The WebSocket ended before it opened, for C{reason}; the server asked for C{retry_after} s."""
         self._why = reason
+        self._asked = retry_after
         self._ended()

@@ -10,7 +10,8 @@ Module map:
     _registry     its sessions and the routing rule
     _resource     the tunnel's twisted.web resource: authenticate, then upgrade
     _auth         ready tunnel authorizers: tokens, mutual TLS
-    _ratelimit    failed authentications delayed and limited per address
+    _ratelimit    failed authentications held to a budget per address (successes never wait)
+    _forwarded    a tunnel's caller behind trusted proxies (X-Forwarded-For)
     _guard        a guard in front of the site: request heads complete, quick, bounded;
                   on TLS it names the site's protocols (ALPN)
     _site         the server's web site: access log opt-in, bodies streamed
@@ -25,6 +26,7 @@ Module map:
 from remotedialer.server._access import FrontDoorAccess, ProxyAccess, Route
 from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, hash_token
 from remotedialer.server._discovery import PeerDiscovery
+from remotedialer.server._forwarded import TrustedProxies
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HeaderGuardFactory
 from remotedialer.server._ratelimit import FailureLimiter
@@ -41,6 +43,7 @@ __all__ = [
     "TokenAuthorizer",
     "hash_token",
     "FailureLimiter",
+    "TrustedProxies",
     "HeaderGuardFactory",
     "ServerSite",
     "PeerDiscovery",

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from remotedialer.protocol._clientkey import client_key_problem
 from remotedialer.protocol._exceptions import AuthorizationError, TooManyAttempts
 from remotedialer.protocol._text import printable
+from remotedialer.server._forwarded import TrustedProxies
 from remotedialer.server._ratelimit import FailureLimiter, address_key
 from remotedialer.tunnel._deferred import maybe_deferred
 from remotedialer.tunnel._identity import Credentials, Identity
@@ -57,6 +58,20 @@ def header_authorizer(request: IRequest) -> str | None:
     """The Go example server's authorizer: the client key is X-Tunnel-ID."""
     value = request.getHeader(CLIENT_ID_HEADER)
     return value or None
+
+
+def claimed_id(request: IRequest) -> str:
+    """
+    Whom an upgrade claims to be, for the limiter (which keeps failures per
+    address and claimed id): C{peer <id>} for a peer link, the
+    C{X-Tunnel-ID} for a client, or C{""} when it names nobody (mutual TLS).
+    Never logged; not a credential.
+    """
+    peer: str | None = request.getHeader(PEER_ID_HEADER)
+    if peer:
+        return "peer " + peer
+    client: str | None = request.getHeader(CLIENT_ID_HEADER)
+    return client or ""
 
 
 @implementer(ITunnelAuthorizer)
@@ -119,15 +134,18 @@ def _is_websocket_key(key: bytes) -> bool:
 
 
 class _IdentifiedFactory:
-    """Hands the identity to the protocol WebSocketResource builds."""
+    """Hands the identity (and the caller's address, if a trusted proxy named it) to the protocol."""
 
-    def __init__(self, factory: TunnelServerFactory, identity: Identity) -> None:
+    def __init__(self, factory: TunnelServerFactory, identity: Identity, forwarded: IAddress | None) -> None:
         self._factory = factory
         self._identity = identity
+        self._forwarded = forwarded
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        protocol = self._factory.buildProtocol(addr)
-        cast("TunnelServerProtocol", protocol).identity = self._identity  # the factory's protocol
+        protocol = cast("TunnelServerProtocol", self._factory.buildProtocol(addr))  # the factory's protocol
+        protocol.identity = self._identity
+        if self._forwarded is not None:
+            protocol.client_address = self._forwarded
         return protocol
 
 
@@ -144,6 +162,7 @@ class TunnelResource(Resource):
         peers: Callable[[], dict[str, str]],
         owner_conflict: Callable[[Identity], str | None] | None = None,
         limiter: FailureLimiter | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         self._factory = websocket_factory
@@ -155,6 +174,8 @@ class TunnelResource(Resource):
         #: Failed authentications from one address are delayed and limited,
         #: so tokens cannot be guessed at speed.
         self._limiter = limiter
+        #: Whose X-Forwarded-For names the caller (logs, the limiter, the session's address).
+        self._proxies = trusted_proxies if trusted_proxies is not None else TrustedProxies()
         self._peer_refusals = Throttle(
             limiter.clock if limiter is not None else _reactor(), TunnelResource.log, "refused peer links")
 
@@ -171,20 +192,23 @@ class TunnelResource(Resource):
         # the request (HTTP/2 has no channel transport to look at).
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
+        caller = self._proxies.client_address(request)
+
         def identify() -> defer.Deferred[Identity]:
-            return maybe_deferred(self._identify, request)
+            return maybe_deferred(self._identify, request, caller)
 
         d: defer.Deferred[Identity]
         if self._limiter is not None:
-            d = self._limiter.judge(address_key(request.getClientAddress()), identify)
+            d = self._limiter.judge(address_key(caller), identify, claimed_id(request))
         else:
             d = identify()
-        d.addCallbacks(self._upgrade, self._refuse, callbackArgs=(request, gone), errbackArgs=(request, gone))
+        d.addCallbacks(self._upgrade, self._refuse,
+                       callbackArgs=(request, gone, caller), errbackArgs=(request, gone, caller))
         d.addErrback(lambda f: self.log.failure("tunnel upgrade failed", f))
         return NOT_DONE_YET
 
-    def _identify(self, request: Request) -> Identity | defer.Deferred[Identity]:
-        peer = self._peer_identity(request)
+    def _identify(self, request: Request, caller: IAddress) -> Identity | defer.Deferred[Identity]:
+        peer = self._peer_identity(request, caller)
         if peer is not None:
             return peer
         d = maybe_deferred(self._authorizer.authorize, request)
@@ -196,7 +220,7 @@ class TunnelResource(Resource):
             raise _Conflict(conflict)
         return identity
 
-    def _peer_identity(self, request: Request) -> Identity | None:
+    def _peer_identity(self, request: Request, caller: IAddress) -> Identity | None:
         peer_id = request.getHeader(PEER_ID_HEADER)
         token = request.getHeader(PEER_TOKEN_HEADER)
         if not peer_id or not token:
@@ -210,7 +234,7 @@ class TunnelResource(Resource):
         # tried as a client.  Logged a few times per interval, then summed up.
         self._peer_refusals.warn(
             "refused peer link claiming id {peer_id} from {addr}: unknown peer or wrong token",
-            session="tunnel", peer_id=printable(peer_id), addr=address(request.getClientAddress()))
+            session="tunnel", peer_id=printable(peer_id), addr=address(caller))
         raise _Unauthorized()
 
     @staticmethod
@@ -230,7 +254,7 @@ class TunnelResource(Resource):
             raise AuthorizationError(problem)
         return Identity(client_key, fingerprint=fingerprint)
 
-    def _upgrade(self, identity: Identity, request: Request, gone: list[Failure]) -> None:
+    def _upgrade(self, identity: Identity, request: Request, gone: list[Failure], caller: IAddress) -> None:
         if gone:
             return  # the client went away while we authorized it
         # twisted.web's channel is done with the connection (ServerSite's
@@ -238,12 +262,13 @@ class TunnelResource(Resource):
         taken_over = getattr(request.channel, "taken_over", None)
         if taken_over is not None:
             taken_over()
-        body = WebSocketResource(_IdentifiedFactory(self._factory, identity)).render(request)
+        forwarded = caller if caller is not request.getClientAddress() else None
+        body = WebSocketResource(_IdentifiedFactory(self._factory, identity, forwarded)).render(request)
         if body is not NOT_DONE_YET:
             request.write(body)
             request.finish()
 
-    def _refuse(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
+    def _refuse(self, failure: Failure, request: Request, gone: list[Failure], caller: IAddress) -> None:
         if failure.check(_Unauthorized):
             code, text = 401, "failed authentication"
         elif failure.check(_Conflict):
@@ -258,13 +283,17 @@ class TunnelResource(Resource):
             if not failure.check(AuthorizationError):
                 self.log.failure("authorizer failed", failure)
         self.log.info("refused tunnel from {addr}: {code} {text}",
-                      addr=address(request.getClientAddress()), code=code, text=printable(text))
+                      addr=address(caller), code=code, text=printable(text))
         if gone:
             return
-        request.setResponseCode(code)
+        request.setResponseCode(code, _REASONS.get(code))
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.write(text.encode("utf-8"))
         request.finish()
+
+
+#: Reason phrases twisted.web does not know (it would say "429 Unknown Status").
+_REASONS = {429: b"Too Many Requests"}
 
 
 def _reactor() -> IReactorTime:

@@ -10,6 +10,7 @@ needs it started (attach it to your application, or call startService).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from twisted.application.service import MultiService
@@ -30,6 +31,7 @@ from remotedialer.protocol._flow import FlowLimits
 from remotedialer.protocol._limits import SessionLimits
 from remotedialer.protocol._text import printable
 from remotedialer.server._drain import DRAIN_TIMEOUT, DrainGate, drain
+from remotedialer.server._forwarded import TrustedProxies
 from remotedialer.server._peering import PeerLink
 from remotedialer.server._ratelimit import FailureLimiter
 from remotedialer.server._registry import SessionRegistry
@@ -117,8 +119,13 @@ class Server(MultiService):
         (Go: 60).
     @param session_limits: what one session may cost (L{SessionLimits}).
     @param flow_limits: per-stream Pause/Resume thresholds and hard cap.
-    @param auth_limiter: delays and limits failed authentications per
-        address (L{FailureLimiter}; the server program always uses one).
+    @param auth_limiter: holds failed authentications of each address to
+        a budget, never delaying a success (L{FailureLimiter}; the server
+        program always uses one).
+    @param trusted_proxies: CIDRs (or a L{TrustedProxies}) of the load
+        balancers or Ingresses in front, whose C{X-Forwarded-For} names a
+        tunnel's caller: the address the limiter, the logs and the
+        session's C{remote_addr} see.  Default: nobody's.
     """
 
     log = Logger()
@@ -139,6 +146,7 @@ class Server(MultiService):
         session_limits: SessionLimits | None = None,
         flow_limits: FlowLimits | None = None,
         auth_limiter: FailureLimiter | None = None,
+        trusted_proxies: Iterable[str] | TrustedProxies = (),
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
         if reactor is None:
@@ -172,8 +180,10 @@ class Server(MultiService):
         if not ping_interval > 0:
             raise ValueError(f"ping interval must be over 0 s, not {ping_interval}")
         self._websocket_factory = server_factory(self, reactor, idle_timeout, self.session_limits)
+        if not isinstance(trusted_proxies, TrustedProxies):
+            trusted_proxies = TrustedProxies.parse(trusted_proxies)
         self._resource = TunnelResource(self._websocket_factory, authorizer, lambda: self._peer_tokens,
-                                        self._owner_conflict, auth_limiter)
+                                        self._owner_conflict, auth_limiter, trusted_proxies)
         #: Shutting down (L{drain}): no new sessions or streams.
         self.draining = False
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -388,7 +398,7 @@ class Server(MultiService):
         self.log.info("peer {peer} lost client {key}/{session_key}",
                       peer=session.client_key, key=printable(client_key), session_key=session_key)
 
-    def link_failed(self, reason: str) -> None:
+    def link_failed(self, reason: str, retry_after: float | None = None) -> None:
         """Only dialed WebSockets fail to open; the server's never do."""
 
     def session_closed(self, session: ISession) -> None:

@@ -84,10 +84,12 @@ class ISessionOwner(Interface):
     def session_closed(session: ISession) -> None:
         """C{session}'s WebSocket is gone (its streams have ended)."""
 
-    def link_failed(reason: str) -> None:
+    def link_failed(reason: str, retry_after: float | None = None) -> None:
         """
         A dialed WebSocket ended before it opened (refused upgrade, failed
         TLS handshake...); C{reason} says why, in one printable line.
+        C{retry_after}: the seconds the server asked us to wait before the
+        next attempt (its 429 or 503 said C{Retry-After}), or None.
         """
 
 

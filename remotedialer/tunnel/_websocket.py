@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from remotedialer.protocol._limits import SessionLimits
+from remotedialer.protocol._retryafter import retry_after_seconds
 from remotedialer.protocol._text import printable
 from remotedialer.tunnel._exceptions import TunnelLinkError
 from remotedialer.tunnel._interfaces import IFlowTransport, ISessionOwner, ITunnelConnection
@@ -211,6 +212,9 @@ class _TunnelProtocol(_WebSocket):
     _pings_sent = 0
     _pongs_received = 0
     _round_trips: list[tuple[int, Callable[[], object]]] | None = None
+    #: The caller's address when not the transport's peer (a trusted
+    #: proxy's X-Forwarded-For named it: the resource sets it).
+    client_address: IAddress | None = None
 
     def start_session(self, session: Session) -> None:
         """
@@ -270,8 +274,10 @@ class _TunnelProtocol(_WebSocket):
         self.sendCloseFrame(code=code, reasonUtf8=text, isReply=False)
 
     def peer_address(self) -> IAddress | None:
-        """The far end's address (None once the transport is gone)."""
-        return self.transport.getPeer() if self.transport is not None else None
+        """The far end's address (None once the transport is gone): the caller's, behind a trusted proxy."""
+        if self.transport is None:
+            return None
+        return self.client_address if self.client_address is not None else self.transport.getPeer()
 
     def stop_reading(self) -> None:
         self._log.warn("{session}: the far side is not reading; not reading from it until it does",
@@ -483,7 +489,7 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: i
         opened = self.session is not None
         super().onClose(wasClean, code, reason)
         if not opened:
-            self.factory.owner.link_failed(self.why_not_opened())
+            self.factory.owner.link_failed(self.why_not_opened(), self.retry_after())
 
     def why_not_opened(self) -> str:
         """Why the WebSocket did not open, in words: TLS, the server's answer, or what Autobahn saw."""
@@ -498,6 +504,17 @@ class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: i
         elif self._lost is not None and self._lost.check(ConnectionDone, ConnectionLost):
             return "connection closed before the server answered the upgrade"
         return printable(self.wasNotCleanReason or "connection closed")
+
+    def retry_after(self) -> float | None:
+        """
+        Seconds the server asked us to wait (its C{Retry-After}) when it
+        answered the upgrade 429 (its limiter) or 503 (it drains); else None.
+        """
+        status = str(getattr(self, "http_status_line", None) or "").split(None, 2)
+        if len(status) < 2 or status[1] not in ("429", "503"):
+            return None
+        headers = getattr(self, "http_headers", None) or {}
+        return retry_after_seconds(headers.get("retry-after"), self.factory.reactor.seconds())
 
     def session_ended(self, session: Session) -> None:
         self.factory.owner.session_closed(session)

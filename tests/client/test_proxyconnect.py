@@ -246,7 +246,7 @@ class _Owner:
     def session_closed(self, session):
         raise AssertionError("no session")
 
-    def link_failed(self, reason: str) -> None:
+    def link_failed(self, reason: str, retry_after: float | None = None) -> None:
         self.failed.append(reason)
 
 

@@ -43,7 +43,7 @@ class _Owner:
     def session_closed(self, session):
         self.sessions.remove(session)
 
-    def link_failed(self, reason):
+    def link_failed(self, reason, retry_after=None):
         pass
 
 

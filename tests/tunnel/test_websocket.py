@@ -48,7 +48,7 @@ class _Owner:
     def session_closed(self, session):
         self.closed.append(session)
 
-    def link_failed(self, reason):
+    def link_failed(self, reason, retry_after=None):
         self.failed = True
 
 
