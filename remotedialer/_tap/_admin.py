@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._tap._listen import Listening, loopback_only, port_of
+from remotedialer._tap._listen import DEFAULT_BACKLOG, Listening, loopback_only, port_of
 from remotedialer.client._client import TunnelClient
 from remotedialer.ops._admin import AdminEndpoint, AdminSite
 from remotedialer.ops._metrics import ClientMetrics, ForwarderCollector, MetricsOptions, ServerMetrics
@@ -77,8 +77,8 @@ def _registry() -> CollectorRegistry:
 class _AdminListener(Listening):
     """The admin listener: warns at start when it is reachable from other hosts."""
 
-    def __init__(self, program: str, description: str, factory: IProtocolFactory) -> None:
-        super().__init__("admin-listen", description, factory, program)
+    def __init__(self, program: str, description: str, factory: IProtocolFactory, backlog: int) -> None:
+        super().__init__("admin-listen", description, factory, program, backlog)
         self._description = description
 
     def startService(self) -> None:
@@ -90,13 +90,13 @@ class _AdminListener(Listening):
 
 
 
-def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint) -> None:
+def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint, backlog: int) -> None:
     # The admin site behind the same request-head limits as the tunnel's
     # listener; idle connections (a prober's, a scraper's) are closed after
     # a minute.  Probes and scrapers speak HTTP/1.1: on TLS (ssl:...) it is
     # the one protocol offered (ALPN).
     site = HeaderGuardFactory(AdminSite(admin, timeout=60), name="admin endpoint", alpn=HTTP_1_1_ONLY)
-    _AdminListener(program, description, site).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    _AdminListener(program, description, site, backlog).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
 
 def serve_server_admin(top: MultiService, options: Any, server: Server, listening: IProtocolFactory,
@@ -124,7 +124,7 @@ def serve_server_admin(top: MultiService, options: Any, server: Server, listenin
     if forwarders:
         metrics.registry.register(ForwarderCollector(forwarders))
         admin.status_sections["forwarders"] = lambda: [stats.snapshot() for stats in forwarders]
-    _listen(top, "remotedialer-server", description, admin)
+    _listen(top, "remotedialer-server", description, admin, options.get("backlog", DEFAULT_BACKLOG))
     return admin
 
 
@@ -152,7 +152,7 @@ def serve_client_admin(client: TunnelClient, options: Any) -> IService:
     admin = AdminEndpoint(metrics.registry, lambda limit: client_status(client), [tunnel_check])
     program = ClientProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     client.setServiceParent(program)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    _listen(program, "remotedialer-client", description, admin)
+    _listen(program, "remotedialer-client", description, admin, options.get("backlog", DEFAULT_BACKLOG))
     program.client = client
     program.admin = admin
     return program

@@ -135,7 +135,7 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
             log.warn("--forward {listen}: listens beyond loopback: anyone who reaches it reaches {route}",
                      listen=listen, route=str(route))
         factory: Any = PortForwardFactory(forwarder(f"forward:{listen}", "forward", str(route)), route)
-        Listening("forward", listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening("forward", listen, factory, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     dial_wait = options["proxy-dial-wait"]
     for flag, kind, make in (("connect-proxy-listen", "connect-proxy", ConnectProxyFactory),
                              ("socks-listen", "socks", SocksProxyFactory)):
@@ -146,5 +146,5 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
             log.warn("--{flag} {listen} with --frontdoor-open: anyone who reaches it reaches every "
                      "client's network", flag=flag, listen=listen)
         factory = make(forwarder(f"{kind}:{listen}", kind, dial_wait=dial_wait), access, limits)
-        Listening(flag, listen, factory).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening(flag, listen, factory, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     return all_stats

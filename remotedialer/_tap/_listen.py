@@ -5,6 +5,16 @@ failure to listen is one line and exit status 1, the port of a
 description (to know the server's own listeners), and whether a listener
 is on loopback only (to warn about those beyond it), by the one loopback
 rule (L{remotedialer.protocol._addresses.is_loopback}).
+
+Every listener takes the programs' C{--backlog} (the kernel's queue of
+connections not yet accepted: Twisted's default, 50, overflows when a
+thousand agents redial a restarted server at once, and each overflowed one
+waits for its SYN to be resent), unless its description names its own
+C{backlog=}.  A description may be wrapped in C{haproxy:} (Twisted's PROXY
+protocol v1/v2 listener, for a load balancer that says who the caller is):
+its port and interface are the wrapped description's.  The PROXY header
+comes before TLS, so C{haproxy:ssl:} (TLS first) is refused: the server's
+own TLS (C{--tls-cert}) goes inside C{haproxy:tcp:}.
 """
 
 from __future__ import annotations
@@ -20,15 +30,30 @@ from twisted.python import usage
 from remotedialer.protocol._addresses import is_loopback
 from remotedialer.protocol._text import printable
 
-__all__ = ["Listening", "check_listen", "loopback_only", "port_of"]
+__all__ = ["DEFAULT_BACKLOG", "Listening", "check_backlog", "check_listen", "loopback_only", "port_of",
+           "with_backlog"]
 
 #: The interface= of an endpoint description (colons in it escaped, C{\\:}).
 _INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
+#: A backlog= of an endpoint description.
+_BACKLOG = re.compile(r"(?:^|(?<!\\):)backlog=")
+#: The listen backlog of the programs' listeners (--backlog); Twisted's is 50.
+DEFAULT_BACKLOG = 1024
+#: Endpoint kinds that take backlog= (and haproxy: around them).
+_BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "unix")
+_PROXY_PREFIX = "haproxy:"
+
+
+def _unwrapped(description: str) -> str:
+    """The description a C{haproxy:} one wraps; any other as it is."""
+    while description.startswith(_PROXY_PREFIX):
+        description = description[len(_PROXY_PREFIX):]
+    return description
 
 
 def port_of(description: str) -> int | None:
     """The port of a tcp:/tcp6:/ssl: endpoint description (positional or port=), if it has one."""
-    kind, _, rest = description.partition(":")
+    kind, _, rest = _unwrapped(description).partition(":")
     if kind not in ("tcp", "tcp6", "ssl"):
         return None
     for i, part in enumerate(rest.split(":")):
@@ -44,6 +69,7 @@ def loopback_only(description: str) -> bool:
     tcp:/tcp6:/ssl: one bound to a loopback interface (C{127.0.0.1},
     C{\\:\\:1}, C{\\:\\:ffff\\:127.0.0.1}, C{localhost}), or not a network one.
     """
+    description = _unwrapped(description)
     kind = description.partition(":")[0]
     if kind not in ("tcp", "tcp6", "ssl"):
         return True
@@ -51,10 +77,27 @@ def loopback_only(description: str) -> bool:
     return found is not None and is_loopback(re.sub(r"\\(.)", r"\1", found.group(1)))
 
 
+def with_backlog(description: str, backlog: int) -> str:
+    """C{description} with C{backlog=} added, for a kind that takes one and has none."""
+    kind = _unwrapped(description).partition(":")[0]
+    if kind not in _BACKLOG_KINDS or _BACKLOG.search(description):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def check_backlog(options: usage.Options) -> None:
+    """The programs' --backlog: 1 or more (the kernel caps it at net.core.somaxconn)."""
+    if not options["backlog"] >= 1:
+        raise usage.UsageError(f"--backlog must be 1 or more, not {options['backlog']}")
+
+
 def check_listen(flag: str, description: str) -> None:
     """A usable server endpoint description, or a one-line usage error naming C{flag}."""
     from twisted.internet import reactor
 
+    if description.startswith(_PROXY_PREFIX) and _unwrapped(description).startswith("ssl:"):
+        raise usage.UsageError(f"--{flag} {description!r}: the PROXY header comes before TLS: "
+                               "haproxy:tcp:... (with --tls-cert/--tls-key for the tunnel's listener)")
     try:
         endpoints.serverFromString(reactor, description)
     except Exception as e:  # a bad description, a missing key file...: one line, no traceback
@@ -68,10 +111,12 @@ class Listening(StreamServerEndpointService):
     """A listening service whose failure to listen (a busy port) is one line, not a traceback."""
 
     def __init__(self, flag: str, description: str, factory: IProtocolFactory,
-                 program: str = "remotedialer-server") -> None:
+                 program: str = "remotedialer-server", backlog: int = DEFAULT_BACKLOG) -> None:
         from twisted.internet import reactor
 
-        super().__init__(endpoints.serverFromString(reactor, description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        #: What it listens on, the backlog added (with_backlog).
+        self.description = with_backlog(description, backlog)
+        super().__init__(endpoints.serverFromString(reactor, self.description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         self._raiseSynchronously = True  # as strports.service: fail at start, not later
         self._flag = flag
         self._program = program

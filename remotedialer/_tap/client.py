@@ -23,7 +23,9 @@ from remotedialer._tap._common import (
     load_ca_file,
     parse_limits,
 )
+from remotedialer._tap._fleet import BACKLOG_PARAMETER
 from remotedialer._tap._headers import read_header_file
+from remotedialer._tap._listen import check_backlog
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer.client._acl import parse_rule
 from remotedialer.client._client import RETRY_MAX, TunnelClient, endpoint_for_url, reconnect_policy
@@ -68,6 +70,7 @@ class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
          "Longest wait, seconds, between reconnect attempts (exponential backoff with jitter, "
          "the first within 1 s).", float],
         *limit_parameters(),
+        BACKLOG_PARAMETER,
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -127,6 +130,7 @@ class Options(VersionOption, LogFormatOption, AdminOptions, usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--ping-interval/--idle-timeout: {e}") from None
         parse_limits(self)
+        check_backlog(self)
         self["trust_root"] = None
         if self["ca-file"]:
             self["trust_root"] = load_ca_file("ca-file", self["ca-file"])

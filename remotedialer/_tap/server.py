@@ -33,6 +33,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from remotedialer._tap import _fleet as fleet
 from remotedialer._tap import _frontdoor as frontdoor_tuning
 from remotedialer._tap import _peers_dns as peers_dns
 from remotedialer._tap._admin import AdminOptions, serve_server_admin
@@ -57,7 +58,6 @@ from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, To
 from remotedialer.server._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
-from remotedialer.server._ratelimit import FailureLimiter
 from remotedialer.server._resource import header_authorizer
 from remotedialer.server._server import Server
 from remotedialer.server._site import ServerSite
@@ -88,7 +88,8 @@ def parse_peers(text: str) -> list[tuple[str, str, str]]:
 
 
 @flags_named_in_errors
-class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, usage.Options):
+class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, fleet.FleetOptions,
+              usage.Options):
     synopsis = ("[--listen ENDPOINT] (--clients-file FILE | --tls-cert PEM --tls-key PEM "
                 "--client-ca-file PEM | --insecure-any-client) [--id ID --token-file FILE --peers-file FILE] "
                 "[--target-ca-file PEM | --target-insecure] [--debug]")
@@ -134,6 +135,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
          "On SIGTERM, seconds the streams in flight get to finish before the sessions close.", float],
         *limit_parameters(upgrade=True),
         *frontdoor_tuning.PARAMETERS,
+        *fleet.PARAMETERS,
     ]
     optFlags = [
         ["debug", "d", "Log every tunnel message."],
@@ -162,6 +164,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         if not self["drain-timeout"] >= 0:
             raise usage.UsageError(f"--drain-timeout must be 0 or more seconds, not {self['drain-timeout']}")
         self._parse_auth()
+        fleet.check(self)
         parse_forwarders(self)
         self["peer_list"] = parse_peers(self["peers"])
         for peer_id, _, _ in self["peer_list"]:
@@ -222,7 +225,7 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
             raise usage.UsageError("--client-ca-file needs --tls-cert and --tls-key (our TLS listener)")
         self["tls_options"] = None
         if self["tls-cert"]:
-            if not self["listen"].startswith("tcp:"):
+            if not self["listen"].startswith(("tcp:", "haproxy:tcp:")):
                 raise usage.UsageError("--tls-cert/--tls-key make a TLS listener on a tcp: --listen")
             cert, key, cas = self["tls-cert"], self["tls-key"], self["client-ca-file"]
             self["tls_options"] = _ReloadableTLS(lambda: _tls_options(cert, key, cas))
@@ -377,7 +380,8 @@ def makeService(options: Options) -> ServerProgram:
         authorizer = _warning_authorizer
     from twisted.internet import reactor
 
-    server = Server(authorizer, trace=data_debug(options["debug"]), auth_limiter=FailureLimiter(reactor),
+    server = Server(authorizer, trace=data_debug(options["debug"]),
+                    auth_limiter=fleet.limiter(options, reactor), trusted_proxies=options["trusted_proxies"],
                     peer_id=options["id"], peer_token=options["token"],
                     peer_trust_root=options["peer_trust_root"], peer_proxy=options["peer_proxy_rule"],
                     ping_interval=options["ping-interval"], idle_timeout=options["idle-timeout"],
@@ -404,7 +408,9 @@ def makeService(options: Options) -> ServerProgram:
         front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
                                         early=early, name="front door")
-        Listening("frontdoor-listen", options["frontdoor-listen"], front_site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        front = Listening("frontdoor-listen", options["frontdoor-listen"], front_site,
+                          backlog=options["backlog"])
+        front.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
     # On TLS, ALPN offers what the listener serves: h2 and http/1.1 with the
@@ -414,7 +420,9 @@ def makeService(options: Options) -> ServerProgram:
                                    alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] else None)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
-    Listening("listen", options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    Listening("listen", options["listen"], site, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    for description in options["also_listen"]:
+        Listening("also-listen", description, site, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
     frontdoor_tokens = access.token_hashes if isinstance(access.token_hashes, TokenFile) else None
     if tokens is not None or options["tls_options"] is not None or frontdoor_tokens is not None:

@@ -80,7 +80,7 @@ from remotedialer.protocol._text import printable
 from remotedialer.tunnel._deferred import maybe_deferred
 from remotedialer.tunnel._logtext import address
 
-__all__ = ["FAILURES_PER_SECOND", "FAILURE_BURST", "FORGET_AFTER", "MAX_WAITING", "FailureLimiter",
+__all__ = ["FAILURES_PER_SECOND", "FAILURE_BURST", "FORGET_AFTER", "MAX_IDS", "MAX_WAITING", "FailureLimiter",
            "address_key"]
 
 _T = TypeVar("_T")
@@ -90,6 +90,7 @@ FAILURES_PER_SECOND = 0.5
 FAILURE_BURST = 10
 MAX_WAITING = 4
 FORGET_AFTER = 300.0
+MAX_IDS = 256
 
 #: An id longer than this is kept as its first characters (the table's memory is bounded).
 _MAX_ID_CHARS = 256
@@ -151,7 +152,7 @@ class FailureLimiter:
         failure_burst: int = FAILURE_BURST,
         max_waiting: int = MAX_WAITING,
         forget_after: float = FORGET_AFTER,
-        max_ids: int = 256,
+        max_ids: int = MAX_IDS,
         max_tracked: int = 100_000,
         log_interval: float = 60.0,
     ) -> None:

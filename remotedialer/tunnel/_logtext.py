@@ -10,6 +10,8 @@ refused, timed out, TLS -- never an exception's repr.
 
 from __future__ import annotations
 
+import ipaddress
+
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error
@@ -29,7 +31,12 @@ def address(addr: object) -> str:
         return printable(str(addr)) if addr is not None else "?"
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
-    host = f"[{host}]" if ":" in host else host
+    if ":" in host:
+        try:  # the short form (a PROXY v2 header's address comes written out in full)
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            pass
+        host = f"[{host}]"
     return f"{host}:{port}" if port is not None else host
 
 

@@ -118,7 +118,7 @@ class RetryAfterTests(SynchronousTestCase):
             self.net = Network(self)
             refusing, url = self.refusing(code, retry_after)
             client = self.net.client(url, retry_policy=self.policy)
-            self.run_until(lambda: len(self.policy_calls) >= 3)  # noqa: B023  # (called at once)
+            self.run_until(lambda: len(self.policy_calls) >= 3)  # (called at once)
             self.assertEqual(self.policy_calls, [1, 2, 3], (code, retry_after))
             self.assertEqual(client.asked_to_wait, 0)
 
@@ -148,6 +148,6 @@ class RetryAfterTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in self.log.events if "link to" in e.get("log_format", "")
                  and "reason" in e]
         self.assertGreaterEqual(len(lines), 4)
-        self.assertEqual(set(lines), {"peer b: link to ws://10.0.0.2:8123/connect failed: server answered 503 "
-                                      "Service Unavailable, retry after 1 s; retrying in 1.0 s"})
+        self.assertEqual(set(lines), {"peer b: link to ws://10.0.0.2:8123/connect failed: server answered "
+                                      "503 Service Unavailable, retry after 1 s; retrying in 1.0 s"})
         self.assertEqual(link.asked_to_wait, len(lines))

@@ -445,7 +445,8 @@ def _upgrade(site, client_id: str, token: str, peer: str = ATTACKER) -> bytes:  
     key = base64.b64encode(b"0123456789abcdef")
     head = (b"GET /connect HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n"
-            b"X-Tunnel-ID: " + client_id.encode() + b"\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n")
+            b"X-Tunnel-ID: " + client_id.encode() + b"\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
     channel.dataReceived(head)
     return transport.value()
 
