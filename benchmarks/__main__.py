@@ -23,19 +23,19 @@ import sys
 import tempfile
 import time
 
-from benchmarks import harness, scale
+from benchmarks import harness, scale, storm
 from benchmarks.harness import ChildError, Report
 from benchmarks.scenarios import SCENARIOS as PROGRAM_SCENARIOS
 from benchmarks.scenarios import Abort, Context, Settings, go_bin
 
-SCENARIOS = dict(PROGRAM_SCENARIOS, streams=scale.streams, sessions=scale.sessions)
+SCENARIOS = dict(PROGRAM_SCENARIOS, streams=scale.streams, sessions=scale.sessions, storm=storm.storm)
 
 FULL = dict(runs=3, size_mib=256, streams=100, streams_size_mib=256, slow_mib=1024, slow_rate=32.0,
             pauses=3, pause=2.0, duration=5.0, connections="1,16,128", max_growth_mib=8.0,
-            scale_streams=10000, scale_sessions=2000, idle_seconds=6.0, deadline=1800.0)
+            scale_streams=10000, scale_sessions=2000, storm_clients=2000, idle_seconds=6.0, deadline=1800.0)
 SMOKE = dict(runs=1, size_mib=16, streams=100, streams_size_mib=16, slow_mib=32, slow_rate=100.0,
              pauses=1, pause=0.5, duration=1.0, connections="16", max_growth_mib=32.0,
-             scale_streams=300, scale_sessions=30, idle_seconds=0.5, deadline=120.0)
+             scale_streams=300, scale_sessions=30, storm_clients=50, idle_seconds=0.5, deadline=120.0)
 
 
 def parse_args(argv):
@@ -66,6 +66,7 @@ def parse_args(argv):
                        help="requests, forward, peerhop: wrk connection counts, comma-separated")
     sizes.add_argument("--scale-streams", type=int, help="streams: streams open at once on one session")
     sizes.add_argument("--scale-sessions", type=int, help="sessions: sessions connected to one server")
+    sizes.add_argument("--storm-clients", type=int, help="storm: clients killed off and back at once")
     sizes.add_argument("--idle-seconds", type=float, help="streams, sessions: seconds of idle CPU measured")
     sizes.add_argument("--deadline", type=float, help="give up after this many seconds in all")
     args = parser.parse_args(argv)
@@ -80,7 +81,8 @@ def parse_args(argv):
     if (values["runs"] < 1 or values["size_mib"] < 1 or values["streams"] < 1 or values["slow_mib"] < 1
             or values["slow_rate"] <= 0 or values["pauses"] < 0 or values["pause"] < 0
             or values["duration"] < 1 or not values["connections"] or min(values["connections"]) < 1
-            or values["scale_streams"] < 1 or values["scale_sessions"] < 1 or values["idle_seconds"] <= 0):
+            or values["scale_streams"] < 1 or values["scale_sessions"] < 1 or values["storm_clients"] < 1
+            or values["idle_seconds"] <= 0):
         parser.error("runs, sizes, rates, counts and durations must be positive (wrk runs at least 1 s)")
     names = list(SCENARIOS)
     if args.only:

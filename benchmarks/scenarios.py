@@ -67,6 +67,7 @@ class Settings:
     max_growth_mib: float
     scale_streams: int  # streams open at once on one session
     scale_sessions: int  # sessions on one server
+    storm_clients: int  # clients of the storm (benchmarks.storm)
     idle_seconds: float  # scale: quiet interval over which idle CPU is measured
     deadline: float  # seconds for the whole suite
 

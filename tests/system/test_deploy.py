@@ -97,6 +97,8 @@ class KubernetesTests(_ArgvCheck):
             port = container[probe]["httpGet"]["port"]
             self.assertEqual(f"tcp:{ports[port]}", value("--admin-listen"))
         self.assertEqual(value("--listen"), f"tcp:{ports['tunnel']}")
+        # A PROXY-protocol listener for a network load balancer, beside the plain one peers use.
+        self.assertEqual(value("--also-listen"), f"haproxy:tcp:{ports['tunnel-proxied']}")
         self.assertEqual(value("--frontdoor-listen"), f"tcp:{ports['frontdoor']}")
         # The drain ends before the kubelet's kill.
         self.assertGreater(pod["terminationGracePeriodSeconds"], float(value("--drain-timeout")))
@@ -118,6 +120,25 @@ class KubernetesTests(_ArgvCheck):
         pdb = self.one("PodDisruptionBudget")
         self.assertEqual(pdb["spec"]["selector"]["matchLabels"], labels)
         self.assertLess(pdb["spec"]["maxUnavailable"], spec["replicas"])
+
+    def test_load_balancer_example(self):
+        """The commented NLB Service of services.yaml is a Service's fields, aimed at the PROXY listener."""
+        with open(os.path.join(KUBE, "services.yaml")) as f:
+            lines = f.read().splitlines()
+        start = lines.index("#   metadata:")
+        block = []
+        for line in lines[start:]:
+            if not line.startswith("#   "):
+                break
+            block.append(line[len("#   "):].split("  #")[0])
+        example = yaml.safe_load("\n".join(block))
+        annotations = example["metadata"]["annotations"]
+        self.assertEqual(annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"], "*")
+        self.assertEqual(example["spec"]["type"], "LoadBalancer")
+        [port] = example["spec"]["ports"]
+        [container] = self.one("Deployment")["spec"]["template"]["spec"]["containers"]
+        self.assertIn(port["targetPort"], {p["name"] for p in container["ports"]})
+        self.assertEqual(port["targetPort"], "tunnel-proxied")
 
     def test_args_are_accepted_by_the_program(self):
         """The Dockerfile's entrypoint plus the Deployment's args, as the container runs them."""
