@@ -33,7 +33,7 @@ from remotedialer.client._redial import Redialer
 from remotedialer.tunnel._interfaces import ISession, ISessionOwner, ITunnelConnection
 from remotedialer.tunnel._logtext import dial_failure_text
 from remotedialer.tunnel._session import Session
-from remotedialer.tunnel._websocket import TunnelClientFactory, _TunnelProtocol
+from remotedialer.tunnel._websocket import TunnelClientFactory, TunnelProtocol
 
 if TYPE_CHECKING:
     from remotedialer.tunnel._identity import Identity
@@ -86,7 +86,7 @@ class WebSocketLink(Service):
         self._usable = False
         self._why: str | None = None
         self._redialer: Redialer | None = None
-        self._protocol: _TunnelProtocol | None = None
+        self._protocol: TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -111,10 +111,10 @@ class WebSocketLink(Service):
         """The URL of the latest attempt (the one a failure is about)."""
         raise NotImplementedError
 
-    def make_session(self, protocol: _TunnelProtocol) -> Session:
+    def make_session(self, protocol: TunnelProtocol) -> Session:
         raise NotImplementedError
 
-    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
+    def link_opened(self, session: Session, protocol: TunnelProtocol) -> None:
         """The tunnel is open."""
 
     def link_closed(self, session: Session) -> None:
@@ -160,7 +160,7 @@ class WebSocketLink(Service):
     # ISessionOwner: called by the WebSocket protocol.
 
     def session_opened(self, protocol: ITunnelConnection, identity: Identity | None = None) -> ISession:
-        ours = cast("_TunnelProtocol", protocol)  # (our factory's protocols call this)
+        ours = cast("TunnelProtocol", protocol)  # (our factory's protocols call this)
         session = self.make_session(ours)
         self.session = session
         self.opened += 1
