@@ -242,7 +242,8 @@ class LayoutTests(SynchronousTestCase):
                                         "from remotedialer.frontdoor._pool import ClientPools")), 1)
 
     def test_planted_private_name_across_floors(self) -> None:
-        found = self.plant("remotedialer.client._link", "from remotedialer.tunnel._websocket import _SendPressure")
+        found = self.plant("remotedialer.client._link",
+                           "from remotedialer.tunnel._websocket import _SendPressure")
         self.assertEqual(len(found), 1, found)
         self.assertIn("a private name of another floor", found[0])
 
