@@ -398,7 +398,11 @@ def makeService(options: Options) -> ServerProgram:
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers,
                            access=access, **frontdoor_tuning.front_door_options(options))
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    early = refuse_unknown_client(server)
+    # A request with a body for an unknown client answered before its body
+    # is read, only where anyone may use the front door anyway: the early
+    # answer comes before the access rule, and would tell strangers (or a
+    # token scoped to other clients) which clients are connected.
+    early = refuse_unknown_client(server) if access.open and access.token_hashes is None else None
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", DrainGate(front_door, server))

@@ -300,6 +300,7 @@ class Exchange:
         channel.writeHeaders(b"HTTP/1.1", b"101", reason or b"Switching Protocols", head)  # type: ignore[no-untyped-call]  # Twisted's
         downstream = cast(IFlowTransport, channel.transport)
         downstream.unregisterProducer()  # (the HTTP channel, reading requests no more)
+        downstream.resumeProducing()  # (if holding paused it: the join decides from now on)
         caller_side, target_side = join(downstream, connection.transport)
         channel.switch_protocols(caller_side)
         connection.switch(target_side)

@@ -129,10 +129,16 @@ USAGE = "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]
 def upgrade_of(request: Request) -> bytes | None:
     """
     What C{request} asks to switch to: its C{Upgrade} header, when it is
-    HTTP/1.1 and its C{Connection} header names C{upgrade} (RFC 9110 7.8).
+    HTTP/1.1 without a body (kubectl's SPDY upgrade is a POST with
+    C{Content-Length: 0}) and its C{Connection} header names C{upgrade}
+    (RFC 9110 7.8).
     """
     if request.clientproto != b"HTTP/1.1":
         return None
+    headers = request.requestHeaders
+    length = headers.getRawHeaders(b"content-length")
+    if headers.hasHeader(b"transfer-encoding") or (length and length != [b"0"]):
+        return None  # (a body would be the new protocol's first bytes, or lost: not an upgrade we pass)
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
     if not upgrade:
         return None

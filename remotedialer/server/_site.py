@@ -425,25 +425,38 @@ class StreamingHTTPChannel(HTTPChannel):
     def switch_protocols(self, protocol: IProtocol) -> None:
         """
         The connection is no longer HTTP (its 101 is written): its bytes go
-        to C{protocol} from now on, the held ones first.  The transport's
-        producer (this channel) must be unregistered by the caller first.
+        to C{protocol} from now on, the held ones first.  The caller has
+        unregistered this channel as the transport's producer and resumed
+        the transport (holding may have paused it) before joining it to
+        the other side, whose back-pressure then rules.
         """
         self.taken_over()
         held, self._held = self._held or [], None
         self._switched = protocol
         for data in held:
             protocol.dataReceived(data)
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).resumeProducing()  # (if holding paused it)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        # What follows a request's head in the read that completed it comes
+        # here, not to dataReceived: held too, or it would be lost (or, after
+        # no switch, read as a pipelined request).
+        if self._held is not None:
+            self._hold(data)
+        else:
+            super().rawDataReceived(data)
+
+    def _hold(self, data: bytes) -> None:
+        assert self._held is not None
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > HELD_INPUT and self.transport is not None:
+            cast(IPushProducer, self.transport).pauseProducing()  # (resumed by the switch, or closed)
 
     def dataReceived(self, data: bytes) -> None:
         if self._switched is not None:
             self._switched.dataReceived(data)
         elif self._held is not None:
-            self._held.append(data)
-            self._held_size += len(data)
-            if self._held_size > HELD_INPUT and self.transport is not None:
-                cast(IPushProducer, self.transport).pauseProducing()  # (resumed by the switch, or closed)
+            self._hold(data)
         else:
             super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 

@@ -71,6 +71,14 @@ class UpgradeTests(SynchronousTestCase):
              b"a"),
             (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
              b"a, b"),
+            # kubectl's SPDY upgrade: a POST with no body
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+             b"Content-Length: 0\r\n\r\n", b"SPDY/3.1"),
+            # a body would be lost or taken for the new protocol's bytes: not an upgrade passed on
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: a\r\n"
+             b"Content-Length: 5\r\n\r\nhello", None),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: a\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", None),
         ]
         for head, expected in cases:
             self.assertEqual(read(head)[1], expected, head)
