@@ -86,11 +86,28 @@ class WebSocketLink(Service):
         self._usable = False
         self._why: str | None = None
         self._redialer: Redialer | None = None
+        #: Fires once the last stop is over (None: not stopping).
+        self._stopping: defer.Deferred[None] | None = None
         self._protocol: TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        stopping = self._stopping
+        if stopping is not None and not stopping.called:
+            # Started again before the last stop was over: the old
+            # connection's end is the old redialer's to hear, then redial.
+            def restart(result: None) -> None:
+                if self.running:
+                    self._redial()
+                return result
+
+            stopping.addCallback(restart)
+        else:
+            self._redial()
+
+    def _redial(self) -> None:
+        self._stopping = None
         self._redialer = Redialer(self.reactor, _CountedEndpoint(self, self._endpoint), self._factory,
                                   self._next_wait)
         self._redialer.start()
@@ -102,7 +119,10 @@ class WebSocketLink(Service):
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()
-        return self._redialer.stop() if self._redialer is not None else defer.succeed(None)
+        if self._redialer is None:
+            return defer.succeed(None)
+        self._stopping = self._redialer.stop()
+        return self._stopping
 
     # For subclasses.
 
