@@ -18,6 +18,7 @@ Module map:
     _peering      the outgoing link to a peer server (HA)
     _discovery    peers found by resolving a DNS name
     _access       who may call through this server (front door and proxies)
+    _own          this server's own listeners: the one "is this target one of mine" rule
     _splice       a caller's connection spliced to a tunnel stream
     _forwardstats each forwarder listener's counters
 """
@@ -27,6 +28,7 @@ from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, ha
 from remotedialer.server._discovery import PeerDiscovery
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._own import OwnListeners
 from remotedialer.server._ratelimit import FailureLimiter
 from remotedialer.server._resource import TunnelResource, header_authorizer
 from remotedialer.server._server import Server
@@ -46,6 +48,7 @@ __all__ = [
     "PeerDiscovery",
     "FrontDoorAccess",
     "ProxyAccess",
+    "OwnListeners",
     "Route",
     "Forwarder",
     "ForwarderStats",

@@ -26,6 +26,8 @@ from tests.forwarding import (
     token_access,
     tunnel_with_targets,
 )
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS
+from tests.server.test_own import listeners as own_listeners
 
 TOKEN = b"s3cret-token"
 
@@ -198,9 +200,13 @@ class ConnectProxyTests(SynchronousTestCase):
         self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 "))
 
     def test_own_listener(self):
-        self.factory.access = ProxyAccess(FrontDoorAccess(own_ports=frozenset([8123])))
-        _, caller = self.caller(connect_head("localhost:8123", b"Proxy-Authorization: " + basic("foo", b"")))
-        self.assertAnswer(caller, b"403 Forbidden", b"the target is this server's own listener")
+        """Every spelling of an own listener's address: 403, one line; the tunnel untouched."""
+        self.factory.access = ProxyAccess(FrontDoorAccess(own=own_listeners(("127.0.0.1", 8123))))
+        for host in ("localhost", "::1", *LOOPBACK_SPELLINGS):
+            target = f"[{host}]:8123" if ":" in host and not host.startswith("[") else f"{host}:8123"
+            _, caller = self.caller(connect_head(target, b"Proxy-Authorization: " + basic("foo", b"")))
+            self.assertAnswer(caller, b"403 Forbidden", b"the target is this server's own listener")
+        self.assertEqual(self.tunnel.messages, [])
 
     def test_malformed_heads(self):
         """Bad input: one line saying what is wrong, the connection closed, the tunnel untouched."""

@@ -199,7 +199,7 @@ class ServerAuthOptionsTests(TestCase):
         access = options["frontdoor_access"]
         self.assertEqual(len(access.token_hashes), 1)
         self.assertTrue(access.forward_credentials)
-        self.assertEqual(access.own_ports, frozenset({8123}))
+        self.assertEqual(access.own.ports, frozenset({8123}))
         self.bad(["--insecure-any-client", "--frontdoor-tokens-file", self.write("garbage here\n")],
                  "--frontdoor-tokens-file")
         self.bad(["--insecure-any-client", "--frontdoor-listen", "bogus:1"], "--frontdoor-listen")
