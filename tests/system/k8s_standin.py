@@ -113,6 +113,7 @@ from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -2289,10 +2290,10 @@ class StandinServer:
 
     @defer.inlineCallbacks
     def start(self):
-        ep = endpoints.SSL4ServerEndpoint(
-            self.reactor, self.requested_port, self.tls, interface=self.interface
-        )
-        self.connections = WrappingFactory(self.site)  # (to end them all at stop)
+        ep = endpoints.TCP4ServerEndpoint(self.reactor, self.requested_port, interface=self.interface)
+        # TLS by TLSMemoryBIOFactory, the connections counted below it (to end
+        # them all at stop): the HTTP channels' transport stays the TLS one.
+        self.connections = WrappingFactory(TLSMemoryBIOFactory(self.tls, False, self.site))
         self.listening = yield ep.listen(self.connections)
         self.port = self.listening.getHost().port
         self.api.listen_address = f"{self.interface}:{self.port}"
