@@ -56,7 +56,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from remotedialer.frontdoor._pool import ClientPool, ClientPools
-from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, error_body
+from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, connection_options, error_body
 from remotedialer.frontdoor._upstream import BadResponse, RequestNotSendable, UpstreamConnection
 from remotedialer.server._site import StreamingHTTPChannel
 from remotedialer.tunnel._endpoint import StreamOpener, TunnelAgentEndpointFactory
@@ -219,8 +219,9 @@ class Exchange:
         grouped: dict[bytes, list[bytes]] = {}
         length = None
         chunked = False
+        named = connection_options(value for name, value in headers if name == b"connection")
         for name, value in headers:
-            if name not in HOP_BY_HOP:
+            if name not in HOP_BY_HOP and name not in named:
                 if name in grouped:
                     grouped[name].append(value)
                 else:
@@ -232,6 +233,8 @@ class Exchange:
         set_header = request.responseHeaders.setRawHeaders
         for name, values in grouped.items():
             set_header(name, values)
+        if b"content-type" not in grouped:
+            request.defaultContentType = None  # (not twisted.web's text/html: the target said nothing)
         if length is not None and not chunked and code >= 200 and code != 204:
             # The body's length (for HEAD and 304, the length it would have).
             set_header(b"content-length", [length])
@@ -279,9 +282,15 @@ class Exchange:
         tunnel stream are spliced, back-pressure and closes both ways.
         """
         self._stop_timer()
+        self.connection = None
+        switched_to = b", ".join(value for name, value in headers if name == b"upgrade")
+        if switched_to.strip().lower() != (self.fetch.upgrade or b"").strip().lower():
+            # As Go's ReverseProxy: a switch to another protocol than asked is no answer.
+            connection.transport.abortConnection()
+            self._fail(Failure(error.ConnectionLost("the target switched to another protocol than asked")))
+            return
         self.answered = True
         self.over = True
-        self.connection = None
         request = self.request
         channel = cast(StreamingHTTPChannel | None, request.channel)  # (the front door checked)
         if self.reader_gone or channel is None or channel.transport is None:

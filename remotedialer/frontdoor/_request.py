@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Iterable
 
 import attrs
 from twisted.web.client import FileBodyProducer
@@ -35,6 +36,7 @@ __all__ = [
     "Fetch",
     "error_body",
     "host_header",
+    "connection_options",
     "parse",
     "split_target",
     "upgrade_of",
@@ -148,6 +150,15 @@ def upgrade_of(request: Request) -> bytes | None:
     return b", ".join(upgrade)
 
 
+def connection_options(values: Iterable[bytes]) -> frozenset[bytes]:
+    """
+    The header names a C{Connection} header's values name (lower case):
+    this hop's too, never passed on (RFC 9110 7.6.1).
+    """
+    tokens = (token.strip().lower() for value in values for token in value.split(b","))
+    return frozenset(token for token in tokens if token)
+
+
 def parse(request: Request, dropped: frozenset[bytes], close: bool,
           upgradable: bool = False) -> Fetch | tuple[int, str]:
     """
@@ -189,8 +200,9 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
         kept = b"&".join(q for q in query.split(b"&") if q and q != ours) if ours else query
         if kept:
             path += b"?" + kept
+    named = connection_options(request.requestHeaders.getRawHeaders(b"connection") or ())
     headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
-               if name.lower() not in dropped for value in values]
+               if name.lower() not in dropped and name.lower() not in named for value in values]
     headers.append((b"Host", host_value))
     upgrade = upgrade_of(request) if upgradable else None
     if upgrade is not None:
