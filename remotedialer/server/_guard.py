@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from remotedialer.protocol._limits import UpgradeLimits
 from remotedialer.protocol._text import printable
+from remotedialer.server._h2limit import PREFACE, HeaderBlockLimit
 from remotedialer.tunnel._logtext import address
 
 __all__ = ["HTTP_1_1_ONLY", "HeaderGuardFactory"]
@@ -76,12 +77,16 @@ class _HeaderGuard(Protocol):
         self._pending = True
         self._deadline: IDelayedCall | None = None
         self._site_protocol: IProtocol | None = None
+        #: The bound on an HTTP/2 connection's header blocks (None: not HTTP/2).
+        self._h2: HeaderBlockLimit | None = None
 
     def connectionMade(self) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.limits.timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
         if self._site_protocol is not None:
+            if self._h2 is not None and self._h2_refused(data):
+                return
             self._site_protocol.dataReceived(data)
             return
         if not self._pending:
@@ -108,8 +113,25 @@ class _HeaderGuard(Protocol):
             self.transport.loseConnection()
             return
         self._site_protocol = protocol
+        if head.startswith(PREFACE[:16]):
+            # HTTP/2: its header blocks are bounded by the same head limit
+            # (h2 would hold a CONTINUATION flood whole; see _h2limit).
+            self._h2 = HeaderBlockLimit(limits.header_bytes)
+            if self._h2_refused(head):
+                return
         protocol.makeConnection(self.transport)
         protocol.dataReceived(head)
+
+    def _h2_refused(self, data: bytes) -> bool:
+        assert self._h2 is not None
+        refused = self._h2.feed(data)
+        if refused is None:
+            return False
+        self.factory.log.info("closed a connection from {addr}: {reason}", addr=_address(self),
+                              reason=refused)
+        self._h2 = None
+        self.transport.abortConnection()
+        return True
 
     def _settled(self) -> None:
         if self._pending:
