@@ -61,6 +61,14 @@ _TOO_LARGE = (
 )
 
 
+class _Refused(Protocol):
+    """A connection refused while too many others are still sending their heads: closed at once."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]  # (every transport here has it)
+
+
 class _HeaderGuard(Protocol):
     """
     Holds one connection until its first request head is complete, then
@@ -258,7 +266,9 @@ class HeaderGuardFactory(Factory):
                 self._refusing = True
                 self.log.warn("{pending} connections are still sending their request heads (the limit): "
                               "refusing new ones", pending=self.pending)
-            return None
+            # A protocol that closes at once, not None: a TLS listener wraps
+            # what this returns, and None there is a traceback per connection.
+            return _Refused()
         self._refusing = False
         self.pending += 1
         return _HeaderGuard(self, addr)

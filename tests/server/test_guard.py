@@ -187,7 +187,9 @@ class GuardTests(SynchronousTestCase):
         factory = self.guard(max_pending=3)
         held = [self.connect(factory) for _ in range(3)]
         self.assertEqual(factory.pending, 3)
-        self.assertEqual(self.connect(factory), (None, None))
+        refused, transport = self.connect(factory)  # closed at once
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(factory.pending, 3)
         held[0][0].dataReceived(head())
         protocol, _ = self.connect(factory)
         self.assertIsNotNone(protocol)
@@ -293,6 +295,19 @@ class NegotiationTests(SynchronousTestCase):
         self.assertEqual(site.received, head())  # TLS is up and the site has the request
         self.assertEqual(client.negotiatedProtocol, site.transport.negotiatedProtocol)
         return site.transport.negotiatedProtocol
+
+    def test_refused_under_tls(self) -> None:
+        """
+        Over the pending limit on a TLS listener: the connection is closed,
+        with no traceback (TLS wrapped the None this used to return).
+        """
+        guard = HeaderGuardFactory(Recording(), UpgradeLimits(max_pending=1), clock=Clock())
+        guard.pending = 1  # (one connection is still sending its head)
+        server = TLSMemoryBIOFactory(self.server_options, False, guard, clock=Clock()).buildProtocol(ADDR)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_provides_protocol_negotiation(self) -> None:
         verifyObject(IProtocolNegotiationFactory, HeaderGuardFactory(Recording(), clock=Clock()))
