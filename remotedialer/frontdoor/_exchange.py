@@ -40,6 +40,7 @@ HTTP/1.1 and HTTP/2 (where a request has no ``channel.transport``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import cast
 
@@ -58,6 +59,7 @@ from zope.interface import implementer
 from remotedialer.frontdoor._pool import ClientPool, ClientPools
 from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, connection_options, error_body
 from remotedialer.frontdoor._upstream import BadResponse, RequestNotSendable, UpstreamConnection
+from remotedialer.protocol._text import printable
 from remotedialer.server._site import StreamingHTTPChannel
 from remotedialer.tunnel._endpoint import StreamOpener, TunnelAgentEndpointFactory
 from remotedialer.tunnel._exceptions import ClientNotConnected
@@ -82,6 +84,10 @@ class Upstreams:
     head_limits: tuple[int, int]
     reactor: IReactorTime
     log: Logger
+
+
+#: A reason phrase passed on as it came (visible ASCII, spaces, tabs).
+_PHRASE = re.compile(rb"[\x20-\x7e\t]*")
 
 
 #: Retries of a request whose kept-alive connection turned out closed.
@@ -215,7 +221,9 @@ class Exchange:
         request = self.request
         if self.fetch.upgrade is not None:
             cast(StreamingHTTPChannel, request.channel).release_input()  # an ordinary answer: no switch
-        request.setResponseCode(code, reason)
+        # (a reason phrase that is not visible ASCII is not passed on: it would reach the
+        # caller's terminal; the code's own phrase is said instead, as Go's proxy always does)
+        request.setResponseCode(code, reason if _PHRASE.fullmatch(reason) else None)
         grouped: dict[bytes, list[bytes]] = {}
         length = None
         chunked = False
@@ -370,15 +378,15 @@ class Exchange:
         reason = describe_failure(failure)
         if reason is None:
             self.upstreams.log.failure("front door: fetching {url} failed unexpectedly", failure,
-                                        url=url)
+                                        url=printable(url))
             reason = "unexpected error in the front door (see the server log)"
         if self.answered or request.startedWriting:
             # The upstream's status and headers are already ours: the only
             # honest way to say the body is cut short is to abort the
             # response (the reader sees fewer bytes than Content-Length, or
             # no last chunk).
-            self.upstreams.log.warn("front door: {url} failed mid-body: {reason}", url=url,
-                                     reason=reason)
+            self.upstreams.log.warn("front door: {url} failed mid-body: {reason}", url=printable(url),
+                                     reason=printable(reason))
             self._cut_short()
             return
         if failure.check(defer.TimeoutError):

@@ -23,6 +23,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 
 from remotedialer.protocol._addresses import split_host_port
+from remotedialer.protocol._codec import MAX_CONNECT_PAYLOAD
 from remotedialer.protocol._text import printable
 
 __all__ = [
@@ -192,6 +193,9 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     if target is None:
         return 400, f"bad target {printable(host_port)}: use host, host:port or [v6]:port"
     host, port, host_value = target
+    if len(host) + 16 > MAX_CONNECT_PAYLOAD and len(_dial_target(host, port)) > MAX_CONNECT_PAYLOAD:
+        return 400, (f"target {printable(host_port)} is too long: a tunnel dial names at most "
+                     f"{MAX_CONNECT_PAYLOAD} bytes (tcp/host:port)")
     # The path as the client sent it (postpath is already unquoted, and
     # unquoting %3F or %2F would change what the target is asked for).
     raw_path, _, query = request.uri.partition(b"?")
@@ -217,6 +221,11 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout, upgrade)
 
 
+def _dial_target(host: str, port: int) -> str:
+    """What the tunnel's Connect names for a target (as the tunnel's Agent endpoints dial it)."""
+    return f"tcp/[{host}]:{port}" if ":" in host else f"tcp/{host}:{port}"
+
+
 @functools.lru_cache(maxsize=1024)  # the same few targets come again and again
 def _target(scheme: str, host_port: str) -> tuple[str, int, bytes] | None:
     """(host, port, Host header) of a front-door target, or None if it is not one."""
@@ -227,8 +236,17 @@ def _target(scheme: str, host_port: str) -> tuple[str, int, bytes] | None:
     return host, port, host_header(scheme, host, port)
 
 
+#: Longest error text the front door answers (before escaping).
+ERROR_TEXT_LIMIT = 512
+
+
 def error_body(request: Request, code: int, text: str) -> bytes:
-    """Set an error status; the one-line text/plain body to send."""
+    """
+    Set an error status; the one-line text/plain body to send: C{text}
+    with control characters escaped (a client's Error text, a client key
+    from the URL: what the caller's terminal would show) and cut to
+    L{ERROR_TEXT_LIMIT} characters.
+    """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return " ".join(text.split()).encode("utf-8") + b"\n"
+    return printable(" ".join(text.split()), ERROR_TEXT_LIMIT).encode("utf-8") + b"\n"

@@ -13,7 +13,9 @@ Module map:
     _ratelimit    failed authentications delayed and limited per address
     _guard        a guard in front of the site: request heads complete, quick, bounded;
                   on TLS it names the site's protocols (ALPN)
-    _site         the server's web site: access log opt-in, bodies streamed
+    _bounds       every request of a connection bounded by the guard's limits (431),
+                  and its body's framing (400)
+    _site         the server's web site: access log opt-in, bodies streamed, HEAD bodiless
     _drain        graceful drain: refuse new work, tell peers, let streams finish
     _peering      the outgoing link to a peer server (HA)
     _discovery    peers found by resolving a DNS name

@@ -238,6 +238,41 @@ class ConnectProxyTests(SynchronousTestCase):
         self.assertTrue(received(good).endswith(b"220 hello\r\nstill here"))
         self.assertEqual(self.log.matching("bytearray"), [], "no repr in a log line")
 
+    def test_head_size_counted_whole(self):
+        """
+        A complete head over the limit is 431 however it arrives: h11 bounds
+        only a head still incomplete, so a 70 KiB head in one read was
+        answered 200 and dialed.  At the limit it is taken, with the bytes after it.
+        """
+        auth = b"Proxy-Authorization: " + basic("foo", b"")
+        base = connect_head(TARGET, auth, b"X-Pad: ")
+        limit = UpgradeLimits().header_bytes
+        for name, data, over in [
+                ("70 KiB at once", connect_head(TARGET, auth, b"X-Pad: " + b"p" * 70000), True),
+                ("70 KiB, bare LF line ends", connect_head(TARGET, auth, b"X-Pad: " + b"p" * 70000)
+                 .replace(b"\r\n", b"\n"), True),
+                ("one byte over",
+                 connect_head(TARGET, auth, b"X-Pad: " + b"p" * (limit + 1 - len(base))), True),
+                ("at the limit, then early bytes",
+                 connect_head(TARGET, auth, b"X-Pad: " + b"p" * (limit - len(base))) + b"e" * 70000, False)]:
+            _, caller = self.caller(data)
+            if over:
+                self.assertAnswer(caller, b"431 Request Header Fields Too Large",
+                                  b"request head over 65536 bytes")
+            else:
+                self.wait_dial()
+                self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 Connection established"), name)
+        self.assertEqual(self.forwarder.stats.failures, {"bad-request": 3})
+
+    def test_head_in_pieces_counted(self):
+        _, caller = self.caller(connect_head(TARGET, b"Proxy-Authorization: " + basic("foo", b""))[:-2])
+        for _ in range(8):
+            caller.transport.write(b"X-Pad: " + b"p" * 9000 + b"\r\n")
+            self.tunnel.flush()
+        caller.transport.write(b"\r\n")
+        self.tunnel.flush()
+        self.assertAnswer(caller, b"431 Request Header Fields Too Large", b"request head over 65536 bytes")
+
     def test_slow_head_is_408(self):
         _, caller = self.caller(b"CONNECT 10.0.0.5:6443 HTTP/1.1\r\n")
         self.tunnel.clock.advance(UpgradeLimits().timeout)
