@@ -144,6 +144,9 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, us
         ["frontdoor-open", None, "Answer front-door callers from any address, unauthenticated."],
         ["forward-credentials", None,
          "Pass the front-door caller's Authorization and Cookie headers on to targets."],
+        ["no-http2", None,
+         "Offer HTTP/1.1 only on TLS listeners (ALPN), not HTTP/2: twisted.web's HTTP/2 keeps writing "
+         "a response for a caller that stops reading while its flow-control window lasts (see SECURITY.md)."],
         *frontdoor_tuning.FLAGS,
     ]
 
@@ -410,7 +413,8 @@ def makeService(options: Options) -> ServerProgram:
         front_root = Resource()
         front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
-                                        early=early, name="front door")
+                                        early=early, name="front door",
+                                        alpn=HTTP_1_1_ONLY if options["no-http2"] else None)
         Listening("frontdoor-listen", options["frontdoor-listen"], front_site,
                   own=access.own).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
@@ -419,7 +423,8 @@ def makeService(options: Options) -> ServerProgram:
     # front door; the tunnel alone (a WebSocket upgrade) is HTTP/1.1 only.
     site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early,
                                    name="tunnel listener",
-                                   alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] else None)
+                                   alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] or options["no-http2"]
+                                   else None)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
     Listening("listen", options["listen"], site, own=access.own).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
