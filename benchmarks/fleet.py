@@ -37,7 +37,7 @@ class _BoundReactor:
         self._source = source
         directlyProvides(self, *providedBy(reactor))
 
-    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):  # noqa: N802  # Twisted's
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):  # (Twisted's name)
         return self._reactor.connectTCP(host, port, factory, timeout=timeout, bindAddress=(self._source, 0))
 
     def __getattr__(self, name):

@@ -163,7 +163,8 @@ def table(results: list[dict]) -> str:
             "Go" if r["impl"] == "go" else "Python", "many" if r["spread"] else "one", str(r["clients"]),
             _cell(r["all"]) if r["ok"] else f"{r['back']}/{r['clients']} in {r['within']:g} s",
             _cell(r["p50"]), _cell(r["p90"]), str(r["429"]), _cell(r["server_hwm_mib"], "MiB", 0),
-            _cell(r["listening"], "s", 2), "-" if r["listen_overflows"] is None else str(r["listen_overflows"]),
+            _cell(r["listening"], "s", 2),
+            "-" if r["listen_overflows"] is None else str(r["listen_overflows"]),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -177,13 +178,14 @@ def storm(ctx: Context) -> None:
     n = ctx.settings.storm_clients
     raise_fd_limit()
     impls = ["python"] + (["go"] if go_bin() else [])
-    report.note("storm", f"{n} library TunnelClients (one process) on the server program (--clients-file, a "
-                         f"token each), server SIGKILLed and started again on the same port; times from the kill")
+    report.note("storm", f"{n} library TunnelClients (one process) on the server program (--clients-file, "
+                         "a token each), server SIGKILLed and started again on the same port; times from "
+                         "the kill")
     if not go_bin():
         report.note("storm", f"no Go figures: set {GO_BIN_ENV} to a directory with Go's server and client")
     figures = {}
     for impl in reversed(impls):  # (Go's first: ours then names it as its reference)
-        for way, spread in WAYS.items():
+        for way in WAYS:
             label = f"{'Go' if impl == 'go' else 'Python'}, {way}"
             ref = figures.get(("go", way))
             figs = {}
@@ -215,7 +217,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--ways", default="one,many", help="one, many or both (one,many)")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--no-go", action="store_true", help="skip Go's server even if REMOTEDIALER_GO_BIN is set")
+    parser.add_argument("--no-go", action="store_true",
+                        help="skip Go's server even if REMOTEDIALER_GO_BIN is set")
     parser.add_argument("--within", type=float, default=BACK_WITHIN,
                         help=f"seconds the clients get to come back (default {BACK_WITHIN:g})")
     args = parser.parse_args(argv)

@@ -85,6 +85,7 @@ _PUBLIC = {
     "ForwarderStats": "server",
     "FrontDoorAccess": "server",
     "HeaderGuardFactory": "server",
+    "OwnListeners": "server",
     "PeerDiscovery": "server",
     "ProxyAccess": "server",
     "Route": "server",

@@ -10,6 +10,7 @@ still a cycle for the reader):
   - no import cycle between modules;
   - no function-local import of the package's own modules (the way a cycle
     gets hidden);
+  - no private name (C{_name}, not a module) imported from another floor;
   - C{remotedialer.protocol} imports only the standard library and attrs,
     and importing it loads no Twisted, zope or Autobahn module.
 
@@ -129,6 +130,22 @@ def violations(trees: dict[str, ast.Module]) -> list[str]:
                 continue
             if FLOORS[there] >= FLOORS[here]:
                 found.append(f"{where}: {here} may import only floors below it")
+        found += _private_names_across(module, tree, modules)
+    return found
+
+
+def _private_names_across(module: str, tree: ast.Module, modules: set[str]) -> list[str]:
+    """Private names (not modules) imported from another floor: each floor speaks through public ones."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            if floor_of(node.module) in (None, floor_of(module)):
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and f"{node.module}.{alias.name}" not in modules:
+                    found.append(f"{module}:{node.lineno} imports {node.module}.{alias.name}: "
+                                 "a private name of another floor")
     return found
 
 
@@ -223,6 +240,12 @@ class LayoutTests(SynchronousTestCase):
     def test_planted_sibling_import(self) -> None:
         self.assertEqual(len(self.plant("remotedialer.proxies._forward",
                                         "from remotedialer.frontdoor._pool import ClientPools")), 1)
+
+    def test_planted_private_name_across_floors(self) -> None:
+        found = self.plant("remotedialer.client._link",
+                           "from remotedialer.tunnel._websocket import _SendPressure")
+        self.assertEqual(len(found), 1, found)
+        self.assertIn("a private name of another floor", found[0])
 
     def test_planted_module_outside_the_floors(self) -> None:
         self.assertEqual(len(self.plant("remotedialer._compat", "import os")), 1)

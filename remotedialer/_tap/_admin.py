@@ -29,6 +29,7 @@ from remotedialer.ops._status import client_status, server_status
 from remotedialer.protocol._text import printable
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
+from remotedialer.server._own import OwnListeners
 from remotedialer.server._server import Server
 
 __all__ = ["AdminOptions", "ClientProgram", "loopback_only", "serve_client_admin", "serve_server_admin"]
@@ -77,8 +78,9 @@ def _registry() -> CollectorRegistry:
 class _AdminListener(Listening):
     """The admin listener: warns at start when it is reachable from other hosts."""
 
-    def __init__(self, program: str, description: str, factory: IProtocolFactory, backlog: int) -> None:
-        super().__init__("admin-listen", description, factory, program, backlog)
+    def __init__(self, program: str, description: str, factory: IProtocolFactory,
+                 own: OwnListeners | None = None, backlog: int = DEFAULT_BACKLOG) -> None:
+        super().__init__("admin-listen", description, factory, program, own, backlog)
         self._description = description
 
     def startService(self) -> None:
@@ -90,13 +92,14 @@ class _AdminListener(Listening):
 
 
 
-def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint, backlog: int) -> None:
+def _listen(parent: MultiService, program: str, description: str, admin: AdminEndpoint,
+            own: OwnListeners | None = None, backlog: int = DEFAULT_BACKLOG) -> None:
     # The admin site behind the same request-head limits as the tunnel's
     # listener; idle connections (a prober's, a scraper's) are closed after
     # a minute.  Probes and scrapers speak HTTP/1.1: on TLS (ssl:...) it is
     # the one protocol offered (ALPN).
     site = HeaderGuardFactory(AdminSite(admin, timeout=60), name="admin endpoint", alpn=HTTP_1_1_ONLY)
-    _AdminListener(program, description, site, backlog).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    _AdminListener(program, description, site, own, backlog).setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
 
 def serve_server_admin(top: MultiService, options: Any, server: Server, listening: IProtocolFactory,
@@ -124,7 +127,9 @@ def serve_server_admin(top: MultiService, options: Any, server: Server, listenin
     if forwarders:
         metrics.registry.register(ForwarderCollector(forwarders))
         admin.status_sections["forwarders"] = lambda: [stats.snapshot() for stats in forwarders]
-    _listen(top, "remotedialer-server", description, admin, options.get("backlog", DEFAULT_BACKLOG))
+    # (One of the server's own listeners, which no front-door or proxy request may target.)
+    _listen(top, "remotedialer-server", description, admin, options["frontdoor_access"].own,
+            options.get("backlog", DEFAULT_BACKLOG))
     return admin
 
 
@@ -152,7 +157,8 @@ def serve_client_admin(client: TunnelClient, options: Any) -> IService:
     admin = AdminEndpoint(metrics.registry, lambda limit: client_status(client), [tunnel_check])
     program = ClientProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
     client.setServiceParent(program)  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    _listen(program, "remotedialer-client", description, admin, options.get("backlog", DEFAULT_BACKLOG))
+    _listen(program, "remotedialer-client", description, admin,
+            backlog=options.get("backlog", DEFAULT_BACKLOG))
     program.client = client
     program.admin = admin
     return program

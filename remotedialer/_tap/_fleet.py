@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from remotedialer._tap._listen import DEFAULT_BACKLOG, check_backlog, check_listen, port_of
+from remotedialer._tap._listen import DEFAULT_BACKLOG, check_backlog, check_listen, plan
 from remotedialer.protocol._text import printable
 from remotedialer.server import _ratelimit as limits
 from remotedialer.server._forwarded import TrustedProxies, parse_network
@@ -78,7 +77,7 @@ class FleetOptions:
 
 
 def check(options: usage.Options) -> None:
-    """One-line usage errors for the flags above; stores C{trusted_proxies}, the extra listeners' ports."""
+    """One-line usage errors for the flags above; stores C{trusted_proxies}; plans the extra listeners."""
     check_backlog(options)
     try:
         FailureLimiter(Clock(), **limiter_settings(options))
@@ -91,10 +90,8 @@ def check(options: usage.Options) -> None:
             d.startswith(("tcp:", "haproxy:tcp:")) for d in also):
         raise usage.UsageError("--tls-cert/--tls-key make TLS listeners on tcp: (or haproxy:tcp:) "
                                "--listen and --also-listen")
-    ports = {port for port in map(port_of, also) if port}
-    if ports:  # the front door will not dial the server's own listeners either
-        access = options["frontdoor_access"]
-        options["frontdoor_access"] = attrs.evolve(access, own_ports=access.own_ports | ports)
+    for description in also:  # the server's own listeners: never a front-door or proxy target
+        plan(options["frontdoor_access"].own, description)
 
 
 def limiter_settings(options: usage.Options) -> dict[str, Any]:

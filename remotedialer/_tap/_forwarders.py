@@ -8,20 +8,22 @@ endpoint description is taken as written.  The proxies follow the front
 door's access rules (tokens, open, loopback callers; see
 L{remotedialer.server._access}); a port forward serves whoever reaches its
 listener, so one beyond loopback is warned about at start.  Every
-forwarder listener's port joins the server's own listeners, which no
-front-door or proxy request may target.
+forwarder listener joins the server's own listeners
+(L{remotedialer.server._own.OwnListeners}), which no front-door, proxy or
+forwarded connection may target: a C{--forward} to one of them is a usage
+error, and a forwarded connection whose target became one (a C{tcp:0}
+listener that got that port) is closed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from remotedialer._tap._listen import Listening, check_listen, loopback_only, port_of
+from remotedialer._tap._listen import Listening, check_listen, loopback_only, plan, port_of
 from remotedialer.client._acl import TCP_PROTOS
 from remotedialer.protocol._addresses import split_host_port
 from remotedialer.protocol._text import printable
@@ -90,7 +92,9 @@ def parse_forwarders(options: Any) -> None:
     """
     Check the forwarder flags of the server's C{options} (one-line usage
     errors naming the flag); store C{options["forwards"]}, and add the
-    listeners' ports to the front door's own listeners.
+    listeners to the server's own listeners (C{options["frontdoor_access"].own},
+    which already holds the server's other listeners), which no forward
+    may target.
     """
     forwards = []
     for spec in options.forward_specs:
@@ -112,9 +116,13 @@ def parse_forwarders(options: Any) -> None:
         raise usage.UsageError("--forward/--connect-proxy-listen/--socks-listen: a listener is given twice")
     if not 0 <= options["proxy-dial-wait"] <= MAX_DIAL_WAIT:
         raise usage.UsageError(f"--proxy-dial-wait must be 0-{MAX_DIAL_WAIT:g} seconds")
-    ports = {port for port in map(port_of, listens) if port}
-    access = options["frontdoor_access"]
-    options["frontdoor_access"] = attrs.evolve(access, own_ports=access.own_ports | ports)
+    own = options["frontdoor_access"].own
+    for listen in listens:
+        plan(own, listen)
+    for spec, (_, route) in zip(options.forward_specs, forwards, strict=True):
+        if route.proto in TCP_PROTOS and own.holds_address(route.address):
+            raise usage.UsageError(f"--forward {printable(spec)!r}: the target {printable(route.address)} "
+                                   "is this server's own listener")
 
 
 def add_forwarders(top: MultiService, server: Any, options: Any) -> list[ForwarderStats]:
@@ -134,8 +142,10 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
         if not loopback_only(listen):
             log.warn("--forward {listen}: listens beyond loopback: anyone who reaches it reaches {route}",
                      listen=listen, route=str(route))
-        factory: Any = PortForwardFactory(forwarder(f"forward:{listen}", "forward", str(route)), route)
-        Listening("forward", listen, factory, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        factory: Any = PortForwardFactory(forwarder(f"forward:{listen}", "forward", str(route)), route,
+                                          own=access.front_door.own)
+        Listening("forward", listen, factory, own=access.front_door.own,
+                  backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     dial_wait = options["proxy-dial-wait"]
     for flag, kind, make in (("connect-proxy-listen", "connect-proxy", ConnectProxyFactory),
                              ("socks-listen", "socks", SocksProxyFactory)):
@@ -146,5 +156,6 @@ def add_forwarders(top: MultiService, server: Any, options: Any) -> list[Forward
             log.warn("--{flag} {listen} with --frontdoor-open: anyone who reaches it reaches every "
                      "client's network", flag=flag, listen=listen)
         factory = make(forwarder(f"{kind}:{listen}", kind, dial_wait=dial_wait), access, limits)
-        Listening(flag, listen, factory, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening(flag, listen, factory, own=access.front_door.own,
+                  backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     return all_stats

@@ -1,10 +1,18 @@
 """
 What every listener of the programs shares: a description checked at
 option time (one usage line, never a traceback), a listening service whose
-failure to listen is one line and exit status 1, the port of a
-description (to know the server's own listeners), and whether a listener
-is on loopback only (to warn about those beyond it), by the one loopback
-rule (L{remotedialer.protocol._addresses.is_loopback}).
+failure to listen is one line and exit status 1, the port and interface of
+a description, and whether a listener is on loopback only (to warn about
+those beyond it), by the one loopback rule
+(L{remotedialer.protocol._addresses.is_loopback}).
+
+The server's own listeners (L{remotedialer.server._own.OwnListeners}):
+each listener joins them twice, as its description says at option time
+(L{plan}: so a C{--forward} to one is refused at start) and with the
+address and port it bound when it starts listening (L{Listening} given
+C{own}: so a C{tcp:0} listener is known by the port it got).  This host's
+names and addresses, for listeners on every interface, are
+L{this_host}'s.
 
 Every listener takes the programs' C{--backlog} (the kernel's queue of
 connections not yet accepted: Twisted's default, 50, overflows when a
@@ -20,18 +28,21 @@ own TLS (C{--tls-cert}) goes inside C{haproxy:tcp:}.
 from __future__ import annotations
 
 import re
+import socket
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
+from zope.interface import implementer
 
 from remotedialer.protocol._addresses import is_loopback
 from remotedialer.protocol._text import printable
+from remotedialer.server._own import OwnListeners
 
-__all__ = ["DEFAULT_BACKLOG", "Listening", "check_backlog", "check_listen", "loopback_only", "port_of",
-           "with_backlog"]
+__all__ = ["DEFAULT_BACKLOG", "Listening", "check_backlog", "check_listen", "interface_of", "loopback_only",
+           "plan", "port_of", "this_host", "with_backlog"]
 
 #: The interface= of an endpoint description (colons in it escaped, C{\\:}).
 _INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
@@ -63,18 +74,65 @@ def port_of(description: str) -> int | None:
     return None
 
 
+def interface_of(description: str) -> str:
+    """The C{interface=} of an endpoint description, unescaped; empty without one (every interface)."""
+    found = _INTERFACE.search(description)
+    return re.sub(r"\\(.)", r"\1", found.group(1)) if found is not None else ""
+
+
 def loopback_only(description: str) -> bool:
     """
     The endpoint C{description} cannot be reached from another host: a
     tcp:/tcp6:/ssl: one bound to a loopback interface (C{127.0.0.1},
     C{\\:\\:1}, C{\\:\\:ffff\\:127.0.0.1}, C{localhost}), or not a network one.
     """
-    description = _unwrapped(description)
-    kind = description.partition(":")[0]
+    kind = _unwrapped(description).partition(":")[0]
     if kind not in ("tcp", "tcp6", "ssl"):
         return True
-    found = _INTERFACE.search(description)
-    return found is not None and is_loopback(re.sub(r"\\(.)", r"\1", found.group(1)))
+    interface = interface_of(description)
+    return bool(interface) and is_loopback(interface)
+
+
+def this_host() -> tuple[list[str], list[str]]:
+    """
+    This host's name and the addresses it resolves to
+    (C{getaddrinfo(gethostname())}; none if that fails): what the own-
+    listener rule knows of this host beyond loopback.  Not every address of
+    every interface: one missing from that lookup, or added later, is not
+    known (the standard library lists no interface addresses).
+    """
+    name = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        found = []
+    return [name], sorted({str(sockaddr[0]) for *_, sockaddr in found})
+
+
+def plan(own: OwnListeners, description: str) -> None:
+    """Add the listener C{description} describes to C{own}, as it will bind (port 0: not yet)."""
+    port = port_of(description)
+    if port:
+        own.add(interface_of(description), port)
+
+
+@implementer(IStreamServerEndpoint)
+class _Recorded:
+    """An endpoint whose listening ports join C{own} with the address and port they bound."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, own: OwnListeners) -> None:
+        self._endpoint = endpoint
+        self._own = own
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        def bound(port: IListeningPort) -> IListeningPort:
+            address = port.getHost()
+            host, number = getattr(address, "host", None), getattr(address, "port", None)
+            if isinstance(host, str) and isinstance(number, int):
+                self._own.add(host, number)
+            return port
+
+        return self._endpoint.listen(protocolFactory).addCallback(bound)
 
 
 def with_backlog(description: str, backlog: int) -> str:
@@ -108,15 +166,23 @@ def check_listen(flag: str, description: str) -> None:
 
 
 class Listening(StreamServerEndpointService):
-    """A listening service whose failure to listen (a busy port) is one line, not a traceback."""
+    """
+    A listening service whose failure to listen (a busy port) is one line,
+    not a traceback; with C{own}, what it binds joins the server's own
+    listeners.  It listens with C{backlog} unless the description names one.
+    """
 
     def __init__(self, flag: str, description: str, factory: IProtocolFactory,
-                 program: str = "remotedialer-server", backlog: int = DEFAULT_BACKLOG) -> None:
+                 program: str = "remotedialer-server", own: OwnListeners | None = None,
+                 backlog: int = DEFAULT_BACKLOG) -> None:
         from twisted.internet import reactor
 
-        #: What it listens on, the backlog added (with_backlog).
+        #: What it listens on, the backlog added (L{with_backlog}).
         self.description = with_backlog(description, backlog)
-        super().__init__(endpoints.serverFromString(reactor, self.description), factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        endpoint = endpoints.serverFromString(reactor, self.description)
+        if own is not None:
+            endpoint = _Recorded(endpoint, own)
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         self._raiseSynchronously = True  # as strports.service: fail at start, not later
         self._flag = flag
         self._program = program

@@ -46,7 +46,7 @@ from remotedialer._tap._common import (
     parse_limits,
 )
 from remotedialer._tap._forwarders import ForwarderOptions, add_forwarders, parse_forwarders
-from remotedialer._tap._listen import Listening, check_listen, port_of
+from remotedialer._tap._listen import Listening, check_listen, plan, this_host
 from remotedialer._tap._logging import LogFormatOption
 from remotedialer.client._proxyrule import ProxyRule, proxy_rule
 from remotedialer.frontdoor._resource import FrontDoor, refuse_unknown_client
@@ -58,6 +58,7 @@ from remotedialer.server._auth import CertificateAuthorizer, TokenAuthorizer, To
 from remotedialer.server._drain import DRAIN_TIMEOUT, DrainGate, DrainOnStop
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
+from remotedialer.server._own import OwnListeners
 from remotedialer.server._resource import header_authorizer
 from remotedialer.server._server import Server
 from remotedialer.server._site import ServerSite
@@ -145,6 +146,9 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, fl
         ["frontdoor-open", None, "Answer front-door callers from any address, unauthenticated."],
         ["forward-credentials", None,
          "Pass the front-door caller's Authorization and Cookie headers on to targets."],
+        ["no-http2", None,
+         "Offer HTTP/1.1 only on TLS listeners (ALPN), not HTTP/2: twisted.web's HTTP/2 keeps writing "
+         "a response for a caller that stops reading while its flow-control window lasts (see SECURITY.md)."],
         *frontdoor_tuning.FLAGS,
     ]
 
@@ -236,15 +240,17 @@ class Options(VersionOption, LogFormatOption, ForwarderOptions, AdminOptions, fl
             hashes = TokenFile(tokens_file) if tokens_file else None
         except (OSError, ValueError) as e:
             raise usage.UsageError(f"--frontdoor-tokens-file: {e}") from None
-        own_ports = {port_of(self["listen"])} | ({port_of(self["frontdoor-listen"])}
-                                                  if self["frontdoor-listen"] else set())
+        if self["frontdoor-listen"]:
+            check_listen("frontdoor-listen", self["frontdoor-listen"])
+        # The server's own listeners, as described (the forwarders' join in
+        # parse_forwarders); each joins again with what it binds.
+        own = OwnListeners(*this_host())
+        for description in (self["listen"], self["frontdoor-listen"], self.get("admin_listen")):
+            if description:
+                plan(own, description)
         self["frontdoor_access"] = FrontDoorAccess(
             token_hashes=hashes, open=bool(self["frontdoor-open"]),
-            forward_credentials=bool(self["forward-credentials"]),
-            own_ports=frozenset(p for p in own_ports if p))
-        if self["frontdoor-listen"]:
-
-            check_listen("frontdoor-listen", self["frontdoor-listen"])
+            forward_credentials=bool(self["forward-credentials"]), own=own)
 
 
 def _tls_options(cert_path: str, key_path: str, ca_path: str | None) -> CertificateOptions:
@@ -402,27 +408,34 @@ def makeService(options: Options) -> ServerProgram:
                            response_head_bytes=upgrade.header_bytes, response_headers=upgrade.max_headers,
                            access=access, **frontdoor_tuning.front_door_options(options))
     top = ServerProgram()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16651
-    early = refuse_unknown_client(server)
+    # A request with a body for an unknown client answered before its body
+    # is read, only where anyone may use the front door anyway: the early
+    # answer comes before the access rule, and would tell strangers (or a
+    # token scoped to other clients) which clients are connected.
+    early = refuse_unknown_client(server) if access.open and access.token_hashes is None else None
     if options["frontdoor-listen"]:
         front_root = Resource()
         front_root.putChild(b"client", DrainGate(front_door, server))
         front_site = HeaderGuardFactory(ServerSite(front_root, options["access-log"], STREAMED), upgrade,
-                                        early=early, name="front door")
-        front = Listening("frontdoor-listen", options["frontdoor-listen"], front_site,
-                          backlog=options["backlog"])
-        front.setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+                                        early=early, name="front door",
+                                        alpn=HTTP_1_1_ONLY if options["no-http2"] else None)
+        Listening("frontdoor-listen", options["frontdoor-listen"], front_site,
+                  own=access.own, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     else:
         root.putChild(b"client", DrainGate(front_door, server))
     # On TLS, ALPN offers what the listener serves: h2 and http/1.1 with the
     # front door; the tunnel alone (a WebSocket upgrade) is HTTP/1.1 only.
     site: Any = HeaderGuardFactory(ServerSite(root, options["access-log"], STREAMED), upgrade, early=early,
                                    name="tunnel listener",
-                                   alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] else None)
+                                   alpn=HTTP_1_1_ONLY if options["frontdoor-listen"] or options["no-http2"]
+                                   else None)
     if options["tls_options"] is not None:
         site = TLSMemoryBIOFactory(options["tls_options"], False, site)
-    Listening("listen", options["listen"], site, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+    Listening("listen", options["listen"], site, own=access.own,
+              backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     for description in options["also_listen"]:
-        Listening("also-listen", description, site, backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
+        Listening("also-listen", description, site, own=access.own,
+                  backlog=options["backlog"]).setServiceParent(top)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
     tokens = options["authorizer"] if isinstance(options["authorizer"], TokenAuthorizer) else None
     frontdoor_tokens = access.token_hashes if isinstance(access.token_hashes, TokenFile) else None
     if tokens is not None or options["tls_options"] is not None or frontdoor_tokens is not None:

@@ -24,8 +24,10 @@ A rule is C{proto/host:port}:
     (C{unix//run/docker.sock}).
 
 Targets: an IP address in any spelling a resolver would accept
-(C{0177.0.0.1}, C{2130706433}, C{0x7f.1}, C{[::ffff:127.0.0.1]},
-C{[0:0:0:0:0:0:0:1]}) is turned into its one standard form, and only
+(C{0177.0.0.1}, C{2130706433}, C{0x7f.1}, C{127.0.0.1.},
+C{[::ffff:127.0.0.1]}, C{[0:0:0:0:0:0:0:1]}) is turned into its one
+standard form, by the reading the server's own-listener rule shares
+(L{remotedialer.protocol._addresses.canonical_address}), and only
 address rules can allow it.  Anything else must be a valid host name (ASCII
 letters, digits, C{-} and C{_} in dot-separated labels, the last not all
 digits) or the target is refused.  The unspecified addresses C{0.0.0.0} and
@@ -48,14 +50,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Iterable
 
 import attr
 
-from remotedialer.protocol._addresses import split_host_port
+from remotedialer.protocol._addresses import IPAddress, canonical_address, plain_name, split_host_port
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = ["TCP_PROTOS", "DialACL", "DialRule", "IPAddress", "IPNetwork", "canonical_address",
+           "canonical_host", "canonical_name", "parse_rule"]
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The address families (4, 6) each proto dials to; C{*} is C{tcp}.
@@ -64,36 +67,10 @@ _FAMILIES = {"tcp": frozenset({4, 6}), "*": frozenset({4, 6}),
 TCP_PROTOS = ("tcp", "tcp4", "tcp6")
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-#: What inet_aton may read as an IPv4 address (it also accepts trailing
-#: junk after white space: we never hand it more than these characters).
-_INET_ATON_CHARS = re.compile(r"[0-9a-fA-FxX.]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-
-
-def canonical_address(host: str) -> IPAddress | None:
-    """
-    The IP address C{host} spells (brackets already removed), in canonical
-    form: IPv4-mapped IPv6 as IPv4, the legacy inet_aton forms
-    (C{0177.0.0.1}, C{2130706433}, C{0x7f.1}, C{127.1}) as the IPv4
-    address they name; None when C{host} is not an IP address.  An IPv6
-    zone (C{fe80::1%eth0}) is kept.
-    """
-    try:
-        ip: IPAddress = ipaddress.ip_address(host)
-    except ValueError:
-        if not _INET_ATON_CHARS.fullmatch(host):
-            return None
-        try:
-            packed = socket.inet_aton(host)
-        except OSError:
-            return None
-        return ipaddress.IPv4Address(packed)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def canonical_name(host: str) -> str:
@@ -104,9 +81,7 @@ def canonical_name(host: str) -> str:
     """
     if not host.isascii():
         raise ValueError(f"{host!r} is not an ASCII host name (use its xn-- form)")
-    name = host.lower()
-    if name.endswith("."):
-        name = name[:-1]
+    name = plain_name(host)
     labels = name.split(".")
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{host!r} is neither an IP address nor a valid host name")

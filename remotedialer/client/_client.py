@@ -43,7 +43,7 @@ from remotedialer.tunnel._logtext import failure_text
 from remotedialer.tunnel._session import Session, SessionFactory
 from remotedialer.tunnel._stream import TunnelStream
 from remotedialer.tunnel._tunnellog import link_down, link_retry, link_up
-from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, _TunnelProtocol, client_factory
+from remotedialer.tunnel._websocket import IDLE_TIMEOUT, PING_INTERVAL, TunnelProtocol, client_factory
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -303,7 +303,7 @@ class TunnelClient(WebSocketLink):
 
     # The link.
 
-    def make_session(self, protocol: _TunnelProtocol) -> Session:
+    def make_session(self, protocol: TunnelProtocol) -> Session:
         return self.session_factory.session(
             protocol,
             client_key=self._client_key,
@@ -311,7 +311,7 @@ class TunnelClient(WebSocketLink):
             dialer=self._dialer,
         )
 
-    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
+    def link_opened(self, session: Session, protocol: TunnelProtocol) -> None:
         link_up(self.log, session, self.url)
         self._ready = False
         if self._on_connect is None:

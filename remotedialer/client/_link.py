@@ -39,7 +39,7 @@ from remotedialer.client._redial import Redialer
 from remotedialer.tunnel._interfaces import ISession, ISessionOwner, ITunnelConnection
 from remotedialer.tunnel._logtext import dial_failure_text
 from remotedialer.tunnel._session import Session
-from remotedialer.tunnel._websocket import TunnelClientFactory, _TunnelProtocol
+from remotedialer.tunnel._websocket import TunnelClientFactory, TunnelProtocol
 
 if TYPE_CHECKING:
     from remotedialer.tunnel._identity import Identity
@@ -102,11 +102,28 @@ class WebSocketLink(Service):
         #: The wait the server asked for when it refused this attempt (Retry-After).
         self._asked: float | None = None
         self._redialer: Redialer | None = None
-        self._protocol: _TunnelProtocol | None = None
+        #: Fires once the last stop is over (None: not stopping).
+        self._stopping: defer.Deferred[None] | None = None
+        self._protocol: TunnelProtocol | None = None
         self._sync: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, untyped: mypy#16653
+        stopping = self._stopping
+        if stopping is not None and not stopping.called:
+            # Started again before the last stop was over: the old
+            # connection's end is the old redialer's to hear, then redial.
+            def restart(result: None) -> None:
+                if self.running:
+                    self._redial()
+                return result
+
+            stopping.addCallback(restart)
+        else:
+            self._redial()
+
+    def _redial(self) -> None:
+        self._stopping = None
         self._redialer = Redialer(self.reactor, _CountedEndpoint(self, self._endpoint), self._factory,
                                   self._next_wait)
         self._redialer.start()
@@ -118,7 +135,10 @@ class WebSocketLink(Service):
         if self._protocol is not None and self._protocol.transport is not None:
             # A TLS transport will not close while a producer is registered.
             self._protocol.transport.unregisterProducer()
-        return self._redialer.stop() if self._redialer is not None else defer.succeed(None)
+        if self._redialer is None:
+            return defer.succeed(None)
+        self._stopping = self._redialer.stop()
+        return self._stopping
 
     # For subclasses.
 
@@ -127,10 +147,10 @@ class WebSocketLink(Service):
         """The URL of the latest attempt (the one a failure is about)."""
         raise NotImplementedError
 
-    def make_session(self, protocol: _TunnelProtocol) -> Session:
+    def make_session(self, protocol: TunnelProtocol) -> Session:
         raise NotImplementedError
 
-    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
+    def link_opened(self, session: Session, protocol: TunnelProtocol) -> None:
         """The tunnel is open."""
 
     def link_closed(self, session: Session) -> None:
@@ -183,7 +203,7 @@ class WebSocketLink(Service):
     # ISessionOwner: called by the WebSocket protocol.
 
     def session_opened(self, protocol: ITunnelConnection, identity: Identity | None = None) -> ISession:
-        ours = cast("_TunnelProtocol", protocol)  # (our factory's protocols call this)
+        ours = cast("TunnelProtocol", protocol)  # (our factory's protocols call this)
         session = self.make_session(ours)
         self.session = session
         self.opened += 1

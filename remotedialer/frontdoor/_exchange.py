@@ -40,6 +40,7 @@ HTTP/1.1 and HTTP/2 (where a request has no ``channel.transport``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import cast
 
@@ -56,8 +57,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from remotedialer.frontdoor._pool import ClientPool, ClientPools
-from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, error_body
+from remotedialer.frontdoor._request import HOP_BY_HOP, Fetch, connection_options, error_body
 from remotedialer.frontdoor._upstream import BadResponse, RequestNotSendable, UpstreamConnection
+from remotedialer.protocol._text import printable
 from remotedialer.server._site import StreamingHTTPChannel
 from remotedialer.tunnel._endpoint import StreamOpener, TunnelAgentEndpointFactory
 from remotedialer.tunnel._exceptions import ClientNotConnected
@@ -82,6 +84,10 @@ class Upstreams:
     head_limits: tuple[int, int]
     reactor: IReactorTime
     log: Logger
+
+
+#: A reason phrase passed on as it came (visible ASCII, spaces, tabs).
+_PHRASE = re.compile(rb"[\x20-\x7e\t]*")
 
 
 #: Retries of a request whose kept-alive connection turned out closed.
@@ -215,12 +221,15 @@ class Exchange:
         request = self.request
         if self.fetch.upgrade is not None:
             cast(StreamingHTTPChannel, request.channel).release_input()  # an ordinary answer: no switch
-        request.setResponseCode(code, reason)
+        # (a reason phrase that is not visible ASCII is not passed on: it would reach the
+        # caller's terminal; the code's own phrase is said instead, as Go's proxy always does)
+        request.setResponseCode(code, reason if _PHRASE.fullmatch(reason) else None)
         grouped: dict[bytes, list[bytes]] = {}
         length = None
         chunked = False
+        named = connection_options(value for name, value in headers if name == b"connection")
         for name, value in headers:
-            if name not in HOP_BY_HOP:
+            if name not in HOP_BY_HOP and name not in named:
                 if name in grouped:
                     grouped[name].append(value)
                 else:
@@ -232,6 +241,8 @@ class Exchange:
         set_header = request.responseHeaders.setRawHeaders
         for name, values in grouped.items():
             set_header(name, values)
+        if b"content-type" not in grouped:
+            request.defaultContentType = None  # (not twisted.web's text/html: the target said nothing)
         if length is not None and not chunked and code >= 200 and code != 204:
             # The body's length (for HEAD and 304, the length it would have).
             set_header(b"content-length", [length])
@@ -279,9 +290,15 @@ class Exchange:
         tunnel stream are spliced, back-pressure and closes both ways.
         """
         self._stop_timer()
+        self.connection = None
+        switched_to = b", ".join(value for name, value in headers if name == b"upgrade")
+        if switched_to.strip().lower() != (self.fetch.upgrade or b"").strip().lower():
+            # As Go's ReverseProxy: a switch to another protocol than asked is no answer.
+            connection.transport.abortConnection()
+            self._fail(Failure(error.ConnectionLost("the target switched to another protocol than asked")))
+            return
         self.answered = True
         self.over = True
-        self.connection = None
         request = self.request
         channel = cast(StreamingHTTPChannel | None, request.channel)  # (the front door checked)
         if self.reader_gone or channel is None or channel.transport is None:
@@ -300,6 +317,7 @@ class Exchange:
         channel.writeHeaders(b"HTTP/1.1", b"101", reason or b"Switching Protocols", head)  # type: ignore[no-untyped-call]  # Twisted's
         downstream = cast(IFlowTransport, channel.transport)
         downstream.unregisterProducer()  # (the HTTP channel, reading requests no more)
+        downstream.resumeProducing()  # (if holding paused it: the join decides from now on)
         caller_side, target_side = join(downstream, connection.transport)
         channel.switch_protocols(caller_side)
         connection.switch(target_side)
@@ -360,15 +378,15 @@ class Exchange:
         reason = describe_failure(failure)
         if reason is None:
             self.upstreams.log.failure("front door: fetching {url} failed unexpectedly", failure,
-                                        url=url)
+                                        url=printable(url))
             reason = "unexpected error in the front door (see the server log)"
         if self.answered or request.startedWriting:
             # The upstream's status and headers are already ours: the only
             # honest way to say the body is cut short is to abort the
             # response (the reader sees fewer bytes than Content-Length, or
             # no last chunk).
-            self.upstreams.log.warn("front door: {url} failed mid-body: {reason}", url=url,
-                                     reason=reason)
+            self.upstreams.log.warn("front door: {url} failed mid-body: {reason}", url=printable(url),
+                                     reason=printable(reason))
             self._cut_short()
             return
         if failure.check(defer.TimeoutError):

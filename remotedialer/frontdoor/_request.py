@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Iterable
 
 import attrs
 from twisted.web.client import FileBodyProducer
@@ -22,6 +23,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 
 from remotedialer.protocol._addresses import split_host_port
+from remotedialer.protocol._codec import MAX_CONNECT_PAYLOAD
 from remotedialer.protocol._text import printable
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "Fetch",
     "error_body",
     "host_header",
+    "connection_options",
     "parse",
     "split_target",
     "upgrade_of",
@@ -129,10 +132,16 @@ USAGE = "usage: /client/<clientKey>/<scheme>/<host>[/<path>][?timeout=<seconds>]
 def upgrade_of(request: Request) -> bytes | None:
     """
     What C{request} asks to switch to: its C{Upgrade} header, when it is
-    HTTP/1.1 and its C{Connection} header names C{upgrade} (RFC 9110 7.8).
+    HTTP/1.1 without a body (kubectl's SPDY upgrade is a POST with
+    C{Content-Length: 0}) and its C{Connection} header names C{upgrade}
+    (RFC 9110 7.8).
     """
     if request.clientproto != b"HTTP/1.1":
         return None
+    headers = request.requestHeaders
+    length = headers.getRawHeaders(b"content-length")
+    if headers.hasHeader(b"transfer-encoding") or (length and length != [b"0"]):
+        return None  # (a body would be the new protocol's first bytes, or lost: not an upgrade we pass)
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
     if not upgrade:
         return None
@@ -140,6 +149,15 @@ def upgrade_of(request: Request) -> bytes | None:
     if b"upgrade" not in (token.strip().lower() for token in tokens.split(b",")):
         return None
     return b", ".join(upgrade)
+
+
+def connection_options(values: Iterable[bytes]) -> frozenset[bytes]:
+    """
+    The header names a C{Connection} header's values name (lower case):
+    this hop's too, never passed on (RFC 9110 7.6.1).
+    """
+    tokens = (token.strip().lower() for value in values for token in value.split(b","))
+    return frozenset(token for token in tokens if token)
 
 
 def parse(request: Request, dropped: frozenset[bytes], close: bool,
@@ -175,6 +193,9 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     if target is None:
         return 400, f"bad target {printable(host_port)}: use host, host:port or [v6]:port"
     host, port, host_value = target
+    if len(host) + 16 > MAX_CONNECT_PAYLOAD and len(_dial_target(host, port)) > MAX_CONNECT_PAYLOAD:
+        return 400, (f"target {printable(host_port)} is too long: a tunnel dial names at most "
+                     f"{MAX_CONNECT_PAYLOAD} bytes (tcp/host:port)")
     # The path as the client sent it (postpath is already unquoted, and
     # unquoting %3F or %2F would change what the target is asked for).
     raw_path, _, query = request.uri.partition(b"?")
@@ -183,8 +204,9 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
         kept = b"&".join(q for q in query.split(b"&") if q and q != ours) if ours else query
         if kept:
             path += b"?" + kept
+    named = connection_options(request.requestHeaders.getRawHeaders(b"connection") or ())
     headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
-               if name.lower() not in dropped for value in values]
+               if name.lower() not in dropped and name.lower() not in named for value in values]
     headers.append((b"Host", host_value))
     upgrade = upgrade_of(request) if upgradable else None
     if upgrade is not None:
@@ -199,6 +221,11 @@ def parse(request: Request, dropped: frozenset[bytes], close: bool,
     return Fetch(client_key, scheme, host, port, host_port, path, headers, body, timeout, upgrade)
 
 
+def _dial_target(host: str, port: int) -> str:
+    """What the tunnel's Connect names for a target (as the tunnel's Agent endpoints dial it)."""
+    return f"tcp/[{host}]:{port}" if ":" in host else f"tcp/{host}:{port}"
+
+
 @functools.lru_cache(maxsize=1024)  # the same few targets come again and again
 def _target(scheme: str, host_port: str) -> tuple[str, int, bytes] | None:
     """(host, port, Host header) of a front-door target, or None if it is not one."""
@@ -209,8 +236,17 @@ def _target(scheme: str, host_port: str) -> tuple[str, int, bytes] | None:
     return host, port, host_header(scheme, host, port)
 
 
+#: Longest error text the front door answers (before escaping).
+ERROR_TEXT_LIMIT = 512
+
+
 def error_body(request: Request, code: int, text: str) -> bytes:
-    """Set an error status; the one-line text/plain body to send."""
+    """
+    Set an error status; the one-line text/plain body to send: C{text}
+    with control characters escaped (a client's Error text, a client key
+    from the URL: what the caller's terminal would show) and cut to
+    L{ERROR_TEXT_LIMIT} characters.
+    """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return " ".join(text.split()).encode("utf-8") + b"\n"
+    return printable(" ".join(text.split()), ERROR_TEXT_LIMIT).encode("utf-8") + b"\n"

@@ -116,7 +116,7 @@ class FrontDoor(Resource):
         fetch = parse(request, dropped, close=not self.pools.max_idle, upgradable=upgradable)
         if not isinstance(fetch, Fetch):
             return error_body(request, *fetch)
-        if self._access.nested(fetch.host_port):
+        if self._access.nested(fetch.host, fetch.port):
             return error_body(request, 403, "front door: the target is this server's own listener")
         if fetch.upgrade is not None:
             cast(StreamingHTTPChannel, channel).hold_input()

@@ -33,9 +33,10 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import EncodingResourceWrapper, IResource, NoResource, Resource
-from twisted.web.server import GzipEncoderFactory, Site
+from twisted.web.server import GzipEncoderFactory
 
 from remotedialer.ops._metrics import CONTENT_TYPE, render
+from remotedialer.server._site import BoundedSite
 
 __all__ = ["AdminEndpoint", "AdminSite"]
 
@@ -192,8 +193,12 @@ class AdminEndpoint:
         return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("ascii")
 
 
-class AdminSite(Site):
-    """A Site for the admin endpoint: no access log line per probe or scrape, no traceback in a body."""
+class AdminSite(BoundedSite):
+    """
+    A Site for the admin endpoint: no access log line per probe or scrape,
+    no traceback in a body; every request bounded as the server's are, and
+    HEAD answered with no body (L{BoundedSite}).
+    """
 
     displayTracebacks = False
 

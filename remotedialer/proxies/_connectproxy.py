@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from http import HTTPStatus
 
 import h11
@@ -48,6 +49,9 @@ __all__ = ["ConnectProxyFactory", "proxy_credentials"]
 
 #: The realm our 407 answers name.
 REALM = b'Basic realm="remotedialer"'
+
+#: Where a request head ends, as h11 finds it (a bare LF ends a line too).
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 _REFUSAL_STATUS = {
     "unauthenticated": 407, "no-client": 407, "caller-refused": 403, "client-not-allowed": 403,
@@ -90,6 +94,10 @@ class _ConnectProxy(HandshakeSplice):
         super().__init__(factory)
         self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=factory.limits.header_bytes)
         self._handshaking = True
+        #: The head so far, counted here: h11 bounds only a head still incomplete, so
+        #: one that arrives whole in one read would pass at any size.
+        self._head = bytearray()
+        self._counted = False
 
     def dataReceived(self, data: bytes) -> None:
         if not self._handshaking:
@@ -97,6 +105,9 @@ class _ConnectProxy(HandshakeSplice):
             return
         if not self._pending:
             return  # answered; closing
+        if self._head_over(data):
+            self._refuse(431, "bad-request", f"request head over {self.factory.limits.header_bytes} bytes")
+            return
         self._parser.receive_data(data)
         try:
             event = self._parser.next_event()
@@ -115,6 +126,19 @@ class _ConnectProxy(HandshakeSplice):
         if isinstance(event, h11.Request):
             self._settled()
             self._request(event)
+
+    def _head_over(self, data: bytes) -> bool:
+        """Whether the request head, with C{data}, is over C{header_bytes} (what follows it not counted)."""
+        if self._counted:
+            return False
+        limit = self.factory.limits.header_bytes
+        start = max(0, len(self._head) - 2)
+        self._head += data[: limit + 3 - len(self._head)]  # (enough to know)
+        end = _HEAD_END.search(self._head, start)
+        size = end.end() if end is not None else len(self._head)
+        if end is not None:
+            self._counted, self._head = True, bytearray()
+        return size > limit
 
     def _request(self, request: h11.Request) -> None:
         limits = self.factory.limits

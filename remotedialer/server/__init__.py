@@ -14,11 +14,14 @@ Module map:
     _forwarded    a tunnel's caller behind trusted proxies (X-Forwarded-For)
     _guard        a guard in front of the site: request heads complete, quick, bounded;
                   on TLS it names the site's protocols (ALPN)
-    _site         the server's web site: access log opt-in, bodies streamed
+    _bounds       every request of a connection bounded by the guard's limits (431),
+                  and its body's framing (400)
+    _site         the server's web site: access log opt-in, bodies streamed, HEAD bodiless
     _drain        graceful drain: refuse new work, tell peers, let streams finish
     _peering      the outgoing link to a peer server (HA)
     _discovery    peers found by resolving a DNS name
     _access       who may call through this server (front door and proxies)
+    _own          this server's own listeners: the one "is this target one of mine" rule
     _splice       a caller's connection spliced to a tunnel stream
     _forwardstats each forwarder listener's counters
 """
@@ -29,6 +32,7 @@ from remotedialer.server._discovery import PeerDiscovery
 from remotedialer.server._forwarded import TrustedProxies
 from remotedialer.server._forwardstats import ForwarderStats
 from remotedialer.server._guard import HeaderGuardFactory
+from remotedialer.server._own import OwnListeners
 from remotedialer.server._ratelimit import FailureLimiter
 from remotedialer.server._resource import TunnelResource, header_authorizer
 from remotedialer.server._server import Server
@@ -49,6 +53,7 @@ __all__ = [
     "PeerDiscovery",
     "FrontDoorAccess",
     "ProxyAccess",
+    "OwnListeners",
     "Route",
     "Forwarder",
     "ForwarderStats",

@@ -13,7 +13,9 @@ L{FrontDoorAccess.caller_refusal} is the rule, for every way in:
   - else, with the front door open, anyone may;
   - else only loopback callers may (by the one loopback rule,
     L{remotedialer.protocol._addresses.is_loopback});
-  - a target that is one of this server's own listeners is refused.
+  - a target that is one of this server's own listeners is refused
+    (L{remotedialer.server._own.OwnListeners}: by port bound and by
+    address in any spelling, C{0x7f.1} as C{127.0.0.1}).
 
 Where the token comes from depends on the way in.  The front door takes
 C{Proxy-Authorization: Bearer <token>}, or, when that header is absent,
@@ -43,9 +45,10 @@ import attrs
 from twisted.internet.interfaces import IAddress
 from twisted.web.iweb import IRequest
 
-from remotedialer.protocol._addresses import is_loopback, split_host_port
+from remotedialer.protocol._addresses import is_loopback
 from remotedialer.protocol._clientkey import client_key_problem
 from remotedialer.server._auth import ClientScope, token_scope
+from remotedialer.server._own import OwnListeners
 
 __all__ = [
     "TUNNEL_SUFFIX",
@@ -122,9 +125,9 @@ class FrontDoorAccess:
     use; with C{open}, anyone.  The caller's C{Authorization} and
     C{Cookie} are not sent to targets unless C{forward_credentials}, and
     an C{Authorization} that carried the front-door token never is.
-    Targets that are this server's own listeners (C{own_ports} on a
-    loopback host) are refused, so the front door cannot be nested into
-    itself.
+    Targets that are this server's own listeners (C{own}, which the
+    programs fill in as each listener binds) are refused, so the front
+    door cannot be nested into itself.
     """
 
     #: The accepted tokens' SHA-256 digests: a mapping to the clients each
@@ -133,7 +136,8 @@ class FrontDoorAccess:
     token_hashes: Iterable[bytes] | Mapping[bytes, ClientScope] | None = None
     open: bool = False
     forward_credentials: bool = False
-    own_ports: frozenset[int] = frozenset()
+    #: This server's own listeners (shared: listeners join as they bind).
+    own: OwnListeners = attrs.Factory(OwnListeners)
 
     def caller_refusal(self, caller: IAddress | None, token: bytes | None,
                        client_key: str | None = None) -> Refusal | None:
@@ -192,13 +196,9 @@ class FrontDoorAccess:
             return None
         return b"authorization" if self._token(request)[1] else None
 
-    def nested(self, host_port: str) -> bool:
-        """C{host:port} is one of this server's own listeners."""
-        try:
-            host, port = split_host_port(host_port)
-        except ValueError:
-            return False
-        return port in self.own_ports and is_loopback(host)
+    def nested(self, host: str, port: int) -> bool:
+        """The target C{host} (any spelling, or a name) on C{port} is one of this server's own listeners."""
+        return self.own.holds(host, port)
 
 
 @attrs.frozen
@@ -261,7 +261,6 @@ class ProxyAccess:
             return Refusal("bad-request", "the target host must be printable text, without '/' or spaces")
         if not 0 < port < 65536:
             return Refusal("bad-request", "the target port must be 1-65535")
-        route = Route.tcp(client, host, port)
-        if self.front_door.nested(route.address):
+        if self.front_door.nested(host, port):
             return Refusal("own-listener", "the target is this server's own listener")
-        return route
+        return Route.tcp(client, host, port)

@@ -243,7 +243,9 @@ def load_tokens(path: str) -> dict[bytes, ClientScope]:
                 except ValueError as e:
                     raise ValueError(f"{path} line {number}: {e}") from None
             digest = fields[-1].removeprefix("sha256:").lower() if fields else ""
-            if not _HEX64.fullmatch(digest):
+            if not _HEX64.fullmatch(digest) or any(field.startswith(_SCOPE_PREFIX) for field in fields):
+                # (a clients= before the digest would otherwise be read as a
+                # label, making the token one for every client)
                 raise ValueError(f"{path} line {number}: not {_TOKEN_LINE}")
             key = bytes.fromhex(digest)
             tokens[key] = tokens[key] | scope if key in tokens else scope

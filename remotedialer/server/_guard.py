@@ -15,8 +15,11 @@ The guard holds a connection itself until the head is complete, then
 connects the site's own protocol to the real transport and hands it the
 head: TLS, HTTP/2 negotiation (the HTTP/2 preface ends with an empty line,
 and h2 applies its own limits from there) and Autobahn see the transport
-itself.  Requests after the first on a kept-alive connection are bounded by
-twisted.web's own header limits and idle timeout.
+itself.  A site of ours (L{BoundedSite}) is given the guard's limits, so
+that its HTTP/1.1 channel applies the same ones, with the same answer, to
+every request, the first included (twisted.web's own, smaller limits would
+refuse a head the guard let through: L{remotedialer.server._bounds}); later
+requests on a kept-alive connection are timed by twisted.web's idle timeout.
 
 On a TLS listener the guard is the listening factory, so it is what TLS
 asks which protocols it may negotiate (ALPN): it names the site's (h2 when
@@ -41,11 +44,14 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPFactory
+from twisted.web.http import HTTPFactory
 from zope.interface import implementer
 
 from remotedialer.protocol._limits import UpgradeLimits
 from remotedialer.protocol._text import printable
+from remotedialer.server._bounds import head_refusal, plain_answer
+from remotedialer.server._h2limit import PREFACE, HeaderBlockLimit
+from remotedialer.server._site import BoundedSite
 from remotedialer.tunnel._logtext import address
 
 __all__ = ["HTTP_1_1_ONLY", "HeaderGuardFactory"]
@@ -54,10 +60,14 @@ __all__ = ["HTTP_1_1_ONLY", "HeaderGuardFactory"]
 HTTP_1_1_ONLY: tuple[bytes, ...] = (b"http/1.1",)
 
 _HEAD_END = b"\r\n\r\n"
-_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-)
+
+
+class _Refused(Protocol):
+    """A connection refused while too many others are still sending their heads: closed at once."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]  # (every transport here has it)
 
 
 class _HeaderGuard(Protocol):
@@ -76,12 +86,16 @@ class _HeaderGuard(Protocol):
         self._pending = True
         self._deadline: IDelayedCall | None = None
         self._site_protocol: IProtocol | None = None
+        #: The bound on an HTTP/2 connection's header blocks (None: not HTTP/2).
+        self._h2: HeaderBlockLimit | None = None
 
     def connectionMade(self) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.limits.timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
         if self._site_protocol is not None:
+            if self._h2 is not None and self._h2_refused(data):
+                return
             self._site_protocol.dataReceived(data)
             return
         if not self._pending:
@@ -93,7 +107,7 @@ class _HeaderGuard(Protocol):
         head_size = len(self._head) if end < 0 else end + len(_HEAD_END)
         lines = self._head.count(b"\r\n", 0, head_size)
         if head_size > limits.header_bytes or lines > limits.max_headers + 2:
-            self._refuse(f"request head over {limits.header_bytes} bytes or {limits.max_headers} headers")
+            self._refuse(head_refusal(limits))
             return
         if end < 0:
             return
@@ -108,8 +122,25 @@ class _HeaderGuard(Protocol):
             self.transport.loseConnection()
             return
         self._site_protocol = protocol
+        if head.startswith(PREFACE[:16]):
+            # HTTP/2: its header blocks are bounded by the same head limit
+            # (h2 would hold a CONTINUATION flood whole; see _h2limit).
+            self._h2 = HeaderBlockLimit(limits.header_bytes)
+            if self._h2_refused(head):
+                return
         protocol.makeConnection(self.transport)
         protocol.dataReceived(head)
+
+    def _h2_refused(self, data: bytes) -> bool:
+        assert self._h2 is not None
+        refused = self._h2.feed(data)
+        if refused is None:
+            return False
+        self.factory.log.info("closed a connection from {addr}: {reason}", addr=_address(self),
+                              reason=refused)
+        self._h2 = None
+        self.transport.abortConnection()
+        return True
 
     def _settled(self) -> None:
         if self._pending:
@@ -122,19 +153,14 @@ class _HeaderGuard(Protocol):
     def _refuse(self, reason: str) -> None:
         self.factory.log.info("refused a request from {addr}: {reason}", addr=_address(self), reason=reason)
         self._settled()
-        body = (reason + "\n").encode()
-        self.transport.write(_TOO_LARGE % (len(body), body))
+        self.transport.write(plain_answer(431, reason))
         self.transport.loseConnection()
 
     def _answer(self, code: int, text: str) -> None:
         """Answer now, before the body is read, and close (the body is never taken in)."""
         self.factory.log.info("answered {code} to a request from {addr} before its body: {text}",
                               code=code, addr=_address(self), text=printable(text))
-        body = (" ".join(text.split()) + "\n").encode()
-        phrase = RESPONSES.get(code, b"Error")
-        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-                             % (code, phrase, len(body), body))
+        self.transport.write(plain_answer(code, printable(text, limit=512)))
         self.transport.loseConnection()
 
     def _too_slow(self) -> None:
@@ -180,6 +206,8 @@ class HeaderGuardFactory(Factory):
         self.wrapped = wrapped
         self.clock: IReactorTime = clock
         self.limits = limits if limits is not None else UpgradeLimits()
+        if isinstance(wrapped, BoundedSite):
+            wrapped.limits = self.limits  # one set of limits for every request (see module docstring)
         self.pending = 0
         self._refusing = False
         #: C{early(method, path)} may answer a request that carries a body
@@ -236,7 +264,9 @@ class HeaderGuardFactory(Factory):
                 self._refusing = True
                 self.log.warn("{pending} connections are still sending their request heads (the limit): "
                               "refusing new ones", pending=self.pending)
-            return None
+            # A protocol that closes at once, not None: a TLS listener wraps
+            # what this returns, and None there is a traceback per connection.
+            return _Refused()
         self._refusing = False
         self.pending += 1
         return _HeaderGuard(self, addr)

@@ -32,7 +32,7 @@ from remotedialer.server._resource import PEER_ID_HEADER, PEER_TOKEN_HEADER
 from remotedialer.tunnel._interfaces import ISession, ISessionObserver
 from remotedialer.tunnel._session import Session
 from remotedialer.tunnel._tunnellog import link_down, link_retry, link_up
-from remotedialer.tunnel._websocket import _TunnelProtocol, client_factory
+from remotedialer.tunnel._websocket import TunnelProtocol, client_factory
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -124,7 +124,7 @@ class PeerLink(WebSocketLink):
 
     # The link.
 
-    def make_session(self, protocol: _TunnelProtocol) -> Session:
+    def make_session(self, protocol: TunnelProtocol) -> Session:
         return self.server.session_factory.session(
             protocol,
             client_key=self.peer_id,
@@ -132,7 +132,7 @@ class PeerLink(WebSocketLink):
             dialer=self.server.peer_dialer,
         )
 
-    def link_opened(self, session: Session, protocol: _TunnelProtocol) -> None:
+    def link_opened(self, session: Session, protocol: TunnelProtocol) -> None:
         link_up(self.log, session, self.url, peer=self.peer_id)
         self.tunnel_usable()
         # A draining server has told its peers its clients are leaving: a

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hmac
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -118,7 +119,15 @@ def handshake_problem(request: Request) -> str | None:
     if len(key) != 1 or not _is_websocket_key(key[0]):
         return "websocket: not a websocket handshake: " \
                "'Sec-WebSocket-Key' header must be Base64 encoded value of 16-byte length"
+    for name in (b"sec-websocket-extensions", b"sec-websocket-protocol"):
+        # (Autobahn quotes what it cannot parse here, raw, in its status line and log)
+        if not all(_VISIBLE.fullmatch(value) for value in headers.getRawHeaders(name) or ()):
+            return f"websocket: the '{name.decode().title()}' header must be printable ASCII"
     return None
+
+
+#: A header value of visible ASCII, spaces and tabs (RFC 9110 5.5, without obs-text).
+_VISIBLE = re.compile(rb"[\x20-\x7e\t]*")
 
 
 def _has_token(values: Sequence[bytes] | None, token: bytes) -> bool:

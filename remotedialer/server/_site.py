@@ -30,6 +30,12 @@ parsed (L{StreamingHTTPChannel}) and, under HTTP/2, from the stream's
 pseudo-headers (C{H2Stream.command}/C{path}); HTTP/2 itself is still
 served by twisted.web's own channel, picked by ALPN as twisted.web does.
 
+Every site of the programs (this one, and the admin endpoint's) is a
+L{BoundedSite}: its HTTP/1.1 channel applies the guard's limits to every
+request (L{remotedialer.server._bounds}), and HEAD is answered with no body
+wherever it is rendered (L{HeadRequest}), so twisted.web never logs one it
+had to drop.
+
 The HTTP/1.1 channel also does per connection what twisted.web did per
 request (small front-door GETs are what the server mostly carries): it asks
 the transport for the local address once, and keeps one idle timer, which
@@ -46,13 +52,18 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, Request
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.http import Request
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request as SiteRequest
 from twisted.web.server import Site
 from zope.interface import implementer
 
-__all__ = ["RequestBody", "ServerSite", "StreamingHTTPChannel", "StreamingRequest"]
+from remotedialer.protocol._limits import UpgradeLimits
+from remotedialer.server._bounds import BoundedHTTPChannel
+
+__all__ = ["BoundedSite", "HeadRequest", "RequestBody", "ServerSite", "StreamingHTTPChannel",
+           "StreamingRequest"]
 
 #: Bytes of body held for a consumer that has not started (or is paused)
 #: before the caller's connection stops being read.
@@ -167,7 +178,54 @@ class RequestBody:
             self._request.resume_reading()
 
 
-class StreamingRequest(SiteRequest):
+@implementer(IResource)
+class _Head:
+    """
+    A resource rendered for HEAD: what it renders is not sent (as
+    twisted.web does), but said only by its Content-Length, so that
+    twisted.web has no body to eat (see L{HeadRequest}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def __repr__(self) -> str:
+        return f"<HEAD of {type(self._resource).__name__}>"
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        child: IResource = self._resource.getChildWithDefault(name, request)
+        return child
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        self._resource.putChild(path, child)
+
+    def render(self, request: IRequest) -> bytes | int:
+        body: bytes | int = self._resource.render(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+
+class HeadRequest(SiteRequest):
+    """
+    A Site request that answers HEAD with no body, wherever it is rendered
+    (an error text, a page, twisted.web's own 404): twisted.web, given a
+    body for HEAD, drops it but logs "Warning: HEAD request <the request's
+    repr, its whole URI> ... I think I'll eat it" (a 15 KB line for a 15 KB
+    URI; and for a URI with a byte that is not ASCII, the repr itself
+    fails: "MESSAGE LOST").
+    """
+
+    def render(self, resrc: IResource) -> None:
+        if self.method == b"HEAD":
+            resrc = _Head(resrc)
+        super().render(resrc)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+
+
+class StreamingRequest(HeadRequest):
     """A Site request whose body may be streamed (see module docstring)."""
 
     #: The request's body as it arrives, when it is streamed; else None (use C{content}).
@@ -215,6 +273,8 @@ class StreamingRequest(SiteRequest):
 
     def _render_early(self, line: tuple[bytes, bytes, bytes]) -> None:
         self._early = None
+        if getattr(self.channel, "refused", False):
+            return  # its body was refused (and answered) before it was rendered
         self._rendered_early = True
         super().requestReceived(*line)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
@@ -335,12 +395,13 @@ class StreamingRequest(SiteRequest):
 HELD_INPUT = 64 * 1024
 
 
-class StreamingHTTPChannel(HTTPChannel):
+class StreamingHTTPChannel(BoundedHTTPChannel):
     """
-    twisted.web's HTTP/1.1 channel, letting each request know its request
-    line as soon as it is parsed, and asking its transport for the local address
-    once per connection: every twisted.web request takes it (C{request.host}),
-    and for TCP that is a C{getsockname} system call per request.
+    twisted.web's HTTP/1.1 channel (bounded: L{BoundedHTTPChannel}),
+    letting each request know its request line as soon as it is parsed,
+    and asking its transport for the local address once per connection:
+    every twisted.web request takes it (C{request.host}), and for TCP that
+    is a C{getsockname} system call per request.
     """
 
     _host: IAddress | None = None
@@ -425,25 +486,38 @@ class StreamingHTTPChannel(HTTPChannel):
     def switch_protocols(self, protocol: IProtocol) -> None:
         """
         The connection is no longer HTTP (its 101 is written): its bytes go
-        to C{protocol} from now on, the held ones first.  The transport's
-        producer (this channel) must be unregistered by the caller first.
+        to C{protocol} from now on, the held ones first.  The caller has
+        unregistered this channel as the transport's producer and resumed
+        the transport (holding may have paused it) before joining it to
+        the other side, whose back-pressure then rules.
         """
         self.taken_over()
         held, self._held = self._held or [], None
         self._switched = protocol
         for data in held:
             protocol.dataReceived(data)
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).resumeProducing()  # (if holding paused it)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        # What follows a request's head in the read that completed it comes
+        # here, not to dataReceived: held too, or it would be lost (or, after
+        # no switch, read as a pipelined request).
+        if self._held is not None:
+            self._hold(data)
+        else:
+            super().rawDataReceived(data)
+
+    def _hold(self, data: bytes) -> None:
+        assert self._held is not None
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > HELD_INPUT and self.transport is not None:
+            cast(IPushProducer, self.transport).pauseProducing()  # (resumed by the switch, or closed)
 
     def dataReceived(self, data: bytes) -> None:
         if self._switched is not None:
             self._switched.dataReceived(data)
         elif self._held is not None:
-            self._held.append(data)
-            self._held_size += len(data)
-            if self._held_size > HELD_INPUT and self.transport is not None:
-                cast(IPushProducer, self.transport).pauseProducing()  # (resumed by the switch, or closed)
+            self._hold(data)
         else:
             super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
@@ -453,16 +527,16 @@ class StreamingHTTPChannel(HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         # Every line of every head comes here: as little as can be done.
         self.current_line = line
-        HTTPChannel.lineReceived(self, line)
+        BoundedHTTPChannel.lineReceived(self, line)
 
 
 class _ChannelChoice(Protocol):
     """
     Picks a connection's channel at its first bytes, when TLS (if any) has
-    negotiated: twisted.web's own for h2, L{StreamingHTTPChannel} otherwise.
+    negotiated: twisted.web's own for h2, the site's HTTP/1.1 channel otherwise.
     """
 
-    def __init__(self, site: ServerSite, addr: IAddress | None) -> None:
+    def __init__(self, site: BoundedSite, addr: IAddress | None) -> None:
         self._site = site
         self._addr = addr
         self._channel: IProtocol | None = None
@@ -482,7 +556,41 @@ class _ChannelChoice(Protocol):
             channel.connectionLost(reason)
 
 
-class ServerSite(Site):
+class BoundedSite(Site):
+    """
+    A Site whose HTTP/1.1 connections are bounded by C{limits} on every
+    request (L{BoundedHTTPChannel}; a L{remotedialer.server._guard.HeaderGuardFactory}
+    in front of it sets them to its own), and which answers HEAD with no
+    body (L{HeadRequest}).  HTTP/2, when TLS negotiates it, is twisted.web's
+    own channel, bounded by h2.
+    """
+
+    requestFactory = HeadRequest
+    #: The HTTP/1.1 channel of each connection.
+    channel_class: type[BoundedHTTPChannel] = BoundedHTTPChannel
+    limits = UpgradeLimits()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        choice = _ChannelChoice(self, addr)
+        choice.factory = self
+        return choice
+
+    def channel(self, addr: IAddress | None, h2: bool) -> IProtocol:
+        """The channel for one connection, set up as twisted.web's Site does its own."""
+        if h2:
+            protocol: IProtocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # Twisted's
+            return protocol
+        channel: Any = self.channel_class()
+        channel.factory = self
+        channel.callLater = self.reactor.callLater
+        channel.timeOut = self.timeOut
+        channel.requestFactory = self.requestFactory
+        channel.site = self
+        channel.bound(self.limits)
+        return channel  # type: ignore[no-any-return]
+
+
+class ServerSite(BoundedSite):
     """
     A Site whose access log is off unless C{access_log}, which says nothing
     of itself, and which streams the bodies of requests under
@@ -491,6 +599,7 @@ class ServerSite(Site):
 
     noisy = False  # no "Starting factory <repr>": the listening port logs where it listens
     requestFactory = StreamingRequest
+    channel_class = StreamingHTTPChannel
 
     def __init__(self, resource: Any, access_log: bool = False, stream_prefixes: tuple[bytes, ...] = (),
                  **kwargs: Any) -> None:
@@ -501,23 +610,3 @@ class ServerSite(Site):
     def log(self, request: Request) -> None:
         if self.access_log:
             super().log(request)
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        if not self.stream_prefixes:
-            return super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # Twisted's, untyped
-        choice = _ChannelChoice(self, addr)
-        choice.factory = self
-        return choice
-
-    def channel(self, addr: IAddress | None, h2: bool) -> IProtocol:
-        """The channel for one connection, set up as twisted.web's Site does its own."""
-        if h2:
-            protocol: IProtocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # Twisted's
-            return protocol
-        channel: Any = StreamingHTTPChannel()  # type: ignore[no-untyped-call]  # Twisted's, untyped
-        channel.factory = self
-        channel.callLater = self.reactor.callLater
-        channel.timeOut = self.timeOut
-        channel.requestFactory = self.requestFactory
-        channel.site = self
-        return channel  # type: ignore[no-any-return]

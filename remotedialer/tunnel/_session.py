@@ -238,6 +238,8 @@ class Session:
         except TooManyStreams as e:
             self._refused("too_many_streams")
             raise ConnectError(string=str(e)) from None
+        except ValueError as e:  # a target no Connect can name (too long, not ASCII)
+            raise ConnectError(string=str(e)) from None
         stream = self._stream(
             handle,
             host=self._tunnel_address(),

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
         TimeoutMixin, WebSocketAdapterProtocol, WebSocketProtocol
     ):
         """
-        For the checker only: L{_TunnelProtocol} as the Autobahn protocol it
+        For the checker only: L{TunnelProtocol} as the Autobahn protocol it
         is always mixed into (the Twisted adapter and the WebSocket machine).
         """
 
@@ -124,7 +124,7 @@ class _SendPressure:
     reading from the far side stops too, until the transport drains.
     """
 
-    def __init__(self, protocol: _TunnelProtocol, session: Session, high_water: int) -> None:
+    def __init__(self, protocol: TunnelProtocol, session: Session, high_water: int) -> None:
         self._protocol = protocol
         self._session = session
         self._high_water = high_water
@@ -191,8 +191,12 @@ else:
 
 
 @implementer(ITunnelConnection)
-class _TunnelProtocol(_WebSocket):
-    """What the server and client protocols share."""
+class TunnelProtocol(_WebSocket):
+    """
+    What the server and client protocols share: the WebSocket carrying one
+    session (an L{ITunnelConnection}).  The client and the server's peer
+    links build sessions on it, so it is the tunnel floor's public class.
+    """
 
     # Not "log": that would shadow Autobahn's own (txaio) logger, whose
     # debug calls on every frame are no-ops only while it is in charge.
@@ -448,7 +452,7 @@ class _TunnelProtocol(_WebSocket):
         """Tell the owner (server or client) the session is over."""
 
 
-class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):  # type: ignore[misc]  # as _WebSocket
+class TunnelServerProtocol(TunnelProtocol, WebSocketServerProtocol):  # type: ignore[misc]  # as _WebSocket
     """
     The server end of a tunnel.  C{identity} (client key, peer flag) was
     settled by the resource before the upgrade; the owner builds the session.
@@ -464,7 +468,7 @@ class TunnelServerProtocol(_TunnelProtocol, WebSocketServerProtocol):  # type: i
         self.factory.owner.session_closed(session)
 
 
-class TunnelClientProtocol(_TunnelProtocol, WebSocketClientProtocol):  # type: ignore[misc]  # as _WebSocket
+class TunnelClientProtocol(TunnelProtocol, WebSocketClientProtocol):  # type: ignore[misc]  # as _WebSocket
     """
     The client end of a tunnel (also a server's outgoing peer link).  Its
     owner logs what becomes of each attempt, in one line with the reason

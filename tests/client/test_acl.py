@@ -6,6 +6,8 @@ fake resolver on a MemoryReactorClock (no real DNS, nothing real dialed).
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
@@ -17,6 +19,7 @@ from zope.interface import implementer
 from remotedialer.client._acl import DialACL, canonical_host, parse_rule
 from remotedialer.client._dialer import ACLDialer, LocalDialer, allow_all, allow_patterns
 from remotedialer.protocol._exceptions import DialRefused
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS, SPELLINGS
 
 # (rule, fragment of the one-line ValueError)
 PARSE_ERRORS = [
@@ -264,6 +267,24 @@ class DialTests(SynchronousTestCase):
             self.assertIn(fragment, message)
         self.assertEqual(len(self.reactor.tcpClients), dials)
         return message
+
+    def test_shared_spellings_table(self):
+        """
+        The client reads every spelling as the server's own-listener rule does
+        (the one table, tests/protocol/test_addresses.py): what the rules
+        check and what is dialed is the table's canonical address.
+        """
+        dialer = self.dialer("tcp/0.0.0.0/0:*", "tcp/[::/0]:*")
+        for spelling, canonical in SPELLINGS:
+            if canonical is None or "%" in canonical or canonical in ("0.0.0.0", "::"):
+                continue
+            with self.subTest(spelling=spelling):
+                self.assertEqual(str(canonical_host(spelling)), canonical)
+                address = f"[{spelling.strip('[]')}]:22" if ":" in spelling else f"{spelling}:22"
+                _, host, port = self.dialed(dialer, "tcp", address)
+                self.assertEqual((host, port), (str(ipaddress.ip_address(canonical)), 22))
+        for spelling in LOOPBACK_SPELLINGS:
+            self.assertTrue(DialACL(["tcp/127.0.0.1:*"]).match("tcp", spelling, 22), spelling)
 
     def test_spellings_dialed_canonical(self):
         """An address in any spelling is checked and dialed as its canonical form, unresolved."""

@@ -149,3 +149,25 @@ class AttemptLogTests(SynchronousTestCase):
         self.net.flush()
         self.assertEqual(calls, [1, 2, 1])
         self.assertEqual(len(self.log.failed()), 2)  # (the drop is the "down after" line, not a failure)
+
+
+class RestartTests(SynchronousTestCase):
+    def test_started_again_before_the_stop_is_over(self) -> None:
+        """
+        Stopped, then started before the old connection has closed: the old
+        connection's end reaches the old redialer (whose stop then fires), and
+        one new tunnel comes up, not two.
+        """
+        net = Network(self)
+        site = net.serve_tunnel("10.0.0.1:8123")
+        client = net.client(site.url, retry_policy=lambda n: 1.0)
+        net.run(1.0)
+        self.assertIsNotNone(client.session)
+        stopped = client.stopService()
+        self.assertNoResult(stopped)  # (the close is under way on the network)
+        client.startService()
+        net.run(5.0)
+        self.successResultOf(stopped)
+        self.assertIsNotNone(client.session)
+        self.assertEqual(len(site.server.sessions.local_sessions()), 1)
+        self.assertEqual(client.opened, 2)

@@ -12,8 +12,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
 
-from remotedialer.frontdoor._request import DEFAULT_TIMEOUT, DROPPED, Fetch, parse, upgrade_of
+from remotedialer.frontdoor._request import DEFAULT_TIMEOUT, DROPPED, Fetch, error_body, parse, upgrade_of
 from remotedialer.server._site import ServerSite
 
 
@@ -71,9 +72,48 @@ class UpgradeTests(SynchronousTestCase):
              b"a"),
             (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
              b"a, b"),
+            # kubectl's SPDY upgrade: a POST with no body
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+             b"Content-Length: 0\r\n\r\n", b"SPDY/3.1"),
+            # a body would be lost or taken for the new protocol's bytes: not an upgrade passed on
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: a\r\n"
+             b"Content-Length: 5\r\n\r\nhello", None),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: a\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", None),
         ]
         for head, expected in cases:
             self.assertEqual(read(head)[1], expected, head)
+
+
+class TargetTests(SynchronousTestCase):
+    def test_target_over_the_connect_limit_is_400(self) -> None:
+        """
+        A target a tunnel dial cannot name (its Connect, tcp/host:port, over
+        266 bytes) is refused as the request is read: 400, one line.  (It
+        was dialed, and the dial's ValueError logged as an unexpected error.)
+        """
+        for host, expected in ((b"a" * 300 + b":80", 400), (b"127.0.0.1:" + b"0" * 290 + b"80", None),
+                               (b"a" * 254 + b":65535", None), (b"a" * 257 + b":65535", 400),
+                               (b"[" + b"1:" * 130 + b"1]:80", 400)):
+            fetch = read(b"GET /client/foo/http/%s/x HTTP/1.1\r\nHost: x\r\n\r\n" % host)[0]
+            if expected is None:
+                self.assertIsInstance(fetch, Fetch, host[-20:])
+                continue
+            status, text = fetch  # type: ignore[misc]
+            self.assertEqual(status, expected, host[-20:])
+            self.assertIn("is too long: a tunnel dial names at most 266 bytes (tcp/host:port)", text)
+            self.assertLess(len(text), 300)
+
+
+class ErrorBodyTests(SynchronousTestCase):
+    def test_escaped_and_cut(self) -> None:
+        request = DummyRequest([b""])
+        body = error_body(request, 500, "failed to find Session for client \x1b[31mfoo\x00\u009b")
+        self.assertEqual(body, b"failed to find Session for client \\x1b[31mfoo\\x00\\x9b\n")
+        self.assertEqual(request.responseCode, 500)
+        body = error_body(request, 502, "x" * 5000 + "\r\nfake: header")
+        self.assertEqual(body.count(b"\n"), 1)
+        self.assertLess(len(body), 600)
 
 
 class TimeoutTests(SynchronousTestCase):

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from remotedialer import json_log_observer
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
+from remotedialer._tap._logging import _TextLog, text_log_observer
 from remotedialer.ops._jsonlog import event_as_json_line
 from remotedialer.protocol._text import duration
 from tests.netsim import Network
@@ -194,6 +195,11 @@ class TunnelLinesTests(SynchronousTestCase):
 class LogFormatOptionTests(SynchronousTestCase):
     """--log-format json is twistd's --logger remotedialer.json_log_observer, with its mistakes caught."""
 
+    def setUp(self):
+        saved = dict(vars(_TextLog))  # (the text log's destination, taken as options are parsed)
+        names = ("logfile", "syslog", "prefix", "nodaemon")
+        self.addCleanup(lambda: [setattr(_TextLog, n, saved[n]) for n in names if n in saved])
+
     def twistd(self, argv):
         config = ServerOptions()
         config.parseOptions(argv)
@@ -206,9 +212,24 @@ class LogFormatOptionTests(SynchronousTestCase):
             self.assertIs(config["logger"], json_log_observer)
             self.assertEqual(config.subOptions["log-format"], "json")
 
-    def test_text_is_twistds_own(self):
-        config = self.twistd(["-n", "--pidfile=", "remotedialer-client", "--log-format", "text"])
-        self.assertIsNone(config["logger"])
+    def test_text_is_twistds_own_made_safe(self):
+        """
+        The text format (asked for, or the default) is twistd's own text log,
+        to where twistd's own options say, through the safety filter
+        (remotedialer.ops._logfilter): the programs name its factory as twistd's --logger.
+        """
+        for program, extra in (("remotedialer-server", ["--insecure-any-client"]),
+                               ("remotedialer-client", [])):
+            for format_option in (["--log-format", "text"], []):
+                config = self.twistd(["--logfile", "x.log", "--pidfile=", program, *extra, *format_option])
+                self.assertIs(config["logger"], text_log_observer)
+                self.assertEqual(_TextLog.logfile, "x.log")
+                self.assertFalse(_TextLog.nodaemon)
+
+    def test_daemon_to_standard_output_refused(self):
+        with self.assertRaises(usage.UsageError) as caught:
+            self.twistd(["--logfile", "-", "remotedialer-client"])
+        self.assertIn("run twistd with -n", str(caught.exception))
 
     def test_twistd_logger_option(self):
         config = self.twistd(["-n", "--logger", "remotedialer.json_log_observer", "remotedialer-client"])

@@ -26,6 +26,8 @@ from tests.forwarding import (
     token_access,
     tunnel_with_targets,
 )
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS
+from tests.server.test_own import listeners as own_listeners
 
 TOKEN = b"s3cret-token"
 
@@ -198,9 +200,13 @@ class ConnectProxyTests(SynchronousTestCase):
         self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 "))
 
     def test_own_listener(self):
-        self.factory.access = ProxyAccess(FrontDoorAccess(own_ports=frozenset([8123])))
-        _, caller = self.caller(connect_head("localhost:8123", b"Proxy-Authorization: " + basic("foo", b"")))
-        self.assertAnswer(caller, b"403 Forbidden", b"the target is this server's own listener")
+        """Every spelling of an own listener's address: 403, one line; the tunnel untouched."""
+        self.factory.access = ProxyAccess(FrontDoorAccess(own=own_listeners(("127.0.0.1", 8123))))
+        for host in ("localhost", "::1", *LOOPBACK_SPELLINGS):
+            target = f"[{host}]:8123" if ":" in host and not host.startswith("[") else f"{host}:8123"
+            _, caller = self.caller(connect_head(target, b"Proxy-Authorization: " + basic("foo", b"")))
+            self.assertAnswer(caller, b"403 Forbidden", b"the target is this server's own listener")
+        self.assertEqual(self.tunnel.messages, [])
 
     def test_malformed_heads(self):
         """Bad input: one line saying what is wrong, the connection closed, the tunnel untouched."""
@@ -231,6 +237,41 @@ class ConnectProxyTests(SynchronousTestCase):
         self.tunnel.flush()
         self.assertTrue(received(good).endswith(b"220 hello\r\nstill here"))
         self.assertEqual(self.log.matching("bytearray"), [], "no repr in a log line")
+
+    def test_head_size_counted_whole(self):
+        """
+        A complete head over the limit is 431 however it arrives: h11 bounds
+        only a head still incomplete, so a 70 KiB head in one read was
+        answered 200 and dialed.  At the limit it is taken, with the bytes after it.
+        """
+        auth = b"Proxy-Authorization: " + basic("foo", b"")
+        base = connect_head(TARGET, auth, b"X-Pad: ")
+        limit = UpgradeLimits().header_bytes
+        for name, data, over in [
+                ("70 KiB at once", connect_head(TARGET, auth, b"X-Pad: " + b"p" * 70000), True),
+                ("70 KiB, bare LF line ends", connect_head(TARGET, auth, b"X-Pad: " + b"p" * 70000)
+                 .replace(b"\r\n", b"\n"), True),
+                ("one byte over",
+                 connect_head(TARGET, auth, b"X-Pad: " + b"p" * (limit + 1 - len(base))), True),
+                ("at the limit, then early bytes",
+                 connect_head(TARGET, auth, b"X-Pad: " + b"p" * (limit - len(base))) + b"e" * 70000, False)]:
+            _, caller = self.caller(data)
+            if over:
+                self.assertAnswer(caller, b"431 Request Header Fields Too Large",
+                                  b"request head over 65536 bytes")
+            else:
+                self.wait_dial()
+                self.assertTrue(received(caller).startswith(b"HTTP/1.1 200 Connection established"), name)
+        self.assertEqual(self.forwarder.stats.failures, {"bad-request": 3})
+
+    def test_head_in_pieces_counted(self):
+        _, caller = self.caller(connect_head(TARGET, b"Proxy-Authorization: " + basic("foo", b""))[:-2])
+        for _ in range(8):
+            caller.transport.write(b"X-Pad: " + b"p" * 9000 + b"\r\n")
+            self.tunnel.flush()
+        caller.transport.write(b"\r\n")
+        self.tunnel.flush()
+        self.assertAnswer(caller, b"431 Request Header Fields Too Large", b"request head over 65536 bytes")
 
     def test_slow_head_is_408(self):
         _, caller = self.caller(b"CONNECT 10.0.0.5:6443 HTTP/1.1\r\n")

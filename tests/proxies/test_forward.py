@@ -15,6 +15,8 @@ from remotedialer.server._access import FrontDoorAccess, ProxyAccess, Refusal, R
 from remotedialer.server._auth import hash_token
 from remotedialer.server._forwardstats import FAILURE_REASONS, ForwarderStats
 from tests.forwarding import TARGET, LogLines, connect_caller, forwarder, received, tunnel_with_targets
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS
+from tests.server.test_own import listeners as own_listeners
 from tests.support import Payload, SendPayload
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 5000)
@@ -73,6 +75,25 @@ class PortForwardTests(SynchronousTestCase):
         self.assertIn("forward:test: foo:tcp/10.0.0.5:6443:", lines[0])
         self.tunnel.clock.advance(10)
         self.assertEqual(len(self.log.matching("15 more forwarding failures")), 1)
+
+    def test_refused_when_the_target_is_our_own_listener(self):
+        """
+        A forward whose target became one of the server's own listeners (a
+        tcp:0 listener got its port) is refused, each connection closed at
+        once, counted and logged (throttled); no stream is opened.
+        """
+        self.forwarder = forwarder(self.tunnel, "forward", dial_wait=0, reaches=lambda key: True)
+        own = own_listeners()
+        factory = PortForwardFactory(self.forwarder, Route("foo", "tcp", "0x7f.1:40123"), own=own)
+        _, caller = connect_caller(self.tunnel, factory)  # (not yet: relayed as ever)
+        self.tunnel.flush()
+        own.add("127.0.0.1", 40123)
+        self.assertIsNone(factory.buildProtocol(LOOPBACK))
+        self.assertEqual(self.forwarder.stats.failures, {"dial-refused": 1, "own-listener": 1})
+        self.assertEqual(self.log.matching("own listener"), [
+            "forward:test: foo:tcp/0x7f.1:40123: "
+            "the target is this server's own listener: connection closed"])
+        self.assertEqual(self.forwarder.stats.streams_total, 1)
 
     def test_dial_refused_aborts(self):
         """The client refuses the target: the caller's connection is aborted, the refusal counted."""
@@ -137,9 +158,9 @@ class ProxyAccessTests(SynchronousTestCase):
             self.assertEqual(refusal.reason, reason)
 
     def test_own_listener(self):
-        access = ProxyAccess(FrontDoorAccess(own_ports=frozenset([8123])))
-        self.assertEqual(access.route("foo", "127.0.0.1", 8123).reason, "own-listener")
-        self.assertEqual(access.route("foo", "localhost", 8123).reason, "own-listener")
+        access = ProxyAccess(FrontDoorAccess(own=own_listeners(("127.0.0.1", 8123))))
+        for host in ("127.0.0.1", "localhost", "[::1]", "::1", *LOOPBACK_SPELLINGS):
+            self.assertEqual(access.route("foo", host, 8123).reason, "own-listener", host)
         self.assertIsInstance(access.route("foo", "10.0.0.5", 8123), Route)
 
     def test_callers(self):

@@ -24,6 +24,7 @@ from remotedialer.proxies._socks import (
     State,
 )
 from remotedialer.proxies._socksproxy import SocksProxyFactory, reply_for
+from remotedialer.server._access import FrontDoorAccess, ProxyAccess
 from tests.forwarding import (
     LogLines,
     connect_caller,
@@ -33,6 +34,8 @@ from tests.forwarding import (
     token_access,
     tunnel_with_targets,
 )
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS
+from tests.server.test_own import listeners as own_listeners
 
 SUCCESS = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
@@ -264,6 +267,16 @@ class SocksProxyTests(SynchronousTestCase):
         self.assertEqual(received(caller), b"\x05\x02\x01\x00" + SUCCESS + b"220 hello\r\n")
         self.assertEqual(self.forwarder.stats.failures, {"client-not-allowed": 2})
         self.assertEqual(self.log.matching("bar-token"), [])
+
+    def test_own_listener_is_not_allowed(self):
+        """Every spelling of one of the server's own listeners: 0x02 (not allowed by ruleset), no stream."""
+        self.factory.access = ProxyAccess(FrontDoorAccess(own=own_listeners(("127.0.0.1", 8123))))
+        for host in ("localhost", "::ffff:127.0.0.1", "::1", *LOOPBACK_SPELLINGS):
+            caller = self.caller(client_bytes(host, 8123, (b"foo", b"")))
+            self.assertEqual(received(caller)[-10:], b"\x05\x02\x00\x01" + bytes(6), host)
+            self.assertIsNotNone(caller.reason)
+        self.assertEqual(self.forwarder.stats.failures, {"own-listener": 3 + len(LOOPBACK_SPELLINGS)})
+        self.assertEqual(self.forwarder.stats.streams_total, 0)
 
     def test_caller_beyond_loopback(self):
         caller = self.caller(client_bytes("10.0.0.6", 22, (b"foo", b"")), host="192.0.2.1")

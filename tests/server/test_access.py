@@ -13,6 +13,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from remotedialer.server._access import FrontDoorAccess, ProxyAccess, Refusal, Route
 from remotedialer.server._auth import ClientScope, hash_token
+from remotedialer.server._own import OwnListeners
+from tests.protocol.test_addresses import LOOPBACK_SPELLINGS
 
 
 def request(host: str, proxy_authorization: bytes | None = None, v6: bool = False, client: bytes = b"foo",
@@ -59,11 +61,24 @@ class AccessTests(SynchronousTestCase):
         self.assertEqual(access.refusal(request("127.0.0.1"))[0], 407)
 
     def test_nested_into_itself(self) -> None:
-        access = FrontDoorAccess(own_ports=frozenset({8123}))
-        for target in ("127.0.0.1:8123", "localhost:8123", "[::1]:8123", "127.1.1.1:8123"):
-            self.assertTrue(access.nested(target), target)
-        for target in ("127.0.0.1:8125", "10.0.0.5:8123", "kubernetes:6443", "nonsense"):
-            self.assertFalse(access.nested(target), target)
+        own = OwnListeners()
+        own.add("127.0.0.1", 8123)
+        access = FrontDoorAccess(own=own)
+        for host in ("127.0.0.1", "localhost", "::1", "127.1.1.1", *LOOPBACK_SPELLINGS):
+            self.assertTrue(access.nested(host, 8123), host)
+        for host, port in (("127.0.0.1", 8125), ("10.0.0.5", 8123), ("kubernetes", 8123)):
+            self.assertFalse(access.nested(host, port), host)
+
+    def test_own_listeners_are_shared(self) -> None:
+        """A listener that binds after the rule is made (a tcp:0 one) is one of its own at once."""
+        access = FrontDoorAccess()
+        proxies = ProxyAccess(access)
+        self.assertIsInstance(proxies.route("foo", "0x7f.1", 40123), Route)
+        access.own.add("127.0.0.1", 40123)
+        self.assertTrue(access.nested("2130706433", 40123))
+        self.assertEqual(proxies.route("foo", "0x7f.1", 40123),
+                         Refusal("own-listener", "the target is this server's own listener"))
+        self.assertEqual(proxies.route(None, "0177.0.0.1.foo.tunnel", 40123).reason, "own-listener")
 
 
 class ScopedTokenTests(SynchronousTestCase):

@@ -300,6 +300,9 @@ class FrontDoorTokensFileTests(SynchronousTestCase):
             (f"sha256:{digest} clients=foo,,bar\n", "line 1: clients= has an empty name"),
             (f"sha256:{digest} clients=a/b\n", "line 1: clients=: a client name must not contain '/'"),
             (f"sha256:{digest} clients=foo bar\n", "line 1: not '[label]"),
+            # a scope written before the digest would be read as a label: a token for every client
+            (f"clients=foo sha256:{digest}\n", "line 1: not '[label]"),
+            (f"alice clients=foo sha256:{digest}\n", "line 1: not '[label]"),
             ("# nothing\n", "no token hashes"),
         ):
             with self.assertRaises(ValueError) as caught:

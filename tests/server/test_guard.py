@@ -27,6 +27,7 @@ from zope.interface.verify import verifyObject
 
 from remotedialer.protocol._limits import UpgradeLimits
 from remotedialer.server._guard import HTTP_1_1_ONLY, HeaderGuardFactory
+from remotedialer.server._h2limit import PREFACE
 from remotedialer.server._site import ServerSite
 from tests.support import self_signed_certificate
 
@@ -103,6 +104,31 @@ class GuardTests(SynchronousTestCase):
         protocol.connectionLost(None)
         self.assertIsNone(site.lost)  # forwarded (None here)
 
+    def test_http2_continuation_flood_closed(self) -> None:
+        """
+        HTTP/2 after the preface: ordinary frames pass; a header block of
+        CONTINUATION frames past the head limit closes the connection before
+        the site (h2) holds it.
+        """
+        factory = self.guard(header_bytes=16 * 1024)
+        protocol, transport = self.connect(factory)
+
+        def frame(kind: int, flags: int, payload: bytes) -> bytes:
+            return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + (1).to_bytes(4, "big") + payload
+
+        protocol.dataReceived(PREFACE + frame(0x4, 0, b""))  # the preface, SETTINGS
+        [site] = self.site.built
+        protocol.dataReceived(frame(0x1, 0x4 | 0x1, b"h" * 100))  # one whole request
+        protocol.dataReceived(frame(0x1, 0, b"h" * 100))  # a block that never ends
+        for _ in range(3):
+            protocol.dataReceived(frame(0x9, 0, b"c" * 4096))
+        self.assertFalse(transport.disconnecting)
+        received = len(site.received)
+        for _ in range(2):
+            protocol.dataReceived(frame(0x9, 0, b"c" * 4096))
+        self.assertTrue(transport.disconnected)  # aborted
+        self.assertLess(len(site.received), received + 2 * 4096)  # the frame over the limit was not passed on
+
     def test_slowloris_closed_at_deadline(self) -> None:
         """A byte every few seconds: still open just before the timeout, aborted at it."""
         factory = self.guard(timeout=10)
@@ -161,7 +187,9 @@ class GuardTests(SynchronousTestCase):
         factory = self.guard(max_pending=3)
         held = [self.connect(factory) for _ in range(3)]
         self.assertEqual(factory.pending, 3)
-        self.assertEqual(self.connect(factory), (None, None))
+        refused, transport = self.connect(factory)  # closed at once
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(factory.pending, 3)
         held[0][0].dataReceived(head())
         protocol, _ = self.connect(factory)
         self.assertIsNotNone(protocol)
@@ -267,6 +295,19 @@ class NegotiationTests(SynchronousTestCase):
         self.assertEqual(site.received, head())  # TLS is up and the site has the request
         self.assertEqual(client.negotiatedProtocol, site.transport.negotiatedProtocol)
         return site.transport.negotiatedProtocol
+
+    def test_refused_under_tls(self) -> None:
+        """
+        Over the pending limit on a TLS listener: the connection is closed,
+        with no traceback (TLS wrapped the None this used to return).
+        """
+        guard = HeaderGuardFactory(Recording(), UpgradeLimits(max_pending=1), clock=Clock())
+        guard.pending = 1  # (one connection is still sending its head)
+        server = TLSMemoryBIOFactory(self.server_options, False, guard, clock=Clock()).buildProtocol(ADDR)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_provides_protocol_negotiation(self) -> None:
         verifyObject(IProtocolNegotiationFactory, HeaderGuardFactory(Recording(), clock=Clock()))

@@ -88,6 +88,20 @@ class HandshakeTests(SynchronousTestCase):
     def test_http_1_0(self) -> None:
         self.refused(b"over HTTP/1.1, not HTTP/1.0", version=b"HTTP/1.0")
 
+    def test_extensions_and_protocols_not_printable(self) -> None:
+        """
+        Autobahn quoted what it could not parse in these raw, in its status
+        line and its log ("illegal extension parameter '\xe2\x9b'"): refused before it.
+        """
+        for value in (b"permessage-deflate; \xc2\x9b=1", b"a\x1b[31mb", b"x\xff"):
+            self.refused(b"'Sec-Websocket-Extensions' header must be printable ASCII",
+                         Sec_WebSocket_Extensions=value)
+            self.refused(b"'Sec-Websocket-Protocol' header must be printable ASCII",
+                         Sec_WebSocket_Protocol=value)
+        deflate = b"permessage-deflate; client_max_window_bits"
+        out = answer(b"GET", b"/connect", {**GOOD, b"Sec-WebSocket-Extensions": deflate})
+        self.assertTrue(out.startswith(b"HTTP/1.1 101 "), out)
+
     def test_handshake_upgrades(self) -> None:
         """The real thing is authorized and switched (the tests above would pass on one refusing all)."""
         out = answer(b"GET", b"/connect", GOOD)

@@ -393,14 +393,32 @@ class ProtocolSwitchTests(SynchronousTestCase):
         self.assertIsNotNone(raw.lost)
 
     def test_holding_is_bounded(self) -> None:
-        """Past HELD_INPUT bytes held, reading from the caller pauses (the switch resumes it)."""
+        """
+        Past HELD_INPUT bytes held, reading from the caller pauses; the switch
+        leaves it to whoever joins the connection to the other side (who
+        resumes it, then pauses it again if that side is full).
+        """
         self.channel.dataReceived(b"x" * HELD_INPUT)
         self.assertEqual(self.transport.producerState, "producing")
         self.channel.dataReceived(b"y")
         self.assertEqual(self.transport.producerState, "paused")
         self.transport.unregisterProducer()
         self.channel.switch_protocols(_Raw())
-        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.producerState, "paused")
+
+    def test_bytes_in_the_heads_read(self) -> None:
+        """Bytes that came in the same read as the request's head are held too, first."""
+        resource = _Switching()
+        channel = ServerSite(resource, stream_prefixes=(b"/",), reactor=Clock()).channel(None, h2=False)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: y\r\n\r\n"
+                             b"SAME-READ")
+        channel.dataReceived(b" later")
+        raw = _Raw()
+        transport.unregisterProducer()
+        channel.switch_protocols(raw)
+        self.assertEqual(raw.data, b"SAME-READ later")
 
     def test_not_switched_nothing_held(self) -> None:
         """No switch and nothing held: the connection stays a kept-alive HTTP one."""

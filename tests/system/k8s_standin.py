@@ -112,7 +112,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -2289,10 +2290,11 @@ class StandinServer:
 
     @defer.inlineCallbacks
     def start(self):
-        ep = endpoints.SSL4ServerEndpoint(
-            self.reactor, self.requested_port, self.tls, interface=self.interface
-        )
-        self.listening = yield ep.listen(self.site)
+        ep = endpoints.TCP4ServerEndpoint(self.reactor, self.requested_port, interface=self.interface)
+        # TLS by TLSMemoryBIOFactory, the connections counted below it (to end
+        # them all at stop): the HTTP channels' transport stays the TLS one.
+        self.connections = WrappingFactory(TLSMemoryBIOFactory(self.tls, False, self.site))
+        self.listening = yield ep.listen(self.connections)
         self.port = self.listening.getHost().port
         self.api.listen_address = f"{self.interface}:{self.port}"
         self.write_kubeconfig(self.kubeconfig)
@@ -2306,10 +2308,24 @@ class StandinServer:
         return write_kubeconfig(path, server, ca, **kw)
 
     def stop(self) -> defer.Deferred:
+        """Stop listening and end every connection (their timers go with them)."""
         if self.listening is None:
             return defer.succeed(None)
         listening, self.listening = self.listening, None
-        return defer.maybeDeferred(listening.stopListening)
+        lost = []
+        for connection in list(self.connections.protocols):
+            done: defer.Deferred = defer.Deferred()
+            original = connection.connectionLost
+
+            def connection_lost(reason, original=original, done=done):
+                original(reason)
+                if not done.called:
+                    done.callback(None)
+
+            connection.connectionLost = connection_lost
+            connection.transport.abortConnection()
+            lost.append(done)
+        return defer.gatherResults([defer.maybeDeferred(listening.stopListening), *lost])
 
 
 # --------------------------------------------------------------------------

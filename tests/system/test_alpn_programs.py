@@ -115,6 +115,13 @@ class ListenerProtocolsTests(TestCase):
             "--listen", "tcp:0:interface=127.0.0.1", "--frontdoor-listen", "tcp:0:interface=127.0.0.1"]))
         self.assertEqual(offers(top), {"tunnel listener": [b"http/1.1"], "front door": [b"h2", b"http/1.1"]})
 
+    def test_no_http2(self):
+        """--no-http2: every HTTP listener offers http/1.1 only."""
+        for extra in ([], ["--frontdoor-listen", "tcp:0:interface=127.0.0.1"]):
+            top = server_tap.makeService(parse(server_tap.Options, [
+                "--listen", "tcp:0:interface=127.0.0.1", "--no-http2", *extra]))
+            self.assertEqual(set(map(tuple, offers(top).values())), {(b"http/1.1",)}, extra)
+
     def test_tls_cert_listener(self):
         directory = self.mktemp()
         os.makedirs(directory)

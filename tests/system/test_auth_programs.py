@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
@@ -198,7 +199,7 @@ class ServerAuthOptionsTests(TestCase):
         access = options["frontdoor_access"]
         self.assertEqual(len(access.token_hashes), 1)
         self.assertTrue(access.forward_credentials)
-        self.assertEqual(access.own_ports, frozenset({8123}))
+        self.assertEqual(access.own.ports, frozenset({8123}))
         self.bad(["--insecure-any-client", "--frontdoor-tokens-file", self.write("garbage here\n")],
                  "--frontdoor-tokens-file")
         self.bad(["--insecure-any-client", "--frontdoor-listen", "bogus:1"], "--frontdoor-listen")
@@ -340,3 +341,44 @@ class VersionTests(TestCase):
             self.assertEqual(caught.exception.code, 0)
             self.assertEqual(out.getvalue(), f"remotedialer {__version__}\n")
 
+
+
+class EarlyAnswerTests(TestCase):
+    """
+    The front door answers a request with a body for an unknown client
+    before reading the body only where anyone may use it: otherwise the
+    answer would come before the access rule and tell a stranger (or a
+    token scoped to other clients) which clients are connected.
+    """
+
+    timeout = 30
+
+    async def answer(self, argv: list[str]) -> tuple[int, bytes]:
+        import treq
+        from twisted.internet import reactor
+        from twisted.web.client import HTTPConnectionPool
+
+        from tests.system.test_programs import start_server_program
+
+        _top, port = await start_server_program(self, ["--listen", "tcp:0:interface=127.0.0.1", *argv])
+        response = await treq.post(f"http://127.0.0.1:{port}/client/nobody/http/10.0.0.5/x", data=b"x" * 100,
+                                   pool=HTTPConnectionPool(reactor, persistent=False))
+        return response.code, await response.content()
+
+    def test_tokens_required(self):
+        async def go() -> None:
+            tokens = os.path.abspath(self.mktemp())
+            with open(tokens, "w") as f:
+                f.write(f"sha256:{hash_token('t')} clients=foo\n")
+            code, body = await self.answer(["--insecure-any-client", "--frontdoor-tokens-file", tokens])
+            self.assertEqual(code, 407, body)
+            self.assertNotIn(b"nobody", body)
+
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_open_front_door(self):
+        async def go() -> None:
+            code, body = await self.answer(["--insecure-any-client", "--frontdoor-open"])
+            self.assertEqual((code, body.strip()), (500, b"failed to find Session for client nobody"))
+
+        return defer.Deferred.fromCoroutine(go())

@@ -49,7 +49,7 @@ class ForwarderOptionsTests(TestCase):
                                              "--connect-proxy-listen", "8124", "--socks-listen",
                                              "tcp:1080:interface=127.0.0.1"])
         self.assertEqual(options["connect-proxy-listen"], "tcp:8124:interface=127.0.0.1")
-        self.assertEqual(options["frontdoor_access"].own_ports, frozenset([8123, 16443, 8124, 1080]))
+        self.assertEqual(options["frontdoor_access"].own.ports, frozenset([8123, 16443, 8124, 1080]))
         service = server_tap.makeService(options)
         self.assertEqual([s.name for s in service.forwarders],
                          ["forward:tcp:16443:interface=127.0.0.1",

@@ -72,6 +72,9 @@ class _RawTarget(Protocol):
     echoes.  Records the request head.
     """
 
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+              b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+
     def __init__(self, record: list[bytes], greeting: bytes = b"") -> None:
         self._record = record
         self._greeting = greeting
@@ -89,9 +92,7 @@ class _RawTarget(Protocol):
         head, _, rest = self._head.partition(b"\r\n\r\n")
         self._record.append(head)
         self._switched = True
-        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                             b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
-                             + self._greeting + rest)
+        self.transport.write(self.answer + self._greeting + rest)
 
     def connectionLost(self, reason=None) -> None:
         self.lost.callback(None)
@@ -230,12 +231,15 @@ class FrontDoorUpgradeTests(TestCase):
         was_clean, code, reason = await caller.factory.closed
         self.assertEqual((was_clean, code, reason), (True, 4001, "asked to"))
 
-    async def _raw_target(self, greeting: bytes = b"") -> tuple[int, list[bytes], list[_RawTarget]]:
+    async def _raw_target(self, greeting: bytes = b"", answer: bytes | None = None,
+                          ) -> tuple[int, list[bytes], list[_RawTarget]]:
         record: list[bytes] = []
         targets: list[_RawTarget] = []
 
         def build() -> _RawTarget:
             protocol = _RawTarget(record, greeting)
+            if answer is not None:
+                protocol.answer = answer
             targets.append(protocol)
             return protocol
 
@@ -320,3 +324,38 @@ class FrontDoorUpgradeTests(TestCase):
         await self._raw_caller(port)
         await eventually(lambda: record)
         self.assertNotIn(b"upgrade:", record[0].lower())
+
+    async def test_switch_to_another_protocol(self) -> None:
+        """A 101 to another protocol than asked is no answer (as Go's ReverseProxy): 502, one line."""
+        await self._setup()
+        port, _record, _targets = await self._raw_target(
+            answer=b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: evil\r\n\r\n")
+        caller = await self._raw_caller(port)
+        head = await caller.switched
+        self.assertTrue(head.startswith(b"HTTP/1.1 502 "), head)
+        await eventually(lambda: b"switched to another protocol than asked" in caller.after)
+
+    async def test_connection_options_are_this_hops(self) -> None:
+        """
+        Headers a Connection header names are this hop's, both ways (RFC 9110
+        7.6.1): not passed to the target, nor from it; and an answer without a
+        Content-Type gets none (not twisted.web's text/html).
+        """
+        await self._setup()
+        port, record, _targets = await self._raw_target(
+            answer=b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: 1\r\nX-Kept: 2\r\n"
+                   b"Content-Length: 2\r\n\r\nok")
+        request = (f"GET /client/foo/http/127.0.0.1:{port}/x HTTP/1.1\r\nHost: front\r\n"
+                   f"Connection: keep-alive, X-Secret\r\nX-Secret: s\r\nX-Other: o\r\n\r\n").encode()
+        caller = _RawCaller(request)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.front.getHost().port)
+        await endpoint.connect(Factory.forProtocol(lambda: caller))
+        self.addCleanup(lambda: caller.transport.abortConnection())
+        head = (await caller.switched).lower()
+        self.assertTrue(head.startswith(b"http/1.1 200 "), head)
+        self.assertIn(b"\r\nx-kept: 2", head)
+        self.assertNotIn(b"x-internal", head)
+        self.assertNotIn(b"content-type", head)
+        sent = record[0].lower()
+        self.assertIn(b"\r\nx-other: o", sent)
+        self.assertNotIn(b"x-secret", sent)

@@ -330,9 +330,14 @@ class MakeServiceTests(TestCase):
             response = await treq.get(
                 f"http://127.0.0.1:{port}/client/bar/http/{target_address}/hello", pool=pool)
             self.assertEqual((response.code, await response.content()), (200, b"hello from the target"))
-            refused = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/127.0.0.1:{port}/", pool=pool)
+            # Not allowed by the client's --allow: 502 with its reason.
+            refused = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/127.0.0.1:1/", pool=pool)
             await refused.content()
             self.assertEqual(refused.code, 502)
+            # The server's own (tcp:0) listener: refused by the server first, 403.
+            refused = await treq.get(f"http://127.0.0.1:{port}/client/bar/http/127.0.0.1:{port}/", pool=pool)
+            self.assertEqual((refused.code, await refused.content()),
+                             (403, b"front door: the target is this server's own listener\n"))
 
             await client.stopService()
             await eventually(lambda: not top.server.has_session("bar"))

@@ -16,7 +16,7 @@ import os
 import re
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from remotedialer import TunnelClient, allow_all

@@ -7,7 +7,7 @@ of a session (PROTOCOL.md sections 3 to 5), on two sessions joined in memory.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -60,6 +60,23 @@ class OpenStreamTests(SynchronousTestCase):
         self.assertEqual(CLIENT_FIRST_CONN_ID, 1 << 48)
         self.assertEqual(ids, [1 << 48, (1 << 48) + 1])
         self.assertEqual(wire.of(MessageType.CONNECT)[0].payload, b"tcp/127.0.0.1:8125")
+
+    def test_target_no_connect_can_name_is_a_connect_error(self) -> None:
+        """
+        A target over the Connect limit, or not ASCII, fails the dial as any
+        dial nobody can make (ConnectError, which callers turn into their
+        answers), not with the codec's ValueError (an unexpected error to them).
+        """
+        wire = Direction()
+        session = Session(wire.send)
+        for address, text in (("a" * 300 + ":80", "Connect target is over 266 bytes"),
+                              ("caf\u00e9:80", "ascii")):
+            with self.assertRaises(ConnectError) as caught:
+                session.open_stream("tcp", address)
+            self.assertNotIsInstance(caught.exception, ValueError)
+            self.assertIn(text, str(caught.exception))
+        self.assertEqual(wire.raw, [])
+        self.assertEqual(session.streams, {})
 
     def test_write_sends_data(self) -> None:
         """A write is one Data message: id 2, conn 2, deadline 15000, the bytes."""
