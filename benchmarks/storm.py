@@ -74,8 +74,9 @@ def _kill9(child: Child) -> None:
 class StormRig(Rig):
     """The server (ours or Go's) on a fixed port and the fleet."""
 
-    def setup(self, impl: str, clients: int, spread: bool) -> None:
+    def setup(self, impl: str, clients: int, spread: bool, server_args: tuple[str, ...] = ()) -> None:
         self.impl = impl
+        self.server_args = server_args
         self.port = free_port()
         credentials = [(f"storm-{i}", os.urandom(16).hex()) for i in range(clients)]
         self.tokens = os.path.join(self.logdir, f"fleet-{impl}-{clients}.tokens")
@@ -101,20 +102,20 @@ class StormRig(Rig):
             argv = [os.path.join(go_bin() or "", "server"), "-listen", f"127.0.0.1:{self.port}"]
         else:
             argv = twistd_argv("remotedialer-server", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                               "--clients-file", self.clients_file)
+                               "--clients-file", self.clients_file, *self.server_args)
         child = self.start(name, argv, control=False)
         return child
 
 
 def storm_once(ctx: Context | None, impl: str, clients: int, spread: bool, logdir: str,
-               within: float = BACK_WITHIN) -> dict:
+               within: float = BACK_WITHIN, server_args: tuple[str, ...] = ()) -> dict:
     """One storm: connect the fleet, kill -9 the server, start it again; what the fleet saw."""
     left = (lambda: ctx.left()) if ctx is not None else (lambda: 3600.0)
     rig = StormRig(logdir)
     if ctx is not None:
         ctx.rigs.append(rig)
     with rig:
-        rig.setup(impl, clients, spread)
+        rig.setup(impl, clients, spread, server_args)
         wait_for(f"{impl} server listening", lambda: port_open(rig.port), min(20, left()), rig)
         r = rig.fleet.request({"cmd": "connect", "count": clients, "batch": 100},
                               timeout=min(left(), 60 + clients / 3))
@@ -219,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--no-go", action="store_true",
                         help="skip Go's server even if REMOTEDIALER_GO_BIN is set")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="another argument of our server program (repeatable): --server-arg=--backlog=50")
     parser.add_argument("--within", type=float, default=BACK_WITHIN,
                         help=f"seconds the clients get to come back (default {BACK_WITHIN:g})")
     args = parser.parse_args(argv)
@@ -230,7 +233,8 @@ def main(argv=None) -> int:
     for _ in range(args.runs):
         for impl in impls:
             for way in ways:
-                r = storm_once(None, impl, args.clients, way == "many", logdir, args.within)
+                r = storm_once(None, impl, args.clients, way == "many", logdir, args.within,
+                               tuple(args.server_arg))
                 results.append(r)
                 print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(results))

@@ -23,22 +23,43 @@ protocol v1/v2 listener, for a load balancer that says who the caller is):
 its port and interface are the wrapped description's.  The PROXY header
 comes before TLS, so C{haproxy:ssl:} (TLS first) is refused: the server's
 own TLS (C{--tls-cert}) goes inside C{haproxy:tcp:}.
+
+A listener in front of the request-head guard (L{HeaderGuardFactory})
+stops accepting while half of the guard's pending-heads limit is taken,
+and accepts again below a quarter (L{_AcceptGate}): in a storm (thousands
+of agents redialing at once, their heads slow to come: TLS handshakes, a
+busy agent) the connections past that wait in the kernel's backlog, to be
+served in turn, instead of being accepted only for the guard to close them
+at its limit.  The limit itself, and what it protects against, is
+unchanged.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+import weakref
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    ILoggingContext,
+    IProtocol,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.task import LoopingCall
 from twisted.python import usage
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from remotedialer.protocol._addresses import is_loopback
 from remotedialer.protocol._text import printable
+from remotedialer.server._guard import HeaderGuardFactory
 from remotedialer.server._own import OwnListeners
 
 __all__ = ["DEFAULT_BACKLOG", "Listening", "check_backlog", "check_listen", "interface_of", "loopback_only",
@@ -49,7 +70,7 @@ _INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
 #: A backlog= of an endpoint description.
 _BACKLOG = re.compile(r"(?:^|(?<!\\):)backlog=")
 #: The listen backlog of the programs' listeners (--backlog); Twisted's is 50.
-DEFAULT_BACKLOG = 1024
+DEFAULT_BACKLOG = 4096
 #: Endpoint kinds that take backlog= (and haproxy: around them).
 _BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "unix")
 _PROXY_PREFIX = "haproxy:"
@@ -149,6 +170,119 @@ def check_backlog(options: usage.Options) -> None:
         raise usage.UsageError(f"--backlog must be 1 or more, not {options['backlog']}")
 
 
+class _AcceptGate:
+    """
+    Pauses the listening ports in front of C{guard} while it holds half of
+    its pending-heads limit, until it holds a quarter (see the module's
+    docstring); while paused, it looks every C{interval} seconds.
+    """
+
+    interval = 0.005
+
+    def __init__(self, guard: HeaderGuardFactory, clock: IReactorTime) -> None:
+        self._guard = guard
+        self._clock = clock
+        self._ports: list[Any] = []
+        self._poll: LoopingCall | None = None
+        #: Times the ports were paused (tests, and a reader of the numbers).
+        self.pauses = 0
+
+    def add(self, port: IListeningPort) -> None:
+        if hasattr(port, "stopReading") and hasattr(port, "startReading"):
+            self._ports.append(port)
+
+    def remove(self, port: IListeningPort) -> None:
+        if port in self._ports:
+            self._ports.remove(port)
+        if not self._ports:
+            self._resume()
+
+    def accepted(self) -> None:
+        """A connection was accepted: pause if the guard is half full."""
+        if self._poll is None and self._guard.pending * 2 >= self._guard.limits.max_pending and self._ports:
+            self.pauses += 1
+            for port in self._ports:
+                port.stopReading()
+            self._poll = LoopingCall(self._check)
+            self._poll.clock = self._clock
+            self._poll.start(self.interval, now=False)
+
+    def _check(self) -> None:
+        if self._guard.pending * 4 <= self._guard.limits.max_pending:
+            self._resume()
+
+    def _resume(self) -> None:
+        poll, self._poll = self._poll, None
+        if poll is None:
+            return
+        if poll.running:
+            poll.stop()
+        for port in self._ports:
+            if not getattr(port, "disconnecting", False):
+                port.startReading()
+
+
+#: The gate of each guard (its listeners share it: --listen and --also-listen).
+_gates: weakref.WeakKeyDictionary[HeaderGuardFactory, _AcceptGate] = weakref.WeakKeyDictionary()
+
+
+def _guard_behind(factory: object) -> HeaderGuardFactory | None:
+    """The request-head guard C{factory} is, or wraps (TLS, PROXY protocol), if any."""
+    for _ in range(4):
+        if isinstance(factory, HeaderGuardFactory):
+            return factory
+        factory = getattr(factory, "wrappedFactory", None)
+    return None
+
+
+@implementer(IProtocolFactory, ILoggingContext)
+class _GatedFactory:
+    """C{wrapped}, telling C{gate} of each connection it accepts; otherwise it (log prefix, ALPN)."""
+
+    def __init__(self, wrapped: IProtocolFactory, gate: _AcceptGate) -> None:
+        self._wrapped = wrapped
+        self._gate = gate
+        if IProtocolNegotiationFactory.providedBy(wrapped):
+            alsoProvides(self, IProtocolNegotiationFactory)
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:
+        protocol = self._wrapped.buildProtocol(addr)
+        self._gate.accepted()
+        return protocol
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        if ILoggingContext.providedBy(self._wrapped):
+            return str(ILoggingContext(self._wrapped).logPrefix())
+        return self._wrapped.__class__.__name__
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(IProtocolNegotiationFactory(self._wrapped).acceptableProtocols())
+
+
+@implementer(IStreamServerEndpoint)
+class _Gated:
+    """An endpoint whose listening ports pause while the guard behind them is half full."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, gate: _AcceptGate) -> None:
+        self._endpoint = endpoint
+        self._gate = gate
+        self.ports: list[IListeningPort] = []
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._gate.add(port)
+            self.ports.append(port)
+            return port
+
+        return self._endpoint.listen(_GatedFactory(protocolFactory, self._gate)).addCallback(listening)
+
+
 def check_listen(flag: str, description: str) -> None:
     """A usable server endpoint description, or a one-line usage error naming C{flag}."""
     from twisted.internet import reactor
@@ -182,10 +316,24 @@ class Listening(StreamServerEndpointService):
         endpoint = endpoints.serverFromString(reactor, self.description)
         if own is not None:
             endpoint = _Recorded(endpoint, own)
+        guard = _guard_behind(factory)
+        self._gated: _Gated | None = None
+        if guard is not None:
+            gate = _gates.get(guard)
+            if gate is None:
+                gate = _gates[guard] = _AcceptGate(guard, reactor)
+            endpoint = self._gated = _Gated(endpoint, gate)
         super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
         self._raiseSynchronously = True  # as strports.service: fail at start, not later
         self._flag = flag
         self._program = program
+
+    def stopService(self) -> Any:
+        if self._gated is not None:
+            for port in self._gated.ports:
+                self._gated._gate.remove(port)
+            self._gated.ports.clear()
+        return super().stopService()  # type: ignore[no-untyped-call]  # Twisted's: mypy#16651
 
     def privilegedStartService(self) -> None:
         try:

@@ -27,7 +27,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from remotedialer._tap import client as client_tap
 from remotedialer._tap import server as server_tap
-from remotedialer._tap._listen import Listening, loopback_only, port_of, with_backlog
+from remotedialer._tap._listen import Listening, _gates, loopback_only, port_of, with_backlog
 from remotedialer.server._forwarded import TrustedProxies
 from tests.support import eventually, self_signed_certificate
 from tests.system.test_programs import ProgramTestCase, assert_usage_error, parse, run
@@ -67,13 +67,52 @@ class ListenDescriptionTests(TestCase):
             self.assertEqual(with_backlog(description, 9), expected)
 
 
+class AcceptGateTests(TestCase):
+    """
+    A listener in front of the request-head guard stops accepting while half
+    of the guard's pending-heads limit is taken: a burst past the limit waits
+    in the kernel's backlog and is served in turn, none closed.
+    """
+
+    def test_burst_past_the_pending_limit(self):
+        from twisted.internet import defer
+        from twisted.web.server import Site
+        from twisted.web.static import Data
+
+        from remotedialer.protocol._limits import UpgradeLimits
+        from remotedialer.server._guard import HeaderGuardFactory
+
+        async def go():
+            guard = HeaderGuardFactory(Site(Data(b"ok", "text/plain")), UpgradeLimits(max_pending=400))
+            listening = Listening("listen", LOOPBACK, guard)
+            listening.privilegedStartService()
+            listening.startService()
+            self.addCleanup(listening.stopService)
+            port = (await listening._waitingForPort).getHost().port
+            raws = [_Raw(b"") for _ in range(1000)]  # each connects and says nothing yet: its head is pending
+            await defer.gatherResults([
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda r=raw: r))
+                for raw in raws])
+            for raw in raws:
+                self.addCleanup(raw.transport.abortConnection)
+            await eventually(lambda: guard.pending >= 200)
+            for raw in raws:
+                raw.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await eventually(lambda: all(r.received.startswith(b"HTTP/1.1 ") or r.lost for r in raws),
+                             timeout=30)
+            self.assertEqual(len([r for r in raws if r.lost]), 0)  # the guard closed none
+            self.assertGreater(_gates[guard].pauses, 0)
+
+        return run(go())
+
+
 class FleetOptionsTests(TestCase):
     def test_backlog_on_every_listener(self) -> None:
-        """The default, 1024, and --backlog reach every listener of both programs; backlog= wins."""
+        """The default, 4096, and --backlog reach every listener of both programs; backlog= wins."""
         flags = ["--listen", LOOPBACK, "--frontdoor-listen", LOOPBACK, "--admin-listen", "0",
                  "--also-listen", "haproxy:" + LOOPBACK, "--forward", f"{LOOPBACK}=foo:tcp/127.0.0.1:6443",
                  "--connect-proxy-listen", LOOPBACK, "--socks-listen", "tcp:0:interface=127.0.0.1:backlog=7"]
-        for extra, backlog in (([], 1024), (["--backlog", "4096"], 4096)):
+        for extra, backlog in (([], 4096), (["--backlog", "1000"], 1000)):
             top = server_tap.makeService(parse(server_tap.Options, flags + extra))
             found = [listening.description for listening in listeners(top)]
             self.assertEqual(len(found), 7, found)
@@ -266,7 +305,12 @@ class FleetProgramTests(ProgramTestCase):
             return int(out[2])
 
         async def go():
-            for extra, wanted in (([], 1024), (["--backlog", "777"], 777)):
+            try:  # (the kernel caps every backlog at net.core.somaxconn)
+                with open("/proc/sys/net/core/somaxconn") as f:
+                    cap = int(f.read())
+            except (OSError, ValueError):
+                cap = 4096
+            for extra, wanted in (([], min(4096, cap)), (["--backlog", "77"], min(77, cap))):
                 server = self.spawn("-n", "--pidfile=", "remotedialer-server", "--insecure-any-client",
                                     "--listen", LOOPBACK, "--also-listen", "haproxy:" + LOOPBACK,
                                     "--frontdoor-listen", LOOPBACK, "--admin-listen", LOOPBACK, *extra)

@@ -103,6 +103,8 @@ class StormTests(ProgramTestCase):
             self.assertEqual(told.get("429", 0), 0, told)
 
             # The crash and the restart.
+            print(f"\nbefore the kill: {told}")
+            told.clear()
             marked.append(time.monotonic())
             server.transport.signalProcess("KILL")
             await eventually(lambda: not server.running, timeout=10)
