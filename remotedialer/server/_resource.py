@@ -68,11 +68,12 @@ def claimed_id(request: IRequest) -> str:
     C{X-Tunnel-ID} for a client, or C{""} when it names nobody (mutual TLS).
     Never logged; not a credential.
     """
-    peer: str | None = request.getHeader(PEER_ID_HEADER)
+    # (As bytes: a header that is not UTF-8 is some id too, not an exception here.)
+    peer: bytes | None = request.getHeader(PEER_ID_HEADER.encode())
     if peer:
-        return "peer " + peer
-    client: str | None = request.getHeader(CLIENT_ID_HEADER)
-    return client or ""
+        return "peer " + peer.decode("utf-8", "replace")
+    client: bytes | None = request.getHeader(CLIENT_ID_HEADER.encode())
+    return client.decode("utf-8", "replace") if client else ""
 
 
 @implementer(ITunnelAuthorizer)

@@ -106,3 +106,38 @@ class ThroughTheServerTests(SynchronousTestCase):
         self.assertEqual(server.sessions.local_session("bar").remote_addr, "203.0.113.1:40000")
         self.assertTrue(self.upgrade(site, "", INGRESS, "198.51.100.9").startswith(b"HTTP/1.1 401 "))
         self.assertEqual(list(limiter._addresses), ["198.51.100.9"])  # not the Ingress's address
+
+
+class ClaimedIdTests(SynchronousTestCase):
+    def test_ids(self) -> None:
+        from remotedialer.server._resource import claimed_id
+
+        def claim(**headers: bytes) -> str:
+            request = DummyRequest([b""])
+            for name, value in headers.items():
+                request.requestHeaders.setRawHeaders(name.replace("_", "-").encode(), [value])
+            return claimed_id(request)
+
+        self.assertEqual(claim(X_Tunnel_ID=b"foo"), "foo")
+        self.assertEqual(claim(X_API_Tunnel_ID=b"b", X_Tunnel_ID=b"foo"), "peer b")
+        self.assertEqual(claim(), "")
+        self.assertEqual(claim(X_Tunnel_ID=b"\xbc\xff"), "\ufffd\ufffd")  # not UTF-8: an id all the same
+        self.assertEqual(claim(X_API_Tunnel_ID=b"\xbc"), "peer \ufffd")
+
+    def test_not_utf8_through_the_resource(self) -> None:
+        """An X-Tunnel-ID that is not UTF-8 gets the authorizer's answer, not a traceback (the fuzzer's)."""
+        clock = Clock()
+        server = Server(reactor=clock, auth_limiter=FailureLimiter(clock))
+        root = Resource()
+        root.putChild(b"connect", server.resource)
+        channel = ServerSite(root, reactor=clock).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.1", 40000))
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            b"GET /connect HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.b64encode(b"0" * 16)
+            + b"\r\nX-Tunnel-ID: \xbc\xff\r\n\r\n")
+        self.assertRegex(transport.value(), rb"^HTTP/1.1 (400|401) ")
+        self.flushLoggedErrors()
+        self.assertEqual(self.flushLoggedErrors(UnicodeDecodeError), [])
