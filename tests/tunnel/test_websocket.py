@@ -139,6 +139,29 @@ class WebSocketLinkTests(SynchronousTestCase):
             producer.resumeProducing()
             self.assertFalse(session._transport_paused)
 
+    def test_options_from_the_factory_without_pformat(self):
+        """
+        Both ends have every option of their factory, as Autobahn would give
+        them, without Autobahn's pprint of all of them for each connection.
+        """
+        from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
+
+        for protocol, names in ((self.server, WebSocketServerProtocol.CONFIG_ATTRS),
+                                (self.client, WebSocketClientProtocol.CONFIG_ATTRS)):
+            self.assertGreater(len(names), 20)
+            for name in names:
+                self.assertEqual(getattr(protocol, name), getattr(protocol.factory, name), name)
+        import autobahn.websocket.protocol as autobahn_protocol
+
+        calls = []
+        real = autobahn_protocol.pformat
+        self.patch(autobahn_protocol, "pformat", lambda value: calls.append(value) or real(value))
+        sfactory = server_factory(self.server_owner, self.clock)
+        server = sfactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8123))
+        server.makeConnection(iosim.FakeTransport(server, isServer=True))
+        self.assertEqual(calls, [[]])  # (its debug line, of no option: cheap)
+        self.assertEqual(server.maxMessagePayloadSize, sfactory.maxMessagePayloadSize)
+
     def test_client_pings_every_interval(self):
         """The client pings every 5 s with an empty payload; the server answers each at once."""
         self.advance(PING_INTERVAL)
