@@ -64,11 +64,12 @@ def listen_overflows() -> int | None:
     return None
 
 
-def _kill9(child: Child) -> None:
-    """SIGKILL, as a crash: the harness is told the child is gone on purpose."""
+def _kill9(rig: Rig, child: Child) -> None:
+    """SIGKILL, as a crash; the rig forgets the child (its exit status is no problem of the run)."""
     child.proc.kill()
     child.proc.wait()
-    child.stopped = True
+    child.stop()
+    rig.children.remove(child)
 
 
 class StormRig(Rig):
@@ -125,7 +126,7 @@ def storm_once(ctx: Context | None, impl: str, clients: int, spread: bool, logdi
         rig.fleet.request({"cmd": "mark"}, timeout=10)
         overflows = listen_overflows()
         t0 = time.monotonic()
-        _kill9(rig.server)
+        _kill9(rig, rig.server)
         rig.server = rig.start_server()
         wait_for(f"{impl} server listening again", lambda: port_open(rig.port), min(20, left()), rig, 0.005)
         listening = time.monotonic() - t0
