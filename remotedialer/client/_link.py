@@ -181,7 +181,7 @@ class WebSocketLink(Service):
             # Not a failure: the server would take us, after the wait it named.
             self.asked_to_wait += 1
             wait = max(asked + self.random() * max(asked / 2, RETRY_AFTER_JITTER), RETRY_AFTER_MIN)
-            self.retrying(self.attempted_url, f"{why or 'refused'}, retry after {asked:g} s", wait)
+            self.retrying(self.attempted_url, f"{why or 'refused'}, retry after {round(asked)} s", wait)
             return wait
         self._failures += 1
         wait = self._retry_policy(self._failures)
