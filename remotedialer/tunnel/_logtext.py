@@ -93,9 +93,18 @@ def dial_failure_text(failure: Failure, host: str = "", port: int | None = None)
     if tls is not None:
         return tls
     os_error = getattr(failure.value, "osError", None) if failure.check(error.ConnectError) else None
+    if isinstance(os_error, Failure):  # (an endpoint that wrapped the failure it got)
+        return dial_failure_text(os_error, host, port)
+    if isinstance(os_error, BaseException):
+        return dial_failure_text(Failure(os_error), host, port)
     if os_error:
         return f"cannot connect to {where}: {printable(str(os_error))}"
-    return printable(failure_text(failure))
+    text = failure_text(failure)
+    if "Failure instance" in text or "Traceback" in text:
+        # A message that quotes a Failure's repr: say what we know, not that.
+        kind = failure.type.__name__ if failure.type is not None else "error"
+        return f"cannot connect to {where} ({kind})" if host else f"cannot connect ({kind})"
+    return printable(text)
 
 
 class Throttle:

@@ -153,3 +153,25 @@ class UpgradeRefusalTests(SynchronousTestCase):
         request = self.render({b"X-API-Tunnel-ID": b"peer\x1b", b"X-API-Tunnel-Token": b"t"})
         self.assertEqual(request.responseCode, 400)
         self.assertIn(b"peer id must be printable", b"".join(request.written))
+
+
+class DialFailureTextTests(SynchronousTestCase):
+    """Why a dial failed, for a log line: never a Failure's repr, whatever an endpoint wrapped."""
+
+    def test_wrapped_failures(self) -> None:
+        from twisted.internet import error
+        from twisted.python.failure import Failure
+
+        from remotedialer.tunnel._logtext import dial_failure_text
+
+        refused = Failure(error.ConnectionRefusedError())
+        cases = [
+            (error.ConnectError(osError=refused), "connection to h:1 refused"),
+            (error.ConnectError(osError=error.DNSLookupError()), "name resolution failed for h"),
+            (error.ConnectError(string=str(refused)), "cannot connect to h:1 (ConnectError)"),
+            (ValueError(f"wrapped: {refused!s}"), "cannot connect to h:1 (ValueError)"),
+        ]
+        for exception, expected in cases:
+            text = dial_failure_text(Failure(exception), "h", 1)
+            self.assertEqual(text, expected)
+            self.assertNotIn("Failure instance", text)
